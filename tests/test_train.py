@@ -1,0 +1,126 @@
+"""Stacks, stacked training and checkpoints."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from uap_jax import checkpoint
+from uap_jax import engine
+from uap_jax import stack as stack_lib
+from uap_jax import train
+
+CFG = train.TrainConfig(epochs=1, batch_size=32, lr=0.05, log_every=1000)
+
+
+def _digits_stack(seeds, arch="mlp"):
+  return stack_lib.create(arch, seeds, num_classes=10, image_shape=(8, 8, 1))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "map"])
+def test_stack_equals_models_trained_one_by_one(digits_arrays, strategy):
+  x, y = digits_arrays
+  # Equal-sized parts: a stack runs every model for the steps of its largest part.
+  parts = [np.arange(0, 300), np.arange(300, 600), np.arange(900, 1200)]
+  stacked, _ = train.train_stack(_digits_stack([3, 5, 7]), x, parts, CFG,
+                                 labels=[y[p] for p in parts], strategy=strategy)
+  for i, seed in enumerate([3, 5, 7]):
+    alone, _ = train.train_stack(_digits_stack([seed]), x, [parts[i]], CFG,
+                                 labels=[y[parts[i]]], strategy="loop")
+    a = stack_lib.predict(stacked.select([i]), x[:50])
+    b = stack_lib.predict(alone, x[:50])
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+
+
+def test_training_learns(digits_arrays):
+  x, y = digits_arrays
+  s = _digits_stack([0])
+  before = stack_lib.accuracy(s, x[1500:], y[1500:])[0]
+  cfg = dataclasses.replace(CFG, epochs=4)
+  s, hist = train.train_stack(s, x, [np.arange(1500)], cfg, labels=[y[:1500]],
+                              eval_data=(x[1500:], y[1500:]))
+  assert hist["test_accuracy"][0] > max(0.8, before + 0.3)
+  assert s.meta[0]["test_accuracy"] == hist["test_accuracy"][0]
+
+
+def test_teacher_hard_targets_are_one_hot():
+  logits = jax.random.normal(jax.random.key(0), (16, 10))
+  t = np.asarray(train.teacher_targets("teacher_hard", logits))
+  assert set(np.unique(t)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(t.sum(-1), 1)
+  np.testing.assert_array_equal(t.argmax(-1), np.asarray(logits).argmax(-1))
+  soft = np.asarray(train.teacher_targets("teacher_soft", logits))
+  assert (soft > 0).all() and not set(np.unique(soft)) <= {0.0, 1.0}
+
+
+def test_train_last_only_freezes_body(digits_arrays):
+  x, y = digits_arrays
+  s = _digits_stack([0])
+  cfg = dataclasses.replace(CFG, train_last_only=True)
+  t, _ = train.train_stack(s, x, [np.arange(300)], cfg, labels=[y[:300]])
+  changed = jax.tree_util.tree_map_with_path(
+      lambda p, a, b: (jax.tree_util.keystr(p), bool(np.any(a != b))), s.params, t.params)
+  for name, diff in jax.tree.leaves(changed, is_leaf=lambda v: isinstance(v, tuple)):
+    assert diff == ("head" in name), name
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
+def test_magnitude_mask_prunes_the_asked_fraction(ratio):
+  s = _digits_stack([0], arch="lenet5")
+  params = jax.tree.map(lambda v: v[0], s.params)
+  mask = train.magnitude_mask(params, ratio)
+  flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+  kept = [np.asarray(m) for p, m in flat if train.prunable(p)]
+  zeros = sum((k == 0).sum() for k in kept) / sum(k.size for k in kept)
+  assert abs(zeros - ratio) < 0.01
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    train.magnitude_mask(params, 1.0)
+
+
+def test_checkpoint_round_trip(tmp_path, digits_arrays):
+  x, _ = digits_arrays
+  s = _digits_stack([1, 2], arch="lenet5")
+  s.meta[0]["kind"] = "victim"
+  checkpoint.save_stack(str(tmp_path / "s"), s)
+  r = checkpoint.load_stack(str(tmp_path / "s"))
+  assert r.meta == s.meta and r.arch == "lenet5"
+  np.testing.assert_array_equal(stack_lib.predict(s, x[:20]), stack_lib.predict(r, x[:20]))
+
+
+def test_checkpoint_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    checkpoint.load_stack(str(tmp_path / "missing"))
+  s = _digits_stack([0])
+  checkpoint.save_stack(str(tmp_path / "s"), s)
+  for f in (tmp_path / "s").rglob("manifest.ocdbt"):
+    f.write_bytes(b"corrupt")
+  with pytest.raises(ValueError, match="damaged"):
+    checkpoint.load_stack(str(tmp_path / "s"))
+
+
+def test_interrupted_save_keeps_last_good_step(tmp_path, digits_arrays):
+  x, _ = digits_arrays
+  s = _digits_stack([0])
+  checkpoint.save_stack(str(tmp_path / "s"), s, step=0)
+  # An interrupted orbax save leaves only a temporary folder for the new step.
+  (tmp_path / "s" / "1.orbax-checkpoint-tmp-123").mkdir()
+  r = checkpoint.load_stack(str(tmp_path / "s"))
+  np.testing.assert_array_equal(stack_lib.predict(s, x[:5]), stack_lib.predict(r, x[:5]))
+
+
+def test_train_errors(digits_arrays):
+  x, y = digits_arrays
+  s = _digits_stack([0, 1])
+  with pytest.raises(ValueError, match="index arrays"):
+    train.train_stack(s, x, [np.arange(10)], CFG, labels=[y[:10]])
+  with pytest.raises(ValueError, match="empty data part"):
+    train.train_stack(s, x, [np.arange(10), np.arange(0)], CFG, labels=[y[:10], y[:0]])
+  with pytest.raises(ValueError, match="needs a teacher"):
+    train.train_stack(s, x, [np.arange(10)] * 2,
+                      dataclasses.replace(CFG, target="teacher_soft"))
+  with pytest.raises(ValueError, match="epochs"):
+    train.train_stack(s, x, [np.arange(10)] * 2, dataclasses.replace(CFG, epochs=0),
+                      labels=[y[:10]] * 2)
+  with pytest.raises(ValueError, match="strategy"):
+    engine.resolve("pmap")

@@ -1,0 +1,157 @@
+"""Saving and restoring stacks (and any array pytree) with orbax.
+
+Each stack lives in its own ``ocp.CheckpointManager`` directory with two
+items: ``state`` (params and BatchNorm statistics, leading model axis) and
+``meta`` (architecture, its build arguments and per-model metadata, JSON).
+Orbax writes a step into a temporary directory and renames it when complete,
+so an interrupted save leaves the previous good step in place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from uap_jax import models
+from uap_jax import stack as stack_lib
+
+PyTree = Any
+
+
+def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=2, create=create, enable_async_checkpointing=False),
+      item_names=("state", "meta"))
+
+
+def exists(directory: str) -> bool:
+  """True if ``directory`` holds at least one complete checkpoint step."""
+  if not os.path.isdir(directory):
+    return False
+  with _manager(directory, create=False) as mngr:
+    return mngr.latest_step() is not None
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating,)):
+    return float(value)
+  return value
+
+
+def save_stack(directory: str, stack: stack_lib.Stack, step: int = 0) -> None:
+  """Saves a stack (state and metadata) as checkpoint ``step``.
+
+  Args:
+    directory: the stack's checkpoint directory (created if missing).
+    stack: the models.
+    step: step number; the newest step is what :func:`load_stack` restores.
+  """
+  meta = _jsonable({"arch": stack.arch, "arch_kwargs": stack.arch_kwargs,
+                    "models": stack.meta})
+  state = {"params": stack.params, "rest": stack.rest}
+  with _manager(directory, create=True) as mngr:
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+    mngr.wait_until_finished()
+
+
+def load_meta(directory: str) -> dict:
+  """The JSON metadata of the newest checkpoint (no arrays are read)."""
+  mngr = _open_for_restore(directory)
+  with mngr:
+    step = mngr.latest_step()
+    try:
+      return mngr.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises many types for damaged files
+      raise ValueError(_corrupt_message(directory, e)) from e
+
+
+def load_stack(directory: str) -> stack_lib.Stack:
+  """Restores the newest checkpoint of a stack.
+
+  Args:
+    directory: a directory written by :func:`save_stack`.
+
+  Returns:
+    The stack, with the architecture rebuilt from the saved metadata.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    ValueError: the checkpoint is damaged or does not match its metadata.
+  """
+  meta = load_meta(directory)
+  arch, arch_kwargs = meta["arch"], dict(meta["arch_kwargs"])
+  if "image_shape" in arch_kwargs:
+    arch_kwargs["image_shape"] = tuple(arch_kwargs["image_shape"])
+  models.check_arch(arch)
+  k = len(meta["models"])
+  abstract = nnx.eval_shape(lambda: models.build(arch, **arch_kwargs))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  with_axis = lambda t: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((k,) + tuple(x.shape), x.dtype), t)
+  target = {"params": with_axis(params), "rest": with_axis(rest)}
+  with _open_for_restore(directory) as mngr:
+    try:
+      state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))["state"]
+    except Exception as e:
+      raise ValueError(_corrupt_message(directory, e)) from e
+  return stack_lib.Stack(arch=arch, arch_kwargs=arch_kwargs, graphdef=graphdef,
+                         params=state["params"], rest=state["rest"],
+                         meta=list(meta["models"]))
+
+
+def save_arrays(directory: str, tree: PyTree, meta: dict | None = None,
+                step: int = 0) -> None:
+  """Saves any pytree of arrays (UAPs, fingerprints, encoder) plus JSON meta."""
+  with _manager(directory, create=True) as mngr:
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree),
+        meta=ocp.args.JsonSave(_jsonable(meta or {}))), force=True)
+    mngr.wait_until_finished()
+
+
+def load_arrays(directory: str) -> tuple[PyTree, dict]:
+  """Restores what :func:`save_arrays` wrote: ``(tree, meta)`` (numpy leaves)."""
+  with _open_for_restore(directory) as mngr:
+    try:
+      out = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise ValueError(_corrupt_message(directory, e)) from e
+  return jax.tree.map(np.asarray, out["state"]), out["meta"]
+
+
+def _open_for_restore(directory: str) -> ocp.CheckpointManager:
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"No checkpoint at {directory}: run the stage that writes it first "
+        "(see --stages), or point --workdir at the run that has it.")
+  mngr = _manager(directory, create=False)
+  if mngr.latest_step() is None:
+    mngr.close()
+    raise FileNotFoundError(
+        f"{directory} holds no complete checkpoint (an interrupted save leaves "
+        "only a temporary folder): rerun the stage that writes it.")
+  return mngr
+
+
+def _corrupt_message(directory: str, error: Exception) -> str:
+  return (f"Checkpoint at {directory} is damaged or does not match its "
+          f"metadata ({type(error).__name__}: {str(error)[:300]}). Delete it and "
+          "rerun the stage that writes it (or rerun with --overwrite).")

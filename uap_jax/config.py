@@ -1,0 +1,193 @@
+"""Every setting of a run, in one dataclass; absl flags are generated from it.
+
+A field's type says how its flag parses (lists are comma-separated) and its
+``help`` metadata is the flag's help text. ``Config.validate`` checks ranges
+and names before any long work starts. The config of a run is saved as
+``WORKDIR/config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+STAGES = ("victim", "zoo", "uap", "fingerprint", "encoder", "verify",
+          "export_queries", "report")
+PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
+                "finetune_all", "prune", "adv_train", "distill")
+INDEPENDENT_KINDS = ("independent_seed", "independent_arch", "independent_data")
+KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
+
+
+def _f(default: Any, help: str, **kw):  # pylint: disable=redefined-builtin
+  if isinstance(default, (list, tuple)):
+    return dataclasses.field(default_factory=lambda: list(default),
+                             metadata={"help": help, **kw})
+  return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass
+class Config:
+  """All settings of a run (defaults: the quickstart on mnist5k)."""
+  # Run.
+  workdir: str = _f("runs/quickstart", "Directory holding every artefact of the run.")
+  stages: list = _f(list(STAGES), "Comma list of stages to run, in pipeline order.")
+  overwrite: bool = _f(False, "Recompute the requested stages even if finished.")
+  seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.")
+  strategy: str = _f("auto", "Model-axis strategy: auto|vmap|map|loop|shard.")
+  # Data.
+  dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).")
+  data_dir: str = _f("", "tfds data_dir for tfds:NAME data sets.")
+  victim_frac: float = _f(0.4, "Fraction of the training set for the victim.")
+  attacker_frac: float = _f(0.3, "Fraction for the attacker's query data.")
+  independent_frac: float = _f(0.3, "Fraction for independent trainers (disjoint data).")
+  augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.")
+  # Victim.
+  victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models).")
+  width: float = _f(1.0, "Channel width multiplier of every model.")
+  epochs: float = _f(8, "Victim training epochs.")
+  batch_size: int = _f(128, "Training batch size.")
+  optimizer: str = _f("sgd", "sgd (momentum 0.9, nesterov) | adam.")
+  lr: float = _f(0.05, "Peak learning rate (cosine schedule).")
+  weight_decay: float = _f(5e-4, "Weight decay.")
+  # Zoo.
+  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.")
+  zoo_count: int = _f(2, "Models per kind (per kind and architecture list entry: spread round-robin).")
+  zoo_counts: list = _f([], "Per-kind overrides, e.g. extract_soft:4,prune:6.")
+  zoo_archs: list = _f(["mlp"], "Architectures for kinds that may differ from the victim's (extract_*, distill, independent_arch).")
+  zoo_epochs: float = _f(6, "Epochs for models trained from scratch (extraction, distillation, independents).")
+  finetune_epochs: float = _f(2, "Epochs of fine-tuning (finetune_*, prune, adv_train).")
+  finetune_lrs: list = _f([0.01, 0.001], "Learning rates cycled over fine-tuned copies.")
+  prune_ratios: list = _f([0.2, 0.5, 0.8], "Global magnitude pruning ratios cycled over pruned copies.")
+  query_budget: int = _f(0, "Attacker queries per extracted model (0: all attacker data x epochs).")
+  extract_rounds: int = _f(2, "extract_adv: rounds of adding the substitute's adversarial examples.")
+  adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.")
+  distill_temperature: float = _f(4.0, "Distillation temperature.")
+  # UAP.
+  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | sequential | sgd.")
+  uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.")
+  uap_xi: float = _f(0.1, "UAP radius in pixel units of [0, 1] images.")
+  uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.")
+  uap_max_passes: int = _f(5, "Most passes over the UAP data.")
+  uap_samples: int = _f(1000, "Victim training images used to compute the UAP.")
+  num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint.")
+  # Fingerprints.
+  fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).")
+  fp_v: int = _f(40, "Views per model (neighbours per cluster V).")
+  fp_rule: str = _f("kmeans", "Point rule: kmeans | margin | random.")
+  fp_mode: str = _f("probs", "Suspect outputs used: probs | logits | labels.")
+  # Encoder.
+  enc_hidden: int = _f(50, "Encoder hidden width.")
+  enc_embed: int = _f(20, "Encoder embedding size.")
+  enc_temperature: float = _f(0.2, "Supervised contrastive temperature.")
+  enc_steps: int = _f(500, "Encoder training steps.")
+  enc_lr: float = _f(1e-3, "Encoder Adam learning rate.")
+  split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.")
+  split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.")
+  # Verification.
+  n_views: int = _f(20, "Suspect views per verdict.")
+  alpha: float = _f(1e-4, "Significance level of the piracy test.")
+  test: str = _f("welch", "Statistical test: welch | model_level.")
+  suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
+
+  def validate(self) -> None:
+    """Raises ValueError naming the flag and the fix for any bad setting."""
+    from uap_jax import engine, models  # pylint: disable=g-import-not-at-top
+    bad = [s for s in self.stages if s not in STAGES]
+    if bad:
+      raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
+    engine.resolve(self.strategy)
+    fracs = (self.victim_frac, self.attacker_frac, self.independent_frac)
+    if min(fracs) <= 0 or sum(fracs) > 1 + 1e-9:
+      raise ValueError(
+          f"--victim_frac/--attacker_frac/--independent_frac = {fracs}: each must "
+          "be > 0 and their sum <= 1.")
+    if self.augment not in ("auto", "true", "false"):
+      raise ValueError(f"--augment must be auto, true or false, got {self.augment!r}.")
+    for arch in [self.victim_arch, *self.zoo_archs]:
+      models.check_arch(arch)
+    unknown = [k for k in self.zoo_kinds if k not in KINDS]
+    if unknown:
+      raise ValueError(f"--zoo_kinds: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}.")
+    self.kind_counts()  # validates --zoo_counts
+    if self.zoo_count < 0:
+      raise ValueError(f"--zoo_count must be >= 0, got {self.zoo_count}.")
+    for r in self.prune_ratios:
+      if not 0 <= float(r) < 1:
+        raise ValueError(f"--prune_ratios: {r} is outside [0, 1).")
+    for name in ("epochs", "zoo_epochs", "finetune_epochs", "lr", "uap_xi", "enc_lr",
+                 "enc_temperature", "distill_temperature", "width"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
+    for name in ("batch_size", "fp_k", "fp_v", "n_views", "enc_steps", "uap_max_passes",
+                 "uap_samples", "num_uaps", "enc_hidden", "enc_embed"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+    if self.n_views > self.fp_v:
+      raise ValueError(f"--n_views={self.n_views} exceeds --fp_v={self.fp_v} views per model.")
+    if self.uap_p not in ("2", "inf"):
+      raise ValueError(f"--uap_p must be 2 or inf, got {self.uap_p!r}.")
+    if not 0 < self.uap_delta < 1:
+      raise ValueError(f"--uap_delta must be in (0, 1), got {self.uap_delta}.")
+    if not 0 < self.alpha < 1:
+      raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}.")
+    if self.uap_method not in ("deepfool", "sequential", "sgd"):
+      raise ValueError(f"--uap_method must be deepfool, sequential or sgd, got {self.uap_method!r}.")
+    if self.fp_rule not in ("kmeans", "margin", "random"):
+      raise ValueError(f"--fp_rule must be kmeans, margin or random, got {self.fp_rule!r}.")
+    if self.fp_mode not in ("probs", "logits", "labels"):
+      raise ValueError(f"--fp_mode must be probs, logits or labels, got {self.fp_mode!r}.")
+    if self.test not in ("welch", "model_level"):
+      raise ValueError(f"--test must be welch or model_level, got {self.test!r}.")
+    if not (self.split_train > 0 and self.split_calib > 0 and self.split_train + self.split_calib < 1):
+      raise ValueError("--split_train and --split_calib must be > 0 with a sum < 1.")
+    if self.adv_eps < 0:
+      raise ValueError(f"--adv_eps must be >= 0, got {self.adv_eps}.")
+
+  def kind_counts(self) -> dict[str, int]:
+    """Models per kind after --zoo_counts overrides."""
+    counts = {k: self.zoo_count for k in self.zoo_kinds}
+    for item in self.zoo_counts:
+      kind, _, n = str(item).partition(":")
+      if kind not in KINDS or not n.strip().lstrip("-").isdigit():
+        raise ValueError(f"--zoo_counts entry {item!r}: use KIND:N with KIND in {', '.join(KINDS)}.")
+      if int(n) < 0:
+        raise ValueError(f"--zoo_counts entry {item!r}: the count must be >= 0.")
+      counts[kind] = int(n)
+    return counts
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def define_flags(flags_module) -> None:
+  """Defines one absl flag per Config field (types from the defaults)."""
+  for field in dataclasses.fields(Config):
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    help_text = field.metadata["help"]
+    if isinstance(default, bool):
+      flags_module.DEFINE_bool(field.name, default, help_text)
+    elif isinstance(default, int):
+      flags_module.DEFINE_integer(field.name, default, help_text)
+    elif isinstance(default, float):
+      flags_module.DEFINE_float(field.name, default, help_text)
+    elif isinstance(default, list):
+      flags_module.DEFINE_list(field.name, [str(d) for d in default], help_text)
+    else:
+      flags_module.DEFINE_string(field.name, default, help_text)
+
+
+def from_flags(flag_values) -> Config:
+  """Builds a Config from parsed absl flags (lists of numbers are converted)."""
+  kwargs = {}
+  for field in dataclasses.fields(Config):
+    value = flag_values[field.name].value
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+    if isinstance(value, list) and default and isinstance(default[0], float):
+      try:
+        value = [float(v) for v in value]
+      except ValueError as e:
+        raise ValueError(f"--{field.name}: expected numbers, got {value}.") from e
+    kwargs[field.name] = value
+  return Config(**kwargs)

@@ -1,0 +1,86 @@
+"""Runs the stages of a run in order, resuming from what is finished.
+
+A stage is finished when ``WORKDIR/stages/STAGE.json`` exists; it is written
+last, after the stage saved its artefacts, so an interrupted stage reruns.
+Rerunning a finished stage (``--overwrite``) invalidates the stages after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+from absl import logging
+
+from uap_jax.config import Config, STAGES
+from uap_jax.context import RunContext
+from uap_jax.workdir import Workdir
+
+# Settings that change what earlier stages produced: a rerun in the same
+# work directory with other values would mix incompatible artefacts.
+_FIXED_BY_WORKDIR = ("dataset", "seed", "victim_arch", "width", "victim_frac",
+                     "attacker_frac", "independent_frac")
+
+
+def _check_same_run(cfg: Config, workdir: Workdir) -> None:
+  if not workdir.exists("config.json") or cfg.overwrite:
+    return
+  saved = workdir.read_json("config.json")
+  changed = {k: (saved.get(k), getattr(cfg, k)) for k in _FIXED_BY_WORKDIR
+             if k in saved and saved.get(k) != getattr(cfg, k)}
+  if changed:
+    raise ValueError(
+        f"--workdir {workdir.root} holds a run made with other settings "
+        f"{ {k: f'{a} -> {b}' for k, (a, b) in changed.items()} }; use a new "
+        "--workdir, or --overwrite to recompute the requested stages.")
+
+
+def run(cfg: Config) -> dict[str, dict]:
+  """Runs ``cfg.stages`` in pipeline order.
+
+  Args:
+    cfg: the run's settings (validated here, before any work).
+
+  Returns:
+    Per stage run, its summary (``{"skipped": True}`` when already done).
+  """
+  cfg.validate()
+  workdir = Workdir(cfg.workdir)
+  _check_same_run(cfg, workdir)
+  workdir.write_text("config.json", cfg.to_json() + "\n")
+  ctx = RunContext(cfg, workdir)
+  ordered = [s for s in STAGES if s in cfg.stages]
+  results = {}
+  invalidated = False
+  for stage in ordered:
+    if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
+      logging.info("Stage %s: already done in %s (use --overwrite to redo).",
+                   stage, workdir.root)
+      results[stage] = {"skipped": True}
+      continue
+    module = importlib.import_module(f"uap_jax.stages.{stage}")
+    logging.info("Stage %s: starting.", stage)
+    workdir.clear_stage(stage)
+    start = time.time()
+    summary = module.run(ctx) or {}
+    seconds = time.time() - start
+    workdir.mark_done(stage, {"seconds": seconds, "summary": summary})
+    logging.info("Stage %s: done in %.1f s.", stage, seconds)
+    results[stage] = summary
+    # Later stages built on the old artefacts of this one must be redone.
+    invalidated = True
+    for later in STAGES[STAGES.index(stage) + 1:]:
+      if later not in cfg.stages:
+        workdir.clear_stage(later)
+  return results
+
+
+def stage_seconds(workdir: Workdir) -> dict[str, float]:
+  """Seconds each finished stage took (from its marker)."""
+  out = {}
+  for stage in STAGES:
+    if workdir.stage_done(stage):
+      with open(workdir.path("stages", f"{stage}.json")) as f:
+        out[stage] = float(json.load(f)["seconds"])
+  return out

@@ -1,0 +1,53 @@
+"""Stage `victim`: train the owner's model on its data part."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from absl import logging
+
+from uap_jax import checkpoint
+from uap_jax import stack as stack_lib
+from uap_jax import train
+from uap_jax.context import RunContext
+
+
+def train_config(ctx: RunContext, **overrides) -> train.TrainConfig:
+  """The run's training settings (victim defaults), with overrides."""
+  cfg = ctx.cfg
+  base = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+              lr=cfg.lr, weight_decay=cfg.weight_decay, augment=ctx.augment)
+  base.update(overrides)
+  return train.TrainConfig(**base)
+
+
+def run(ctx: RunContext) -> dict:
+  """Trains, evaluates and saves the victim; writes ``victim.json``."""
+  cfg, data = ctx.cfg, ctx.data
+  part = ctx.parts["victim"]
+  victim = stack_lib.create(
+      cfg.victim_arch, [cfg.seed],
+      meta=[{"name": "victim", "kind": "victim", "family": "victim", "parent": None,
+             "part": "victim"}], **ctx.arch_kwargs())
+  start = time.time()
+  victim, history = train.train_stack(
+      victim, data.x_train, [part], train_config(ctx), labels=[data.y_train[part]],
+      seed=cfg.seed, strategy=cfg.strategy, eval_data=(data.x_test, data.y_test),
+      desc="victim")
+  seconds = time.time() - start
+  checkpoint.save_stack(ctx.workdir.checkpoint_dir("victim"), victim)
+  n_params = int(sum(np.prod(x.shape[1:]) for x in
+                     __import__("jax").tree.leaves(victim.params)))
+  summary = {
+      "arch": cfg.victim_arch, "width": cfg.width, "dataset": cfg.dataset,
+      "num_classes": data.num_classes, "image_shape": list(data.image_shape),
+      "train_examples": int(len(part)), "test_examples": int(len(data.y_test)),
+      "test_accuracy": float(history["test_accuracy"][0]),
+      "parameters": n_params, "epochs": cfg.epochs, "train_seconds": seconds,
+      "examples_per_second": history["examples_per_second"],
+  }
+  ctx.workdir.write_json("victim.json", summary)
+  logging.info("Victim %s: test accuracy %.4f, %d parameters, %.1f s", cfg.victim_arch,
+               summary["test_accuracy"], n_params, seconds)
+  return summary
