@@ -110,6 +110,9 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
     try:
       return tfds_io.load_tfds(spec, data_dir=data_dir)
     except ValueError as e:
+      if spec == "mnist":
+        raise ValueError(f"{e} Or use 'mnist5k' (5,000 real MNIST images, "
+                         "embedded, no download).") from e
       if spec == "fashion_mnist":
         raise ValueError(
             f"{e} Or install Debian's Fashion-MNIST IDX files with "
