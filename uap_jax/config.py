@@ -88,7 +88,7 @@ class Config:
   # Verification.
   n_views: int = _f(20, "Suspect views per verdict.")
   alpha: float = _f(1e-4, "Significance level of the piracy test.")
-  test: str = _f("welch", "Statistical test: welch | model_level.")
+  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | empirical (rank among reference models).")
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -138,8 +138,8 @@ class Config:
       raise ValueError(f"--fp_rule must be kmeans, margin or random, got {self.fp_rule!r}.")
     if self.fp_mode not in ("probs", "logits", "labels"):
       raise ValueError(f"--fp_mode must be probs, logits or labels, got {self.fp_mode!r}.")
-    if self.test not in ("welch", "model_level"):
-      raise ValueError(f"--test must be welch or model_level, got {self.test!r}.")
+    if self.test not in ("welch", "model", "empirical"):
+      raise ValueError(f"--test must be welch, model or empirical, got {self.test!r}.")
     if not (self.split_train > 0 and self.split_calib > 0 and self.split_train + self.split_calib < 1):
       raise ValueError("--split_train and --split_calib must be > 0 with a sum < 1.")
     if self.adv_eps < 0:

@@ -1,0 +1,161 @@
+"""Stage `verify`: verdicts on suspects.
+
+Without ``--suspect``: every model of the zoo's evaluation part, under two
+protocols — the saved random split (``split.json``) and leave-kind-out (for
+each kind, an encoder and a calibration set that never saw it) — plus two
+encoder-free references (raw fingerprint cosine, with and without the UAP
+half), all scored on the same suspects. Writes ``verify.json``.
+
+With ``--suspect=PATH``: a checkpoint directory saved by this project (every
+model in it is judged) or an ``.npz`` of a black-box suspect's recorded
+answers to ``WORKDIR/queries.npz`` (stage export_queries). Writes
+``verdicts/NAME.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+from uap_jax import blackbox
+from uap_jax import checkpoint
+from uap_jax import fingerprint as fp_lib
+from uap_jax import verify
+from uap_jax.context import RunContext
+from uap_jax.stages import encoder as encoder_stage
+from uap_jax.stages import fingerprint as fp_stage
+from uap_jax.stages import uap as uap_stage
+
+TESTS = ("welch", "model", "empirical")
+
+
+def _victim_index(meta: list[dict]) -> int:
+  for i, m in enumerate(meta):
+    if m.get("family") == "victim" or m.get("kind") == "victim":
+      return i
+  raise ValueError("The fingerprints hold no victim; rerun the fingerprint stage.")
+
+
+def raw_similarities(fps: np.ndarray, victim: int, clean_only: bool = False,
+                     num_uaps: int = 1, num_classes: int | None = None) -> np.ndarray:
+  """Encoder-free score: cosine of each raw view with the victim's mean view."""
+  if clean_only:
+    m, v, _ = fps.shape
+    fps = fps.reshape(m, v, -1, 1 + num_uaps, num_classes)[:, :, :, 0].reshape(m, v, -1)
+  unit = fps / np.maximum(np.linalg.norm(fps, axis=-1, keepdims=True), 1e-12)
+  proto = unit[victim].mean(0)
+  proto = proto / max(np.linalg.norm(proto), 1e-12)
+  return unit @ proto
+
+
+def _evaluate(ctx, sims, meta, eval_idx, calib_idx, method):
+  cfg = ctx.cfg
+  return verify.evaluate(
+      sims[eval_idx], [meta[i]["family"] for i in eval_idx],
+      [meta[i]["kind"] for i in eval_idx], sims[calib_idx],
+      names=[meta[i]["name"] for i in eval_idx], num_views=cfg.n_views,
+      method=method, alpha=cfg.alpha)
+
+
+def _brief(result: dict) -> dict:
+  return {k: result[k] for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
+                                 "accused_independents", "num_independents",
+                                 "detected_piracy", "num_piracy")}
+
+
+def evaluate_zoo(ctx: RunContext) -> dict:
+  cfg = ctx.cfg
+  fps, meta, _ = fp_stage.load(ctx)
+  enc, split = encoder_stage.load(ctx)
+  victim = _victim_index(meta)
+  num_uaps = len(uap_stage.load_uaps(ctx))
+  sims = verify.similarities(enc, fps, fps[victim])
+  random = _evaluate(ctx, sims, meta, split["eval"], split["calib"], cfg.test)
+  other_tests = {t: _brief(_evaluate(ctx, sims, meta, split["eval"], split["calib"], t))
+                 for t in TESTS if t != cfg.test}
+  references = {}
+  for name, clean_only in (("raw_cosine", False), ("raw_cosine_clean_only", True)):
+    raw = raw_similarities(fps, victim, clean_only, num_uaps, ctx.data.num_classes)
+    references[name] = _brief(_evaluate(ctx, raw, meta, split["eval"], split["calib"], cfg.test))
+
+  folds = {}
+  for fold in verify.leave_kind_out_splits(meta, seed=cfg.seed, train_frac=cfg.split_train,
+                                           calib_frac=cfg.split_calib):
+    kind = fold["held_out_kind"]
+    logging.info("Leave-kind-out: %s (%d train, %d calib, %d eval)", kind,
+                 len(fold["train"]), len(fold["calib"]), len(fold["eval"]))
+    fold_enc = encoder_stage.train_on(ctx, fps, meta, fold["train"])
+    fold_sims = verify.similarities(fold_enc, fps, fps[victim])
+    result = _evaluate(ctx, fold_sims, meta, fold["eval"], fold["calib"], cfg.test)
+    held = [r for r in result["suspects"] if r["kind"] == kind]
+    folds[kind] = dict(_brief(result), family=fold["held_out_family"],
+                       auc_held_out=result["auc"].get(kind) if fold["held_out_family"] == "piracy"
+                       else result["auc"].get("all"),
+                       held_out_verdicts={v: sum(r["verdict"] == v for r in held)
+                                          for v in ("pirated", "inconclusive", "not_pirated")},
+                       similarity_mean=float(np.mean([r["similarity_mean"] for r in held])))
+  zoo_rows = {m["name"]: m for m in meta}
+  for row in random["suspects"]:
+    src = zoo_rows[row["name"]]
+    row.update(arch=src.get("arch"), test_accuracy=src.get("test_accuracy"),
+               agreement=src.get("agreement"))
+  return {"protocols": {"random": random, "leave_kind_out": folds},
+          "other_tests": other_tests, "references": references,
+          "victim_self": verify.verify_suspect(sims[victim], sims[split["calib"]],
+                                               num_views=cfg.n_views, method=cfg.test,
+                                               alpha=cfg.alpha)}
+
+
+def verify_external(ctx: RunContext, path: str) -> dict:
+  """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
+  cfg = ctx.cfg
+  fps, meta, points = fp_stage.load(ctx)
+  enc, split = encoder_stage.load(ctx)
+  victim = _victim_index(meta)
+  reference = verify.similarities(enc, fps[split["calib"]], fps[victim])
+  if path.endswith(".npz"):
+    manifest = ctx.workdir.path("queries.json")
+    if not os.path.exists(manifest):
+      raise FileNotFoundError(
+          f"{manifest} is missing: run --stages=export_queries, have the suspect "
+          "answer WORKDIR/queries.npz, then verify its answers.")
+    clean, perturbed = blackbox.load_recorded_outputs(path, manifest)
+    names = [os.path.splitext(os.path.basename(path))[0]]
+    suspect_fps = np.asarray(fp_lib.fingerprints_from_outputs(
+        clean, perturbed, mode=points["mode"]))[None]
+  else:
+    suspect = checkpoint.load_stack(path)
+    if suspect.num_classes != ctx.data.num_classes:
+      raise ValueError(
+          f"The suspect at {path} has {suspect.num_classes} classes but the victim "
+          f"has {ctx.data.num_classes}: it cannot answer the same task.")
+    names = suspect.names
+    suspect_fps = np.asarray(fp_lib.fingerprints(
+        suspect, ctx.data.x_train[points["points"]], uap_stage.load_uaps(ctx),
+        mode=points["mode"], strategy=cfg.strategy))
+  sims = verify.similarities(enc, suspect_fps, fps[victim])
+  verdicts = []
+  for name, s in zip(names, sims):
+    v = verify.verify_suspect(s, reference, num_views=cfg.n_views, method=cfg.test,
+                              alpha=cfg.alpha)
+    verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
+    logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
+                 v["verdict"], v["p_value"], v["confidence"], v["views_used"])
+  out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
+  stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+  ctx.workdir.write_json(os.path.join("verdicts", f"{stem}.json"), out)
+  return out
+
+
+def run(ctx: RunContext) -> dict:
+  if ctx.cfg.suspect:
+    out = verify_external(ctx, ctx.cfg.suspect)
+    return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]]}
+  result = evaluate_zoo(ctx)
+  ctx.workdir.write_json("verify.json", result)
+  r = result["protocols"]["random"]
+  logging.info("Random split: AUC %s, TPR@1%%FPR %s, %d/%d independents accused",
+               r["auc"], r["tpr_at_1pct_fpr"], r["accused_independents"], r["num_independents"])
+  return _brief(r)
