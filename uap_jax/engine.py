@@ -34,26 +34,44 @@ STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
 PyTree = Any
 
 
-def default_strategy(backend: str | None = None) -> str:
+def default_strategy(backend: str | None = None, purpose: str = "infer") -> str:
   """Returns the measured-fastest strategy for a backend.
 
   Args:
     backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; ``None`` means the default one.
+    purpose: ``"infer"`` (forward passes, attacks, fingerprints) or
+      ``"train"`` (training steps); the choice may differ per purpose.
 
   Returns:
-    A strategy name other than ``"auto"``.
+    A strategy name other than ``"auto"``: ``loop`` on CPU; on an
+    accelerator ``shard`` when this process has several devices, else
+    ``vmap``.
   """
+  if purpose not in ("infer", "train"):
+    raise ValueError(f"purpose must be 'infer' or 'train', got {purpose!r}.")
   backend = backend or jax.default_backend()
-  return "loop" if backend == "cpu" else "vmap"
+  if backend == "cpu":
+    return "loop"
+  if jax.local_device_count(backend) > 1:
+    return "shard"
+  return "vmap"
 
 
-def resolve(strategy: str) -> str:
-  """Validates a strategy name and resolves ``auto``."""
+def resolve(strategy: str, purpose: str = "infer") -> str:
+  """Validates a strategy name and resolves ``auto``.
+
+  Args:
+    strategy: one of :data:`STRATEGIES`.
+    purpose: ``"infer"`` or ``"train"``, for :func:`default_strategy`.
+
+  Returns:
+    A concrete strategy (never ``"auto"``).
+  """
   if strategy not in STRATEGIES:
     raise ValueError(
         f"Unknown model-axis strategy {strategy!r}; choose one of "
         f"{', '.join(STRATEGIES)}.")
-  return default_strategy() if strategy == "auto" else strategy
+  return default_strategy(purpose=purpose) if strategy == "auto" else strategy
 
 
 def num_models(tree: PyTree) -> int:
@@ -89,6 +107,8 @@ def over_models(
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = "models",
     donate_argnums: Sequence[int] = (),
+    data_split: Sequence[int | None] | None = None,
+    data_axis_name: str = "data",
 ) -> Callable[..., Any]:
   """Lifts a per-model function over the leading model axis.
 
@@ -99,9 +119,22 @@ def over_models(
     strategy: one of :data:`STRATEGIES`.
     in_axes: per positional argument, 0 (per model) or None (shared). By
       default the first argument is per model and the others are shared.
-    mesh: device mesh for ``shard``; by default all devices on one axis.
+    mesh: device mesh for ``shard``; by default the mesh installed with
+      :func:`uap_jax.sharding.set_default_mesh` (the ``--mesh`` flag), else
+      all local devices on ``models``. Resolved at call time.
     axis_name: mesh axis that the model axis is split over for ``shard``.
     donate_argnums: buffers the jitted function may reuse (training state).
+    data_split: ``shard`` only, per positional argument: the axis of ONE
+      model's argument that is a batch and may be split over the mesh axis
+      ``data_axis_name`` (None: not split). Only for functions that treat
+      examples independently (eval-mode inference, fingerprints): each device
+      sees part of the batch. Every output's first per-model axis must be
+      that batch axis. Ignored when the mesh has no (or a size-1) data axis.
+    data_axis_name: mesh axis for ``data_split``.
+
+  With ``shard``, a model axis (or split batch) that does not divide the
+  mesh axis is padded by repeating the last model (row) and the outputs are
+  sliced back, so any stack size runs on any mesh.
 
   Returns:
     A function with the same arguments whose outputs gain a leading model
@@ -151,36 +184,89 @@ def over_models(
       return stack_trees(outs)
     return looped
 
-  # shard: split the model axis over the mesh, vmap within each shard.
-  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  if mesh is None:
-    mesh = jax.make_mesh((jax.device_count(),), (axis_name,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+  return _sharded(fn, axes_for, mesh, axis_name, tuple(donate_argnums),
+                  data_split, data_axis_name)
 
-  @jax.jit
-  def sharded(*args):
-    axes = axes_for(len(args))
-    specs = tuple(
-        jax.tree.map(lambda _: P(axis_name) if ax == 0 else P(), a)
-        for a, ax in zip(args, axes))
+
+def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
+             data_axis_name):
+  """The ``shard`` strategy (see :func:`over_models`)."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from uap_jax import sharding  # pylint: disable=g-import-not-at-top
+  compiled_per_mesh = {}
+
+  def build(active_mesh, axes, split):
+    def spec(ax, d):
+      batch = [] if d is None else [None] * d + [data_axis_name]
+      return P(axis_name, *batch) if ax == 0 else P(*batch)
+
+    in_specs = tuple(spec(ax, d) for ax, d in zip(axes, split))
+    out_spec = (P(axis_name, data_axis_name)
+                if any(d is not None for d in split) else P(axis_name))
 
     def body(*shard_args):
       return jax.vmap(fn, in_axes=axes)(*shard_args)
 
-    return jax.shard_map(body, mesh=mesh, in_specs=specs,
-                         out_specs=P(axis_name), check_vma=False)(*args)
+    # check_vma=False: outputs are replicated over a mesh axis a call does not
+    # split (e.g. 'data' for a training step), which the checker cannot prove.
+    return jax.jit(jax.shard_map(body, mesh=active_mesh, in_specs=in_specs,
+                                 out_specs=out_spec, check_vma=False),
+                   donate_argnums=donate_argnums)
 
-  def sharded_checked(*args):
-    axes = axes_for(len(args))
-    k = num_models([a for a, ax in zip(args, axes) if ax == 0])
-    n = mesh.shape[axis_name]
-    if k % n:
+  def sharded(*args):
+    active_mesh = mesh if mesh is not None else sharding.default_mesh()
+    if axis_name not in active_mesh.shape:
       raise ValueError(
-          f"strategy 'shard' splits {k} models over {n} devices of mesh axis "
-          f"{axis_name!r}; use a stack size divisible by {n} (pad the stack "
-          "with uap_jax.engine.pad_models) or another strategy.")
-    return sharded(*args)
-  return sharded_checked
+          f"strategy 'shard' needs a mesh axis {axis_name!r}; the mesh has "
+          f"{tuple(active_mesh.shape)}. Build it with "
+          "uap_jax.sharding.make_mesh('models:N[,data:M]').")
+    axes = axes_for(len(args))
+    n_models = sharding.axis_size(active_mesh, axis_name)
+    n_data = sharding.axis_size(active_mesh, data_axis_name)
+    split = (tuple(data_split) if data_split is not None and n_data > 1
+             else (None,) * len(args))
+    if len(split) != len(args):
+      raise ValueError(
+          f"data_split has {len(split)} entries for {len(args)} arguments.")
+    k = num_models([a for a, ax in zip(args, axes) if ax == 0])
+    # Pad the model axis (repeat the last model) and the batch axis (repeat
+    # the last row) to multiples of the mesh axes; slice the outputs back.
+    args = [pad_models(a, n_models)[0] if ax == 0 else a
+            for a, ax in zip(args, axes)]
+    batch = None
+    for i, (a, ax, d) in enumerate(zip(args, axes, split)):
+      if d is None:
+        continue
+      where = d + (1 if ax == 0 else 0)
+      sizes = {int(x.shape[where]) for x in jax.tree.leaves(a)}
+      if batch is None:
+        batch = sizes.pop() if len(sizes) == 1 else None
+      if batch is None or sizes - {batch}:
+        raise ValueError(
+            "data_split: every split argument needs the same batch size on "
+            f"its split axis; argument {i} has sizes {sorted(sizes)}.")
+      args[i] = _pad_axis(a, where, n_data)
+    key = (active_mesh, axes, split)
+    if key not in compiled_per_mesh:
+      compiled_per_mesh[key] = build(active_mesh, axes, split)
+    out = compiled_per_mesh[key](*args)
+    if batch is not None:
+      return jax.tree.map(lambda x: x[:k, :batch], out)
+    return jax.tree.map(lambda x: x[:k], out)
+
+  return sharded
+
+
+def _pad_axis(tree: PyTree, axis: int, multiple: int) -> PyTree:
+  """Pads ``axis`` of every leaf to a multiple by repeating its last entry."""
+  def pad(x):
+    n = x.shape[axis]
+    extra = (-n) % multiple
+    if not extra:
+      return x
+    index = np.concatenate([np.arange(n), np.full(extra, n - 1)])
+    return jnp.take(x, index, axis=axis)
+  return jax.tree.map(pad, tree)
 
 
 def pad_models(tree: PyTree, multiple: int) -> tuple[PyTree, int]:
@@ -198,6 +284,6 @@ def pad_models(tree: PyTree, multiple: int) -> tuple[PyTree, int]:
   pad = (-k) % multiple
   if not pad:
     return tree, k
-  return jax.tree.map(
-      lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]),
-      tree), k
+  index = np.concatenate([np.arange(k), np.full(pad, k - 1)])
+  # Indexing (not concatenate) also pads typed PRNG key arrays.
+  return jax.tree.map(lambda x: x[index], tree), k
