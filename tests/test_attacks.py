@@ -1,0 +1,370 @@
+"""Property tests of uap_jax.attacks on fresh random inputs (tiny sizes)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from sklearn.datasets import load_digits
+
+from uap_jax import attacks
+from uap_jax import engine
+from uap_jax import stack as stack_lib
+from uap_jax.attacks import common
+from uap_jax.models.mlp import MLP
+
+SHAPE = (6, 6, 1)
+NUM_CLASSES = 5
+
+
+def fresh_seed() -> int:
+  return secrets.randbits(31)
+
+
+def tiny_mlp(seed: int, image_shape=SHAPE, num_classes=NUM_CLASSES,
+             hidden=(16,)):
+  """An untrained MLP: (logits_fn, variables)."""
+  module = MLP(num_classes=num_classes, image_shape=image_shape, hidden=hidden,
+               rngs=nnx.Rngs(seed))
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  return stack_lib.eval_logits_fn(graphdef), (params, rest)
+
+
+def tiny_stack(seeds, hidden=(16,)):
+  """K untrained MLPs of one architecture: (logits_fn, stacked variables)."""
+  per_model = [tiny_mlp(s, hidden=hidden) for s in seeds]
+  logits_fn = per_model[0][0]
+  return logits_fn, engine.stack_trees([v for _, v in per_model])
+
+
+def random_images(seed: int, n: int, shape=SHAPE) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), (n,) + shape, jnp.float32)
+
+
+def norm(v, p, batch_dims=0):
+  return np.asarray(common.flat_norm(jnp.asarray(v), common.check_p(p),
+                                     batch_dims))
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+  """An MLP trained on sklearn digits for 300 Adam steps (~1-2 s)."""
+  digits = load_digits()
+  x = jnp.asarray(digits.images[..., None] / 16.0, jnp.float32)
+  y = jnp.asarray(digits.target, jnp.int32)
+  logits_fn, (params, rest) = tiny_mlp(0, image_shape=(8, 8, 1),
+                                       num_classes=10, hidden=(64,))
+  opt = optax.adam(1e-2)
+  x_train, y_train = x[:1200], y[:1200]
+
+  @jax.jit
+  def train(params):
+    def step(i, carry):
+      params, state = carry
+      idx = jax.random.randint(jax.random.key(i), (64,), 0, 1200)
+      def loss(p):
+        logits = logits_fn((p, rest), x_train[idx])
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, y_train[idx]).mean()
+      updates, state = opt.update(jax.grad(loss)(params), state, params)
+      return optax.apply_updates(params, updates), state
+    return jax.lax.fori_loop(0, 300, step, (params, opt.init(params)))[0]
+
+  variables = (train(params), rest)
+  accuracy = float(jnp.mean(
+      jnp.argmax(logits_fn(variables, x[1200:]), -1) == y[1200:]))
+  assert accuracy > 0.8, accuracy
+  return logits_fn, variables, x[:1200], x[1200:]
+
+
+# --------------------------------------------------------------- norm bounds
+
+
+@pytest.mark.parametrize("p", ["inf", 2])
+def test_pgd_and_fgsm_stay_in_ball_and_range(p):
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, 16)
+  eps = float(np.random.default_rng(seed).uniform(0.01, 0.5))
+  adv = attacks.pgd(logits_fn, variables, x, key=jax.random.key(seed), eps=eps,
+                    num_steps=5, p=p)
+  one = attacks.fgsm(logits_fn, variables, x, eps=eps, p=p)
+  for out in (adv, one):
+    assert out.dtype == jnp.float32 and out.shape == x.shape
+    assert np.all(norm(out - x, p, 1) <= eps * (1 + 1e-5) + 1e-7), seed
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0, seed
+
+
+@pytest.mark.parametrize("p", ["inf", 2])
+def test_uap_and_sgd_uap_stay_in_ball(p):
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, 24)
+  xi = float(np.random.default_rng(seed).uniform(0.05, 1.0))
+  # One method per norm keeps compilation (most of the test's time) down.
+  for method in (("minibatch",) if p == "inf" else ("sequential",)):
+    result = attacks.uap(logits_fn, variables, x, key=jax.random.key(seed),
+                         xi=xi, p=p, max_passes=2, batch_size=8,
+                         method=method, max_iter=5)
+    assert result.v.shape == SHAPE and result.v.dtype == jnp.float32
+    assert norm(result.v, p) <= xi * (1 + 1e-5), (seed, method)
+  result = attacks.sgd_uap(logits_fn, variables, x, key=jax.random.key(seed),
+                           xi=xi, p=p, max_passes=2, batch_size=8)
+  assert norm(result.v, p) <= xi * (1 + 1e-5), seed
+
+
+@pytest.mark.parametrize("p", ["inf", 2])
+def test_projection_bounds_random_vectors(p):
+  seed = fresh_seed()
+  v = 10 * jax.random.normal(jax.random.key(seed), (7,) + SHAPE)
+  xi = float(np.random.default_rng(seed).uniform(1e-3, 5.0))
+  projected = attacks.project(v, attacks.check_p(p), xi, batch_dims=1)
+  assert np.all(norm(projected, p, 1) <= xi * (1 + 1e-6)), seed
+  inside = v / (1.0 + norm(v, p, 1).reshape(-1, 1, 1, 1) / (0.5 * xi))
+  np.testing.assert_allclose(
+      attacks.project(inside, attacks.check_p(p), xi, batch_dims=1), inside,
+      rtol=1e-6)
+
+
+# ------------------------------------------------------------ jit vs eager
+
+
+def test_jit_equals_eager():
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, 4)
+  key = jax.random.key(seed)
+
+  # Eager mode compiles every op on its own (seconds per attack): sizes are
+  # minimal, and the UAP covers DeepFool (its inner step).
+  def run():
+    return (
+        attacks.pgd(logits_fn, variables, x, key=key, eps=0.1, num_steps=2),
+        attacks.uap(logits_fn, variables, x, key=key, xi=0.3, max_passes=2,
+                    batch_size=4, max_iter=2))
+
+  jitted = run()
+  with jax.disable_jit():
+    eager = run()
+  for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float64),
+                               np.asarray(b, np.float64), atol=1e-4,
+                               err_msg=f"seed {seed}")
+
+
+# ---------------------------------------------------------------- DeepFool
+
+
+@pytest.mark.parametrize("p", [2, "inf"])
+def test_deepfool_on_linear_model_matches_analytic_distance(p):
+  seed = fresh_seed()
+  rng = np.random.default_rng(seed)
+  dim, num_classes, n = 12, 6, 10
+  weights = jnp.asarray(rng.normal(size=(dim, num_classes)) * 10, jnp.float32)
+  bias = jnp.asarray(rng.normal(size=num_classes), jnp.float32)
+  x = jnp.asarray(rng.uniform(0.3, 0.7, size=(n, 2, 2, 3)), jnp.float32)
+
+  def linear(variables, x):
+    w, b = variables
+    return x.reshape(x.shape[0], -1) @ w + b
+
+  overshoot = 1e-3
+  result = attacks.deepfool(linear, (weights, bias), x,
+                            num_candidates=num_classes, overshoot=overshoot,
+                            max_iter=20, p=p)
+  logits = np.asarray(linear((weights, bias), x), np.float64)
+  w = np.asarray(weights, np.float64)
+  label = logits.argmax(-1)
+  dual = 2 if p == 2 else 1
+  expected = []
+  for i in range(n):
+    dists = [abs(logits[i, k] - logits[i, label[i]])
+             / np.linalg.norm(w[:, k] - w[:, label[i]], ord=dual)
+             for k in range(num_classes) if k != label[i]]
+    expected.append((1 + overshoot) * (min(dists) + 1e-4))
+  assert np.all(np.asarray(result.converged)), seed
+  assert np.all(np.asarray(result.label) == label), seed
+  flipped = np.asarray(linear((weights, bias), jnp.clip(
+      x + result.perturbation, 0, 1))).argmax(-1)
+  assert np.all(flipped != label), seed
+  # A linear model is crossed in one linearisation step.
+  assert np.all(np.asarray(result.iterations) == 1), seed
+  np.testing.assert_allclose(norm(result.perturbation, p, 1), expected,
+                             rtol=1e-3, err_msg=f"seed {seed}")
+
+
+# --------------------------------------------------------------------- PGD
+
+
+def test_pgd_raises_loss_and_targeted_lowers_it():
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, 32)
+  y = jnp.argmax(logits_fn(variables, x), -1)
+  key = jax.random.key(seed)
+  for p, eps in (("inf", 0.05), (2, 0.3)):
+    adv = attacks.pgd(logits_fn, variables, x, key=key, eps=eps, p=p,
+                      num_steps=10)
+    before = common.cross_entropy(logits_fn(variables, x), y)
+    after = common.cross_entropy(logits_fn(variables, adv), y)
+    assert float(after.mean()) > float(before.mean()), (seed, p)
+    assert float(jnp.mean(after >= before)) >= 0.9, (seed, p)
+    target = (y + 1) % NUM_CLASSES
+    adv = attacks.pgd(logits_fn, variables, x, target, key=key, eps=eps, p=p,
+                      num_steps=10, targeted=True)
+    before = common.cross_entropy(logits_fn(variables, x), target)
+    after = common.cross_entropy(logits_fn(variables, adv), target)
+    assert float(after.mean()) < float(before.mean()), (seed, p)
+
+
+# ----------------------------------------------------------- trained model
+
+
+@pytest.mark.parametrize("p,xi", [("inf", 0.3), (2, 2.5)])
+def test_uap_of_trained_model_beats_random_noise(digits_model, p, xi):
+  logits_fn, variables, x_train, x_test = digits_model
+  seed = fresh_seed()
+  x_fit = x_train[:400]
+  key = jax.random.key(seed)
+  found = {
+      "deepfool": attacks.uap(logits_fn, variables, x_fit, key=key, xi=xi,
+                              p=p, max_passes=4, batch_size=8).v,
+      "sgd": attacks.sgd_uap(logits_fn, variables, x_fit, key=key, xi=xi, p=p,
+                             max_passes=4).v,
+  }
+  noise_key = jax.random.key(seed + 1)
+  if p == "inf":   # a random vertex of the L-inf ball: the strongest noise
+    noise = xi * jnp.sign(jax.random.normal(noise_key, (8, 8, 1)))
+  else:
+    noise = jax.random.normal(noise_key, (8, 8, 1))
+    noise = xi * noise / jnp.linalg.norm(noise)
+  random_rate = float(attacks.fooling_rate(logits_fn, variables, x_test, noise))
+  for name, v in found.items():
+    assert norm(v, p) <= xi * (1 + 1e-5)
+    rate = float(attacks.fooling_rate(logits_fn, variables, x_test, v))
+    assert rate >= max(2.0 * random_rate, random_rate + 0.2), (
+        seed, name, rate, random_rate)
+
+
+# ------------------------------------------------------------------ stacks
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_stacked_uaps_equal_per_model_uaps(strategy):
+  seed = fresh_seed()
+  seeds = [seed, seed + 1]
+  logits_fn, variables = tiny_stack(seeds)
+  x = random_images(seed, 16)
+  key = jax.random.key(seed)
+  keys = jax.random.split(key, 2)
+  options = dict(xi=0.4, p=2, max_passes=2, batch_size=4, max_iter=4)
+  stacked = attacks.uap_stack(logits_fn, variables, x, key=key,
+                              strategy=strategy, **options)
+  sgd_options = dict(xi=0.2, p="inf", max_passes=2, batch_size=4)
+  sgd_stacked = attacks.sgd_uap_stack(logits_fn, variables, x, key=key,
+                                      strategy=strategy, **sgd_options)
+  pgd_stacked = attacks.pgd_stack(logits_fn, variables, x, key=key, eps=0.1,
+                                  num_steps=3, strategy=strategy)
+  for i, model in enumerate(engine.unstack_tree(variables)):
+    single = attacks.uap(logits_fn, model, x, key=keys[i], **options)
+    sgd_single = attacks.sgd_uap(logits_fn, model, x, key=keys[i],
+                                 **sgd_options)
+    pgd_single = attacks.pgd(logits_fn, model, x, key=keys[i], eps=0.1,
+                             num_steps=3)
+    pairs = [(jax.tree.map(lambda a: a[i], stacked), single),
+             (jax.tree.map(lambda a: a[i], sgd_stacked), sgd_single),
+             (pgd_stacked[i], pgd_single)]
+    for got, want in pairs:
+      for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a, np.float64),
+                                   np.asarray(b, np.float64), atol=1e-4,
+                                   err_msg=f"seed {seed} model {i}")
+
+
+def test_fooling_rate_and_transfer_matrix_match_direct_count():
+  seed = fresh_seed()
+  logits_fn, variables = tiny_stack([seed, seed + 1, seed + 2])
+  x = random_images(seed, 37)       # not a multiple of the batch size
+  uaps = 0.5 * jax.random.normal(jax.random.key(seed), (2,) + SHAPE)
+  matrix = attacks.transfer_matrix(logits_fn, variables, x, uaps, batch_size=8)
+  assert matrix.shape == (2, 3)
+  for j, model in enumerate(engine.unstack_tree(variables)):
+    clean = np.asarray(logits_fn(model, x)).argmax(-1)
+    for i in range(2):
+      adv = np.asarray(logits_fn(model, jnp.clip(x + uaps[i], 0, 1))).argmax(-1)
+      direct = float(np.mean(adv != clean))
+      assert float(matrix[i, j]) == pytest.approx(direct, abs=1e-6), seed
+      rate = attacks.fooling_rate(logits_fn, model, x, uaps[i], batch_size=8)
+      assert float(rate) == pytest.approx(direct, abs=1e-6), seed
+
+
+def test_uap_result_fields():
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, 12)
+  result = attacks.uap(logits_fn, variables, x, key=jax.random.key(seed),
+                       xi=5.0, p=2, delta=0.5, max_passes=3, batch_size=4)
+  passes = int(result.passes)
+  assert 1 <= passes <= 3
+  history = np.asarray(result.history)
+  assert history.shape == (3,)
+  assert np.all(np.isfinite(history[:passes]))
+  assert np.all(np.isnan(history[passes:]))
+  assert float(result.fooling_rate) == pytest.approx(history[:passes].max())
+  if passes < 3:   # stopped early: the target was reached
+    assert float(result.fooling_rate) >= 0.5
+  rate = attacks.fooling_rate(logits_fn, variables, x, result.v)
+  assert float(rate) == pytest.approx(float(result.fooling_rate), abs=1e-6)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_bad_arguments_raise_clear_errors():
+  logits_fn, variables = tiny_mlp(0)
+  x = random_images(0, 4)
+  key = jax.random.key(0)
+  cases = [
+      (dict(p=3), "p=3"),
+      (dict(p="l1"), "p='l1'"),
+      (dict(xi=0.0), "xi must be"),
+      (dict(xi=-1.0), "xi must be"),
+      (dict(delta=0.0), "delta must lie"),
+      (dict(delta=1.0), "delta must lie"),
+      (dict(method="fast"), "Unknown UAP method"),
+      (dict(max_passes=0), "max_passes"),
+  ]
+  for override, message in cases:
+    kwargs = dict(key=key, xi=0.1, p="inf", delta=0.2)
+    kwargs.update(override)
+    with pytest.raises(ValueError, match=message):
+      attacks.uap(logits_fn, variables, x, **kwargs)
+  with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+    attacks.uap(logits_fn, variables, x * 255.0, key=key, xi=0.1)
+  with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+    attacks.pgd(logits_fn, variables, x - 0.5, key=key, eps=0.1)
+  with pytest.raises(ValueError, match="empty"):
+    attacks.uap(logits_fn, variables, x[:0], key=key, xi=0.1)
+  with pytest.raises(ValueError, match="empty"):
+    attacks.sgd_uap(logits_fn, variables, x[:0], key=key, xi=0.1)
+  with pytest.raises(ValueError, match="\\(N, H, W, C\\)"):
+    attacks.deepfool(logits_fn, variables, x[0])
+  with pytest.raises(ValueError, match="delta must lie"):
+    attacks.sgd_uap(logits_fn, variables, x, key=key, xi=0.1, delta=1.5)
+  with pytest.raises(ValueError, match="eps must be"):
+    attacks.pgd(logits_fn, variables, x, key=key, eps=0.0)
+  with pytest.raises(ValueError, match="needs target labels"):
+    attacks.pgd(logits_fn, variables, x, key=key, eps=0.1, targeted=True)
+  with pytest.raises(ValueError, match="does not fit"):
+    attacks.fooling_rate(logits_fn, variables, x, jnp.zeros((3, 3, 1)))
+  with pytest.raises(ValueError, match="uap_stack takes xi"):
+    attacks.uap_stack(logits_fn, variables, x, key=key, xi=0.1, radius=2)
+  uint8 = np.full((2,) + SHAPE, 255, np.uint8)
+  assert float(attacks.fgsm(logits_fn, variables, uint8, eps=0.1).max()) <= 1.0
