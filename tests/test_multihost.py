@@ -79,6 +79,13 @@ def test_initialize_rejects_bad_flags_before_starting(args, message):
     distributed.initialize(**args)
 
 
+def test_initialize_after_jax_use_says_to_call_it_first():
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.devices()  # backends are up: initialize must refuse before connecting
+  with pytest.raises(RuntimeError, match="first thing in main"):
+    distributed.initialize("127.0.0.1:1", 2, 0, timeout_s=1)
+
+
 CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",
                 "SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE",
                 "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")

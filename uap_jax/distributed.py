@@ -127,10 +127,18 @@ def initialize(coordinator_address: str | None = None,
     return False
   if num_processes == 1 and coordinator_address is None:
     return False
-  jax.distributed.initialize(
-      coordinator_address=coordinator_address, num_processes=num_processes,
-      process_id=process_id, local_device_ids=local_device_ids,
-      initialization_timeout=timeout_s)
+  try:
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes,
+        process_id=process_id, local_device_ids=local_device_ids,
+        initialization_timeout=timeout_s)
+  except RuntimeError as e:
+    if "before any JAX" in str(e):
+      raise RuntimeError(
+          "uap_jax.distributed.initialize ran after JAX was already used (e.g. "
+          "jax.devices() or engine.resolve('auto')); call it first thing in "
+          "main, before config validation and before building any model.") from e
+    raise
   return jax.process_count() > 1
 
 

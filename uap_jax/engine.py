@@ -57,6 +57,19 @@ def default_strategy(backend: str | None = None, purpose: str = "infer") -> str:
   return "vmap"
 
 
+def check_strategy(strategy: str) -> None:
+  """Raises ValueError for an unknown strategy name, without touching devices.
+
+  Config validation should use this rather than :func:`resolve`: resolving
+  ``auto`` initialises JAX's backends, after which ``jax.distributed`` can no
+  longer start.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(
+        f"Unknown model-axis strategy {strategy!r}; choose one of "
+        f"{', '.join(STRATEGIES)}.")
+
+
 def resolve(strategy: str, purpose: str = "infer") -> str:
   """Validates a strategy name and resolves ``auto``.
 
@@ -67,10 +80,7 @@ def resolve(strategy: str, purpose: str = "infer") -> str:
   Returns:
     A concrete strategy (never ``"auto"``).
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(
-        f"Unknown model-axis strategy {strategy!r}; choose one of "
-        f"{', '.join(STRATEGIES)}.")
+  check_strategy(strategy)
   return default_strategy(purpose=purpose) if strategy == "auto" else strategy
 
 

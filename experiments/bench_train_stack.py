@@ -1,0 +1,174 @@
+"""Benchmark: training K models as one stack against K separate trainings.
+
+For each architecture, K models train for the same number of steps on the
+same synthetic images (random pixels, random labels: speed does not depend on
+the values) with ``uap_jax.train.train_stack``:
+
+* ``stack/<strategy>``: one ``train_stack`` call on a K-model stack with the
+  model-axis strategy vmap, map, loop (and shard with several devices);
+  ``stack/auto=<s>`` is what ``engine.resolve('auto', purpose='train')``
+  picks, measured separately;
+* ``separate``: K calls of ``train_stack`` on one-model stacks, one after
+  another (what K independent jobs would cost, compiles included).
+
+Every variant runs in its own child process, so that its peak memory (the
+child's ``ru_maxrss``, minus a child that builds the same stack and data but
+does not train) is its own. Reported: the seconds of a first one-step run
+(tracing + compilation), the seconds of the timed run of all steps after it
+(compiled programs cached) and its milliseconds per step for all K models,
+the speed-up against ``separate``, and peak memory.
+
+Usage (CPU defaults stay under ~3 minutes on 2 cores):
+
+  python experiments/bench_train_stack.py --out runs/bench_train_stack.json
+  # Larger, e.g. on a GPU:
+  python experiments/bench_train_stack.py --archs small_cnn,resnet20 --k 32 \
+      --steps 200 --image 32,32,3 --batch 128 --timeout_s 1800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--archs", default="mlp,small_cnn")
+  p.add_argument("--k", type=int, default=8, help="Models per stack.")
+  p.add_argument("--steps", type=int, default=20, help="Training steps per model.")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--image", default="16,16,3", help="H,W,C.")
+  p.add_argument("--width", type=float, default=0.25)
+  p.add_argument("--variants", default="vmap,map,loop,auto,separate",
+                 help="Stack strategies (auto = the training default) and 'separate'.")
+  p.add_argument("--timeout_s", type=float, default=60.0,
+                 help="Per child process; a slower variant is reported as a timeout.")
+  p.add_argument("--out", default="")
+  p.add_argument("--child", default="", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def run_child(spec: dict) -> dict:
+  """Trains as ``spec`` says, in this process; returns timings and memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from uap_jax import engine, train  # pylint: disable=g-import-not-at-top
+  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+
+  h, w, c = spec["image"]
+  k, steps, batch = spec["k"], spec["steps"], spec["batch"]
+  rng = np.random.default_rng(0)
+  x_pool = rng.integers(0, 256, (k * steps * batch, h, w, c), dtype=np.uint8)
+  y_pool = rng.integers(0, 10, len(x_pool)).astype(np.int32)
+  # Each model owns `steps` batches, so that one epoch is `steps` steps.
+  parts = [np.arange(i * steps * batch, (i + 1) * steps * batch) for i in range(k)]
+  make = lambda seeds: stack_lib.create(spec["arch"], seeds, num_classes=10,
+                                        image_shape=(h, w, c), width=spec["width"])
+  variant = spec["variant"]
+  out = {"backend": jax.default_backend()}
+  if variant == "baseline":
+    make(list(range(k)))
+  else:
+    def train_all(epochs):
+      cfg = train.TrainConfig(epochs=epochs, batch_size=batch, lr=0.05,
+                              log_every=10 ** 9)
+      if variant == "separate":
+        for i in range(k):
+          train.train_stack(make([i]), x_pool, [parts[i]], cfg,
+                            labels=[y_pool[parts[i]]], strategy="loop")
+      else:
+        strategy = (engine.resolve("auto", purpose="train") if variant == "auto"
+                    else variant)
+        out["strategy"] = strategy
+        trained, _ = train.train_stack(make(list(range(k))), x_pool, parts, cfg,
+                                       labels=[y_pool[p] for p in parts],
+                                       strategy=strategy)
+        jax.tree.map(lambda a: a.block_until_ready(), trained.params)
+    # A one-step run first: it pays tracing and compilation (XLA caches the
+    # executables by program, so the timed run below and every further
+    # one-model training of 'separate' reuse them).
+    start = time.perf_counter()
+    train_all(1.0 / steps)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    train_all(1.0)
+    warm = time.perf_counter() - start
+    out.update(seconds=warm, cold_one_step_seconds=cold,
+               ms_per_step=1e3 * warm / steps)
+  out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return out
+
+
+def spawn(spec: dict, timeout_s: float) -> dict:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+       env.get("PYTHONPATH", "")])
+  try:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                           json.dumps(spec)], env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timeout after {timeout_s:.0f}s"}
+  if proc.returncode:
+    return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  args = parse_args(argv)
+  if args.child:
+    print(json.dumps(run_child(json.loads(args.child))))
+    return None
+  image = [int(s) for s in args.image.split(",")]
+  rows = []
+  for arch in args.archs.split(","):
+    base = dict(arch=arch, k=args.k, steps=args.steps, batch=args.batch,
+                image=image, width=args.width)
+    baseline = spawn(dict(base, variant="baseline"), args.timeout_s)
+    for variant in args.variants.split(","):
+      r = spawn(dict(base, variant=variant), args.timeout_s)
+      name = (f"stack/auto={r['strategy']}" if variant == "auto" and "strategy" in r
+              else variant if variant == "separate" else f"stack/{variant}")
+      row = dict(arch=arch, variant=name, **{k: v for k, v in r.items()
+                                               if k != "strategy"})
+      if "max_rss_mb" in r and "max_rss_mb" in baseline:
+        row["peak_mb_over_baseline"] = r["max_rss_mb"] - baseline["max_rss_mb"]
+      rows.append(row)
+      print(f"  {arch} {name}: {r}", flush=True)
+  sep = {r["arch"]: r.get("seconds") for r in rows if r["variant"] == "separate"}
+  print(f"\nK={args.k} models x {args.steps} steps, batch {args.batch}, "
+        f"images {'x'.join(map(str, image))}, width {args.width}")
+  print(f"{'arch':10s} {'variant':18s} {'compile s':>9s} {'train s':>8s} "
+        f"{'ms/step':>8s} {'vs sep':>7s} {'peak MB':>8s} {'(+base)':>8s}")
+  for r in rows:
+    if "error" in r:
+      print(f"{r['arch']:10s} {r['variant']:18s} {r['error']}")
+      continue
+    s = sep.get(r["arch"])
+    print(f"{r['arch']:10s} {r['variant']:18s} {r['cold_one_step_seconds']:9.2f} "
+          f"{r['seconds']:8.2f} {r['ms_per_step']:8.1f} "
+          f"{(s / r['seconds']) if s else float('nan'):6.2f}x "
+          f"{r['max_rss_mb']:8.0f} {r.get('peak_mb_over_baseline', float('nan')):8.0f}")
+  result = dict(benchmark="train_stack", machine=platform.processor() or platform.machine(),
+                k=args.k, steps=args.steps, batch=args.batch, image=image,
+                width=args.width, rows=rows,
+                command=" ".join([sys.executable] + sys.argv))
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+  return result
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
