@@ -10,13 +10,27 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import jax
 from flax import nnx
 
+from uap_jax.models.lenet import LeNet5
 from uap_jax.models.mlp import MLP
+from uap_jax.models.mobilenet import MobileNetV2
+from uap_jax.models.resnet import ResNet18, ResNet20, ResNet34
+from uap_jax.models.vgg import VGG11, VGG13, VGG16, SmallCNN
 
 # name -> constructor(*, num_classes, image_shape, width, mean, std, rngs).
 ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     "mlp": MLP,
+    "lenet5": LeNet5,
+    "small_cnn": SmallCNN,
+    "vgg11": VGG11,
+    "vgg13": VGG13,
+    "vgg16": VGG16,
+    "resnet18": ResNet18,
+    "resnet20": ResNet20,
+    "resnet34": ResNet34,
+    "mobilenetv2": MobileNetV2,
 }
 
 
@@ -60,3 +74,16 @@ def build(arch: str, *, num_classes: int, image_shape: Sequence[int],
   return ARCHITECTURES[arch](num_classes=num_classes,
                              image_shape=tuple(image_shape), width=width,
                              mean=mean, std=std, rngs=nnx.Rngs(seed))
+
+
+def param_count(model: nnx.Module) -> int:
+  """Number of trainable parameters (``nnx.Param`` entries, not BatchNorm
+  running statistics) of a model.
+
+  Args:
+    model: an ``nnx.Module``.
+
+  Returns:
+    The total size of its ``nnx.Param`` arrays.
+  """
+  return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))

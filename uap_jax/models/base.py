@@ -45,3 +45,71 @@ def channel_stats(mean: Sequence[float] | float | None,
 def width_of(base: int, width: float) -> int:
   """Channel count ``base * width``, at least 1."""
   return max(1, int(round(base * width)))
+
+
+# Flax's default BatchNorm momentum (0.99) adapts the running statistics too
+# slowly for the short trainings of a model zoo; 0.9 is PyTorch's default.
+BATCH_NORM_MOMENTUM = 0.9
+# He initialisation suits convolutions followed by ReLU.
+CONV_INIT = nnx.initializers.he_normal()
+
+
+def check_images(x: jax.Array, image_shape: Sequence[int], *,
+                 fixed_size: bool) -> None:
+  """Raises a clear ValueError when images do not fit the model.
+
+  Shapes are static under ``jax.jit``, so the check costs nothing at run time.
+
+  Args:
+    x: images, ``(N, H, W, C)``.
+    image_shape: the ``(H, W, C)`` the model was built for.
+    fixed_size: whether the model needs exactly ``H x W`` (it flattens) or
+      takes any size (it pools globally).
+  """
+  h, w, c = image_shape
+  if x.ndim != 4 or x.shape[-1] != c:
+    raise ValueError(
+        f"Model built for images (N, H, W, {c}) got an array of shape {x.shape}."
+        " Pass NHWC images with the channel count given in image_shape.")
+  if fixed_size and tuple(x.shape[1:3]) != (h, w):
+    raise ValueError(
+        f"Model built for {h}x{w} images got {x.shape[1]}x{x.shape[2]}. Resize "
+        "the images or build the model with image_shape=(H, W, C) of the data.")
+
+
+def pool_window(side: int) -> int:
+  """2 when a side can halve, 1 (no pooling) when it is already 1."""
+  return 2 if side >= 2 else 1
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, that never shrinks a side below 1.
+
+  A side of 1 is left alone, so stacks of pooling stages work on small
+  images (8x8 digits) as on 32x32 ones.
+  """
+  window = (pool_window(x.shape[1]), pool_window(x.shape[2]))
+  if window == (1, 1):
+    return x
+  return nnx.max_pool(x, window_shape=window, strides=window, padding="VALID")
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """``(N, H, W, C) -> (N, C)``."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+class ConvBN(nnx.Module):
+  """Convolution (no bias: BatchNorm's shift replaces it) then BatchNorm."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int = 3,
+               strides: int = 1, *, groups: int = 1, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
+                         strides=strides, padding="SAME", use_bias=False,
+                         feature_group_count=groups, kernel_init=CONV_INIT,
+                         rngs=rngs)
+    self.bn = nnx.BatchNorm(out_features, momentum=BATCH_NORM_MOMENTUM,
+                            rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.bn(self.conv(x))

@@ -18,6 +18,7 @@ class MLP(nnx.Module):
                width: float = 1.0, hidden: Sequence[int] = (256, 128),
                mean=None, std=None, rngs: nnx.Rngs):
     h, w, c = image_shape
+    self.image_shape = tuple(image_shape)
     self.normalize = base.Normalize(*base.channel_stats(mean, std, c))
     sizes = [h * w * c] + [base.width_of(n, width) for n in hidden]
     self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs)
@@ -25,6 +26,7 @@ class MLP(nnx.Module):
     self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    base.check_images(x, self.image_shape, fixed_size=True)
     x = self.normalize(x).reshape(x.shape[0], -1)
     for layer in self.hidden:
       x = nnx.relu(layer(x))
