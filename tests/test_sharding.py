@@ -72,11 +72,15 @@ def test_pad_models_repeats_last_model_and_pads_keys():
 def test_default_strategy_is_concrete_for_each_purpose():
   from uap_jax import engine  # pylint: disable=g-import-not-at-top
   for backend in ("cpu", None):
-    for purpose in ("infer", "train"):
+    for purpose in engine.PURPOSES:
       assert engine.default_strategy(backend, purpose) in engine.STRATEGIES[1:]
-  assert engine.default_strategy() == engine.default_strategy(None, "infer")
+      assert engine.resolve("auto", purpose) == engine.default_strategy(None, purpose)
+  assert engine.default_strategy() == engine.default_strategy(None, "any")
+  assert engine.resolve("map", "train") == "map"
   with pytest.raises(ValueError, match="purpose"):
     engine.default_strategy("cpu", "eval")
+  with pytest.raises(ValueError, match="Unknown model-axis strategy"):
+    engine.check_strategy("pmap")
 
 
 def test_shard_needs_its_mesh_axis():
@@ -99,22 +103,45 @@ def _child_checks() -> dict:
   from uap_jax import engine, sharding, train  # pylint: disable=g-import-not-at-top
   from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
 
+  def distinct_stack(arch, k):
+    # Building k models eagerly is slow on 8 host devices; scale the weights
+    # of one model per position instead, which keeps the models distinct (a
+    # mix-up of models would show).
+    one = stack_lib.create(arch, [0], num_classes=4, image_shape=(8, 8, 1),
+                           width=0.25)
+    scale = 1.0 + 0.1 * np.arange(k, dtype=np.float32)
+    params = jax.tree.map(
+        lambda a: a * scale.reshape((k,) + (1,) * (a.ndim - 1)),
+        engine.take_models(one.params, np.zeros(k, np.int32)))
+    return stack_lib.Stack(
+        arch=arch, arch_kwargs=one.arch_kwargs, graphdef=one.graphdef,
+        params=params, rest=engine.take_models(one.rest, np.zeros(k, np.int32)),
+        meta=[{"name": f"{arch}_{i}", "seed": i} for i in range(k)])
+
   out = {"devices": jax.device_count()}
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (13, 8, 8, 1), dtype=np.uint8)
 
   # Forward pass: K = 5 (padded to 8) and K = 8 on models:8.
-  for arch, k in (("mlp", 5), ("small_cnn", 8)):
-    s = stack_lib.create(arch, list(range(k)), num_classes=4,
-                         image_shape=(8, 8, 1), width=0.25)
+  for arch, k in (("mlp", 5), ("mlp", 8)):
+    s = distinct_stack(arch, k)
     ref = stack_lib.predict(s, x, strategy="loop")
     got = stack_lib.predict(s, x, strategy="shard")
     out[f"predict_{arch}_k{k}"] = float(np.abs(got - ref).max())
     out[f"predict_{arch}_k{k}_shape_ok"] = got.shape == ref.shape
 
+  # Fingerprints (views mapped inside each model), 5 suspects on 8 devices.
+  from uap_jax import fingerprint  # pylint: disable=g-import-not-at-top
+  s = distinct_stack("mlp", 5)
+  points = rng.integers(0, 256, (3, 4, 8, 8, 1), dtype=np.uint8)
+  uap = rng.uniform(-0.1, 0.1, (8, 8, 1)).astype(np.float32)
+  ref = np.asarray(fingerprint.fingerprints(s, points, uap, strategy="loop"))
+  got = np.asarray(fingerprint.fingerprints(s, points, uap, strategy="shard"))
+  out["fingerprints"] = float(np.abs(got - ref).max())
+  out["fingerprints_shape_ok"] = got.shape == ref.shape
+
   # 2-D meshes, the batch (13 rows, padded) split over 'data'.
-  s = stack_lib.create("mlp", [0, 1, 2], num_classes=4, image_shape=(8, 8, 1),
-                       width=0.25)
+  s = distinct_stack("mlp", 3)
   ref = stack_lib.predict(s, x, strategy="loop")
   xf = stack_lib.to_float(x)
   for spec in ("models:4,data:2", "data:8"):
@@ -168,10 +195,15 @@ def test_child_sees_eight_devices(eight_device_results):
   assert eight_device_results["devices"] == 8
 
 
-@pytest.mark.parametrize("check", ["predict_mlp_k5", "predict_small_cnn_k8"])
+@pytest.mark.parametrize("check", ["predict_mlp_k5", "predict_mlp_k8"])
 def test_shard_forward_equals_loop_on_8_devices(eight_device_results, check):
   assert eight_device_results[f"{check}_shape_ok"]
   assert eight_device_results[check] < TOL
+
+
+def test_shard_fingerprints_equal_loop_on_8_devices(eight_device_results):
+  assert eight_device_results["fingerprints_shape_ok"]
+  assert eight_device_results["fingerprints"] < TOL
 
 
 @pytest.mark.parametrize("spec", ["models:4,data:2", "data:8"])

@@ -14,10 +14,15 @@ measurement (``experiments/bench_model_axis.py``):
 * ``loop``: a Python loop over K calls of one jitted per-model function
   (compiled once); outputs are stacked. On CPU, vmap over conv nets was 2-4x
   slower than this.
-* ``shard``: the model axis is split over the devices of a mesh with
-  ``jax.shard_map``; inside each device shard the models run with ``vmap``.
+* ``shard``: the model axis is split over the devices of a mesh
+  (:mod:`uap_jax.sharding`, the ``--mesh`` flag) with ``jax.shard_map``;
+  inside each device shard the models run with ``vmap``. A stack that does
+  not divide the mesh is padded and the outputs sliced back; inference can
+  also split its batch over a ``data`` mesh axis (``data_split``).
 
-``auto`` picks ``vmap`` on accelerators and ``loop`` on CPU.
+``auto`` picks per backend and purpose (:func:`default_strategy`): ``vmap``
+on one accelerator, ``shard`` on several, and on CPU the entries of
+:data:`CPU_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -30,28 +35,36 @@ import jax.numpy as jnp
 import numpy as np
 
 STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
+PURPOSES = ("any", "infer", "train")
+
+# Per purpose (see default_strategy), the strategy 'auto' takes on CPU.
+CPU_DEFAULTS = {"any": "loop", "infer": "loop", "train": "loop"}
 
 PyTree = Any
 
 
-def default_strategy(backend: str | None = None, purpose: str = "infer") -> str:
+def default_strategy(backend: str | None = None, purpose: str = "any") -> str:
   """Returns the measured-fastest strategy for a backend.
 
   Args:
     backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; ``None`` means the default one.
-    purpose: ``"infer"`` (forward passes, attacks, fingerprints) or
-      ``"train"`` (training steps); the choice may differ per purpose.
+    purpose: what the lifted function does, since the fastest strategy
+      differs: ``"infer"`` (forward passes only: predictions, fingerprints),
+      ``"train"`` (training steps), ``"any"`` (anything, e.g. attacks that
+      take gradients; the safe choice when unsure).
 
   Returns:
-    A strategy name other than ``"auto"``: ``loop`` on CPU; on an
-    accelerator ``shard`` when this process has several devices, else
-    ``vmap``.
+    A strategy name other than ``"auto"``: on an accelerator ``shard`` when
+    this process has several devices, else ``vmap``; on CPU see
+    :data:`CPU_DEFAULTS` (``experiments/bench_model_axis.py`` and
+    ``experiments/bench_train_stack.py`` measure them).
   """
-  if purpose not in ("infer", "train"):
-    raise ValueError(f"purpose must be 'infer' or 'train', got {purpose!r}.")
+  if purpose not in PURPOSES:
+    raise ValueError(
+        f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.")
   backend = backend or jax.default_backend()
   if backend == "cpu":
-    return "loop"
+    return CPU_DEFAULTS[purpose]
   if jax.local_device_count(backend) > 1:
     return "shard"
   return "vmap"
@@ -70,12 +83,13 @@ def check_strategy(strategy: str) -> None:
         f"{', '.join(STRATEGIES)}.")
 
 
-def resolve(strategy: str, purpose: str = "infer") -> str:
+def resolve(strategy: str, purpose: str = "any") -> str:
   """Validates a strategy name and resolves ``auto``.
 
   Args:
     strategy: one of :data:`STRATEGIES`.
-    purpose: ``"infer"`` or ``"train"``, for :func:`default_strategy`.
+    purpose: ``"any"``, ``"infer"`` or ``"train"``, for
+      :func:`default_strategy`.
 
   Returns:
     A concrete strategy (never ``"auto"``).
@@ -119,6 +133,7 @@ def over_models(
     donate_argnums: Sequence[int] = (),
     data_split: Sequence[int | None] | None = None,
     data_axis_name: str = "data",
+    purpose: str = "any",
 ) -> Callable[..., Any]:
   """Lifts a per-model function over the leading model axis.
 
@@ -141,6 +156,7 @@ def over_models(
       sees part of the batch. Every output's first per-model axis must be
       that batch axis. Ignored when the mesh has no (or a size-1) data axis.
     data_axis_name: mesh axis for ``data_split``.
+    purpose: how ``auto`` resolves (see :func:`default_strategy`).
 
   With ``shard``, a model axis (or split batch) that does not divide the
   mesh axis is padded by repeating the last model (row) and the outputs are
@@ -150,7 +166,7 @@ def over_models(
     A function with the same arguments whose outputs gain a leading model
     axis. Every strategy compiles once per input shape.
   """
-  strategy = resolve(strategy)
+  strategy = resolve(strategy, purpose)
 
   def axes_for(nargs: int) -> tuple[int | None, ...]:
     if in_axes is None:
