@@ -11,6 +11,7 @@ from absl import logging
 from uap_jax import checkpoint
 from uap_jax import fingerprint as fp_lib
 from uap_jax import stack as stack_lib
+from uap_jax import zoo as zoo_lib
 from uap_jax.context import RunContext
 from uap_jax.stages import uap as uap_stage
 
@@ -37,8 +38,7 @@ def load(ctx: RunContext) -> tuple[np.ndarray, list[dict], dict]:
 
 def all_stacks(ctx: RunContext) -> list[stack_lib.Stack]:
   """The victim (first) and every zoo stack."""
-  from uap_jax.stages import zoo as zoo_stage  # pylint: disable=g-import-not-at-top
-  return [ctx.victim] + list(zoo_stage.load_zoo(ctx))
+  return [ctx.victim] + list(zoo_lib.load_zoo(ctx))
 
 
 def run(ctx: RunContext) -> dict:

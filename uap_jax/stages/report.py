@@ -101,7 +101,8 @@ def markdown(res: dict) -> str:
          "## Other tests on the same similarities", "",
          _table(["test", "AUC all", "independents accused", "piracy detected"],
                 [[name, r["auc"].get("all"), f"{r['accused_independents']}/{r['num_independents']}",
-                  f"{r['detected_piracy']}/{r['num_piracy']}"]
+                  f"{r['detected_piracy']}/{r['num_piracy']}"] if "error" not in r
+                 else [name, "–", r["error"], "–"]
                  for name, r in res["other_tests"].items()]), "",
          "## Suspects", "",
          _table(list(SUSPECT_FIELDS), [[s[k] for k in SUSPECT_FIELDS] for s in res["suspects"]]),

@@ -1,0 +1,111 @@
+"""Stage `zoo`: simulate every kind of pirated and independent suspect.
+
+One stack per kind and architecture (see :mod:`uap_jax.zoo`), each saved in
+``checkpoints/zoo/{kind}__{arch}``. A stack whose checkpoint already holds
+the planned models of the current victim is not retrained, so a rerun after
+an interruption trains only what is missing (``--overwrite`` retrains all).
+Writes ``zoo.json``: one entry per model, the stacks, and wall seconds per
+kind; logs the accuracy / agreement table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import logging
+
+from uap_jax import checkpoint
+from uap_jax import zoo as zoo_lib
+from uap_jax.context import RunContext
+
+
+def run(ctx: RunContext) -> dict:
+  """Trains the missing zoo stacks, evaluates and saves them; writes ``zoo.json``.
+
+  Args:
+    ctx: the run's context (settings, work directory, data, victim).
+
+  Returns:
+    A summary: models, stacks trained / reused, seconds per kind, per-kind
+    accuracy and agreement, extraction faithfulness.
+  """
+  cfg = ctx.cfg
+  # Every check before any training: settings, then the victim.
+  zoo_lib.check_config(cfg)
+  victim_dir = ctx.workdir.checkpoint_dir("victim")
+  if not checkpoint.exists(victim_dir):
+    raise ValueError(
+        f"The zoo needs a victim, and {ctx.workdir.root} has none ({victim_dir} "
+        "holds no checkpoint): run --stages=victim,zoo, or point --workdir at a "
+        "run with a trained victim.")
+  victim = ctx.victim
+  plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch)
+  digest = zoo_lib.victim_digest(victim)
+  data, parts = ctx.data, ctx.parts
+
+  entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
+  trained_keys, reused_keys = [], []
+  for plan in plans:
+    directory = ctx.workdir.checkpoint_dir(plan.checkpoint_name)
+    saved = None
+    if checkpoint.exists(directory) and not cfg.overwrite:
+      try:
+        saved = checkpoint.load_meta(directory)["models"]
+      except ValueError as e:
+        logging.warning("Zoo stack %s is unreadable (%s); retraining it.", plan.key, e)
+      if saved is not None and not zoo_lib.plan_matches(plan, saved, digest):
+        logging.info("Zoo stack %s: saved models differ from the plan or the "
+                     "victim; retraining it.", plan.key)
+        saved = None
+    if saved is not None:
+      models_meta = saved
+      seconds = float(saved[0].get("train_seconds", 0.0))
+      cpu_seconds = float(saved[0].get("train_cpu_seconds", 0.0))
+      reused_keys.append(plan.key)
+      logging.info("Zoo stack %s: already trained, reusing %s.", plan.key, directory)
+    else:
+      logging.info("Zoo stack %s: training %d model(s) on the %s part.", plan.key,
+                   len(plan.names), plan.part)
+      start = time.time()
+      student, info = zoo_lib.train_plan(
+          plan, victim, data.x_train, data.y_train, parts, cfg, augment=ctx.augment,
+          arch_kwargs=ctx.arch_kwargs(), eval_data=(data.x_test, data.y_test),
+          strategy=cfg.strategy)
+      for m in student.meta:
+        m["victim_digest"] = digest
+        m["checkpoint"] = plan.checkpoint_name
+      checkpoint.save_stack(directory, student)
+      models_meta, seconds = student.meta, time.time() - start
+      cpu_seconds = info["cpu_seconds"]
+      trained_keys.append(plan.key)
+      logging.info("Zoo stack %s: %.1f s.", plan.key, seconds)
+    entries.extend(zoo_lib.zoo_entry(m) for m in models_meta)
+    stacks.append({"key": plan.key, "checkpoint": plan.checkpoint_name,
+                   "kind": plan.kind, "arch": plan.arch, "size": len(plan.names),
+                   "seconds": seconds, "cpu_seconds": cpu_seconds})
+    kind_seconds[plan.kind] = kind_seconds.get(plan.kind, 0.0) + seconds
+    kind_cpu[plan.kind] = kind_cpu.get(plan.kind, 0.0) + cpu_seconds
+
+  per_kind = zoo_lib.kind_summary(entries) if entries else {}
+  faithfulness = zoo_lib.extraction_faithfulness(entries)
+  ctx.workdir.write_json("zoo.json", {
+      "models": entries, "stacks": stacks, "seconds_per_kind": kind_seconds,
+      "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind, "extraction_faithfulness": faithfulness,
+      "victim_digest": digest})
+  if entries:
+    logging.info("Zoo (%d models):\n%s", len(entries), zoo_lib.format_table(entries))
+  for kind, seconds in kind_seconds.items():
+    logging.info("Zoo kind %-17s %6.1f s wall, %6.1f s CPU", kind, seconds, kind_cpu[kind])
+  if faithfulness:
+    ref = faithfulness["same_data_independents"]
+    for key, value in faithfulness.items():
+      if key == "same_data_independents":
+        continue
+      log = logging.info if value["faithful"] else logging.warning
+      log("Extraction %s: agreement %.4f vs same-data independents mean %.4f, max "
+          "%.4f%s", key, value["mean"], ref["mean"], ref["max"],
+          "" if value["faithful"] else " (NOT faithful: raise --zoo_epochs or "
+          "--query_budget)")
+  return {"models": len(entries), "stacks_trained": trained_keys,
+          "stacks_reused": reused_keys, "seconds_per_kind": kind_seconds,
+          "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind, "extraction_faithfulness": faithfulness}
