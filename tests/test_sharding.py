@@ -156,6 +156,15 @@ def _child_checks() -> dict:
   out["default_mesh"] = float(np.abs(np.asarray(f(s.variables, xf)) - ref).max())
   sharding.set_default_mesh(None)
 
+  # Without data_split, a 2-D mesh spreads the models over all 8 devices.
+  s5 = distinct_stack("mlp", 5)
+  ref5 = stack_lib.predict(s5, x, strategy="loop")
+  f = engine.over_models(s5.logits_fn, "shard",
+                         mesh=sharding.make_mesh("models:2,data:4"))
+  got = f(s5.variables, xf)
+  out["models_over_both_axes"] = float(np.abs(np.asarray(got) - ref5).max())
+  out["models_over_both_axes_shape_ok"] = got.shape == ref5.shape
+
   # One training step of 3 models (padded to 8), shard vs loop.
   cfg = train.TrainConfig(epochs=1, batch_size=8, lr=0.1, log_every=1000)
   x_pool = rng.integers(0, 256, (24, 8, 8, 1), dtype=np.uint8)
@@ -210,6 +219,11 @@ def test_shard_fingerprints_equal_loop_on_8_devices(eight_device_results):
 def test_data_axis_split_equals_loop(eight_device_results, spec):
   assert eight_device_results[f"data_split_{spec}_shape_ok"]
   assert eight_device_results[f"data_split_{spec}"] < TOL
+
+
+def test_models_spread_over_both_axes_without_data_split(eight_device_results):
+  assert eight_device_results["models_over_both_axes_shape_ok"]
+  assert eight_device_results["models_over_both_axes"] < TOL
 
 
 def test_default_mesh_is_used(eight_device_results):

@@ -155,6 +155,8 @@ def over_models(
       examples independently (eval-mode inference, fingerprints): each device
       sees part of the batch. Every output's first per-model axis must be
       that batch axis. Ignored when the mesh has no (or a size-1) data axis.
+      Without it, a mesh's data axis also carries models: the model axis is
+      split over ``models`` x ``data`` devices.
     data_axis_name: mesh axis for ``data_split``.
     purpose: how ``auto`` resolves (see :func:`default_strategy`).
 
@@ -221,20 +223,20 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
   from uap_jax import sharding  # pylint: disable=g-import-not-at-top
   compiled_per_mesh = {}
 
-  def build(active_mesh, axes, split):
+  def build(active_mesh, axes, split, model_axes):
     def spec(ax, d):
       batch = [] if d is None else [None] * d + [data_axis_name]
-      return P(axis_name, *batch) if ax == 0 else P(*batch)
+      return P(model_axes, *batch) if ax == 0 else P(*batch)
 
     in_specs = tuple(spec(ax, d) for ax, d in zip(axes, split))
-    out_spec = (P(axis_name, data_axis_name)
-                if any(d is not None for d in split) else P(axis_name))
+    out_spec = (P(model_axes, data_axis_name)
+                if any(d is not None for d in split) else P(model_axes))
 
     def body(*shard_args):
       return jax.vmap(fn, in_axes=axes)(*shard_args)
 
-    # check_vma=False: outputs are replicated over a mesh axis a call does not
-    # split (e.g. 'data' for a training step), which the checker cannot prove.
+    # check_vma=False: shared arguments are replicated and the checker cannot
+    # tell that per-model outputs do not depend on other devices' models.
     return jax.jit(jax.shard_map(body, mesh=active_mesh, in_specs=in_specs,
                                  out_specs=out_spec, check_vma=False),
                    donate_argnums=donate_argnums)
@@ -255,6 +257,12 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
       raise ValueError(
           f"data_split has {len(split)} entries for {len(args)} arguments.")
     k = num_models([a for a, ax in zip(args, axes) if ax == 0])
+    if all(d is None for d in split) and n_data > 1:
+      # Nothing to split over 'data' (e.g. a training step): spread the
+      # models over both axes rather than repeat the work on every data row.
+      model_axes, n_models = (axis_name, data_axis_name), n_models * n_data
+    else:
+      model_axes = axis_name
     # Pad the model axis (repeat the last model) and the batch axis (repeat
     # the last row) to multiples of the mesh axes; slice the outputs back.
     args = [pad_models(a, n_models)[0] if ax == 0 else a
@@ -272,9 +280,9 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
             "data_split: every split argument needs the same batch size on "
             f"its split axis; argument {i} has sizes {sorted(sizes)}.")
       args[i] = _pad_axis(a, where, n_data)
-    key = (active_mesh, axes, split)
+    key = (active_mesh, axes, split, model_axes)
     if key not in compiled_per_mesh:
-      compiled_per_mesh[key] = build(active_mesh, axes, split)
+      compiled_per_mesh[key] = build(active_mesh, axes, split, model_axes)
     out = compiled_per_mesh[key](*args)
     if batch is not None:
       return jax.tree.map(lambda x: x[:k, :batch], out)
