@@ -133,9 +133,11 @@ def _worker(process_id: int, port: int, out_dir: str) -> None:
   assert started and jax.process_count() == 2
   s, x = _tiny_stack_and_images()
   results = {}
-  for mode in distributed.SHARE_MODES:
+  # 'shard' runs on a mesh of this process's devices only.
+  for mode, strategy in zip(distributed.SHARE_MODES, ("shard", "loop")):
     results[mode] = distributed.map_suspects(
-        lambda sub: stack_lib.predict(sub, x, strategy="loop", output="probs"),
+        lambda sub, st=strategy: stack_lib.predict(sub, x, strategy=st,
+                                                   output="probs"),
         s, mode=mode)
   everywhere = distributed.gather_to_process0(
       np.array([10.0 * process_id]), [process_id], 2, everywhere=True)
