@@ -1,5 +1,7 @@
 """Encoder, metrics, the verification test, model splits, end-to-end paths."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -238,6 +240,7 @@ def test_split_models():
   assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
   assert set.union(*parts) == set(range(len(meta)))
   assert 0 in parts[0]
+  assert len(parts[1]) >= 3  # what the model-level tests need
   for part in parts:
     assert any(meta[i]["family"] == "independent" for i in part)
   assert all(meta[i]["family"] == "independent" for i in parts[1])
@@ -284,7 +287,9 @@ def test_evaluate():
   sims += [random_effects(rng, 1, 20)[0] for _ in range(6)]
   families = ["piracy"] * 4 + ["independent"] * 6
   kinds = ["a", "a", "b", "b"] + ["indep"] * 6
-  out = verify.evaluate(sims, families, kinds, reference, method="model")
+  out = verify.evaluate(sims, np.array(families), np.array(kinds), reference,
+                        method="model")
+  json.dumps(out)  # JSON-able, numpy strings included
   assert out["auc"] == {"a": 1.0, "b": 1.0, "all": 1.0}
   assert out["tpr_at_1pct_fpr"] == 1.0 and out["tpr_at_5pct_fpr"] == 1.0
   assert out["num_piracy"] == 4 and out["num_independents"] == 6

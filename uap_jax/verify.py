@@ -375,11 +375,18 @@ def _base_split(meta: Sequence[dict], seed: int, train_frac: float,
         f"Splitting needs >= 3 independent models (encoder training, "
         f"calibration, evaluation), got {len(independent)}; add independents "
         "to the zoo.")
-  ind_train, ind_calib, ind_eval = _cut(independent, (train_frac, calib_frac),
-                                        (1, 1, 1))
+  # The model-level tests estimate a between-model spread: they need >= 3
+  # calibration models, so small zoos give calibration that minimum. The
+  # evaluation part is cut first, then training: consecutive models of the
+  # interleaved order are of different kinds, so the first parts see every
+  # kind they have room for.
+  min_calib = 3 if len(independent) >= 5 else 1
+  eval_frac = 1.0 - train_frac - calib_frac
+  ind_eval, ind_train, ind_calib = _cut(independent, (eval_frac, train_frac),
+                                        (1, 1, min_calib))
   if piracy:
-    pir_train, pir_eval = _cut(piracy, (train_frac,),
-                               (1 if len(piracy) > 1 else 0, 1))
+    pir_eval, pir_train = _cut(piracy, (1.0 - train_frac,),
+                               (1, 1 if len(piracy) > 1 else 0))
   else:
     pir_train, pir_eval = [], []
   return victims, (pir_train, pir_eval), (ind_train, ind_calib, ind_eval)
@@ -396,8 +403,9 @@ def split_models(meta: Sequence[dict], seed: int = 0, train_frac: float = 0.5,
     train_frac: fraction of the piracy models and of the independents that
       train the encoder.
     calib_frac: fraction of the independents kept for calibration (the
-      reference distribution); piracy models are never needed there, so all
-      piracy models not in training are evaluated.
+      reference distribution; at least 3 models when the zoo has >= 5
+      independents, as the model-level tests need); piracy models are never
+      needed there, so all piracy models not in training are evaluated.
     Within each family models are dealt kind by kind, so every kind is spread
     over the parts. The victim always trains (it is never a suspect).
 
@@ -532,8 +540,8 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
                          target_confidence=target_confidence)
     rows.append(dict(name=str(name), family=str(family), kind=str(kind), **row))
   score = np.array([r["similarity_mean"] for r in rows])
-  fam = np.array([str(f) for f in families])
-  kinds_arr = np.array([str(k) for k in kinds])
+  fam = np.array([str(f) for f in families], dtype=object)
+  kinds_arr = np.array([str(k) for k in kinds], dtype=object)
   positive = np.isin(fam, POSITIVE_FAMILIES)
   negative = fam == NEGATIVE_FAMILY
   auc: dict[str, float | None] = {}
