@@ -161,21 +161,37 @@ class Config:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-def define_flags(flags_module) -> None:
-  """Defines one absl flag per Config field (types from the defaults)."""
+def define_flags(flags_module, flag_values=None) -> None:
+  """Defines one absl flag per Config field (types from the annotations).
+
+  Args:
+    flags_module: ``absl.flags``.
+    flag_values: a ``FlagValues`` to define them in (default: the global one).
+  """
+  fv = {"flag_values": flag_values} if flag_values is not None else {}
   for field in dataclasses.fields(Config):
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     help_text = field.metadata["help"]
-    if isinstance(default, bool):
-      flags_module.DEFINE_bool(field.name, default, help_text)
-    elif isinstance(default, int):
-      flags_module.DEFINE_integer(field.name, default, help_text)
-    elif isinstance(default, float):
-      flags_module.DEFINE_float(field.name, default, help_text)
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    if kind == "bool":
+      flags_module.DEFINE_bool(field.name, default, help_text, **fv)
+    elif kind == "int":
+      flags_module.DEFINE_integer(field.name, default, help_text, **fv)
+    elif kind == "float":
+      flags_module.DEFINE_float(field.name, float(default), help_text, **fv)
     elif isinstance(default, list):
-      flags_module.DEFINE_list(field.name, [str(d) for d in default], help_text)
+      flags_module.DEFINE_list(field.name, [str(d) for d in default], help_text, **fv)
     else:
-      flags_module.DEFINE_string(field.name, default, help_text)
+      flags_module.DEFINE_string(field.name, default, help_text, **fv)
+
+
+def parse(argv: list[str]) -> Config:
+  """A Config from command-line style arguments (``--flag=value``, flagfiles)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  define_flags(flags, flag_values)
+  flag_values(["uap_jax"] + list(argv))
+  return from_flags(flag_values)
 
 
 def from_flags(flag_values) -> Config:
