@@ -99,8 +99,10 @@ def build(arch: str, *, num_classes: int, image_shape: Sequence[int],
 
 
 def param_count(model: nnx.Module) -> int:
-  """Number of trainable parameters (``nnx.Param`` entries, not BatchNorm
-  running statistics) of a model.
+  """Number of trainable parameters of a model.
+
+  Counts ``nnx.Param`` entries, not BatchNorm running statistics. Works on
+  abstract models from ``nnx.eval_shape`` too (nothing is allocated).
 
   Args:
     model: an ``nnx.Module``.
@@ -108,4 +110,5 @@ def param_count(model: nnx.Module) -> int:
   Returns:
     The total size of its ``nnx.Param`` arrays.
   """
-  return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  params = nnx.state(model, nnx.Param)
+  return sum(int(leaf.size) for leaf in jax.tree.leaves(params))

@@ -69,7 +69,8 @@ def check_images(x: jax.Array, image_shape: Sequence[int], *,
   h, w, c = image_shape
   if x.ndim != 4 or x.shape[-1] != c:
     raise ValueError(
-        f"Model built for images (N, H, W, {c}) got an array of shape {x.shape}."
+        f"Model built for images (N, H, W, {c}) got an array of shape "
+        f"{x.shape}."
         " Pass NHWC images with the channel count given in image_shape.")
   if fixed_size and tuple(x.shape[1:3]) != (h, w):
     raise ValueError(

@@ -43,9 +43,11 @@ class LeNet5(nnx.Module):
     self.normalize = base.Normalize(*base.channel_stats(mean, std, c))
     c1, c2 = base.width_of(6, width), base.width_of(16, width)
     pad1 = (_conv_padding(h, 32), _conv_padding(w, 32))
-    h, w = _after_pool(_after_conv(h, pad1[0])), _after_pool(_after_conv(w, pad1[1]))
+    h = _after_pool(_after_conv(h, pad1[0]))
+    w = _after_pool(_after_conv(w, pad1[1]))
     pad2 = (_conv_padding(h, _KERNEL), _conv_padding(w, _KERNEL))
-    h, w = _after_pool(_after_conv(h, pad2[0])), _after_pool(_after_conv(w, pad2[1]))
+    h = _after_pool(_after_conv(h, pad2[0]))
+    w = _after_pool(_after_conv(w, pad2[1]))
     self.conv1 = nnx.Conv(c, c1, (_KERNEL, _KERNEL), padding=pad1,
                           kernel_init=base.CONV_INIT, rngs=rngs)
     self.conv2 = nnx.Conv(c1, c2, (_KERNEL, _KERNEL), padding=pad2,

@@ -20,7 +20,7 @@ LAST_CHANNELS = 1280
 
 
 class InvertedResidual(nnx.Module):
-  """1x1 expand -> 3x3 depthwise -> 1x1 linear projection (+ x if shapes match)."""
+  """1x1 expand -> 3x3 depthwise -> 1x1 linear projection (+ x if same shape)."""
 
   def __init__(self, in_features: int, out_features: int, strides: int,
                expansion: int, *, rngs: nnx.Rngs):
