@@ -92,7 +92,7 @@ class UAPResult(NamedTuple):
 
 
 def _passes_loop(pass_fn, logits_fn, variables, key, x, valid, num_valid,
-                 delta, *, max_passes, eval_batch_size):
+                 delta, max_passes, *, eval_batch_size):
   """Runs ``pass_fn`` until fooling rate >= 1 - delta; keeps the best v."""
   clean = common.predict_labels(logits_fn, variables, x, eval_batch_size)
   v0 = jnp.zeros(x.shape[1:], jnp.float32)
@@ -117,12 +117,14 @@ def _passes_loop(pass_fn, logits_fn, variables, key, x, valid, num_valid,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "p", "method", "aggregate", "batch_size", "max_passes",
+    "logits_fn", "p", "method", "aggregate", "batch_size", "history_size",
     "num_candidates", "max_iter", "deepfool_p", "eval_batch_size",
     "num_valid"))
-def _deepfool_uap(logits_fn, variables, key, x, xi, delta, overshoot, *, p,
-                  method, aggregate, batch_size, max_passes, num_candidates,
-                  max_iter, deepfool_p, eval_batch_size, num_valid):
+def _deepfool_uap(logits_fn, variables, key, x, xi, delta, max_passes,
+                  overshoot, *, p, method, aggregate, batch_size, history_size,
+                  num_candidates, max_iter, deepfool_p, eval_batch_size,
+                  num_valid):
+  """DeepFool-UAP kernel; ``max_passes`` (traced) <= ``history_size``."""
   valid = jnp.arange(x.shape[0]) < num_valid
   reorder = method == "minibatch"
 
@@ -164,8 +166,8 @@ def _deepfool_uap(logits_fn, variables, key, x, xi, delta, overshoot, *, p,
 
   clean, v0, cond, body = _passes_loop(
       pass_fn, logits_fn, variables, key, x, valid, num_valid, delta,
-      max_passes=max_passes, eval_batch_size=eval_batch_size)
-  history = jnp.full((max_passes,), jnp.nan, jnp.float32)
+      max_passes, eval_batch_size=eval_batch_size)
+  history = jnp.full((history_size,), jnp.nan, jnp.float32)
   init = (jnp.int32(0), v0, jnp.float32(-1.0), v0,
           jnp.zeros(x.shape[:1], bool), (), history)
   t, best_v, best_rate, *_, history = jax.lax.while_loop(cond, body, init)
@@ -173,11 +175,12 @@ def _deepfool_uap(logits_fn, variables, key, x, xi, delta, overshoot, *, p,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "p", "batch_size", "max_passes", "loss", "optimizer",
+    "logits_fn", "p", "batch_size", "history_size", "loss", "optimizer",
     "eval_batch_size", "num_valid"))
-def _sgd_uap(logits_fn, variables, key, x, xi, delta, learning_rate, kappa, *,
-             p, batch_size, max_passes, loss, optimizer, eval_batch_size,
-             num_valid):
+def _sgd_uap(logits_fn, variables, key, x, xi, delta, max_passes,
+             learning_rate, kappa, *, p, batch_size, history_size, loss,
+             optimizer, eval_batch_size, num_valid):
+  """SGD-UAP kernel; ``max_passes`` (traced) <= ``history_size``."""
   valid = jnp.arange(x.shape[0]) < num_valid
   opt = optimizer if optimizer is not None else optax.adam(learning_rate)
   steps_per_pass = max(1, -(-num_valid // batch_size))
@@ -203,8 +206,8 @@ def _sgd_uap(logits_fn, variables, key, x, xi, delta, learning_rate, kappa, *,
 
   clean, v0, cond, body = _passes_loop(
       pass_fn, logits_fn, variables, key, x, valid, num_valid, delta,
-      max_passes=max_passes, eval_batch_size=eval_batch_size)
-  history = jnp.full((max_passes,), jnp.nan, jnp.float32)
+      max_passes, eval_batch_size=eval_batch_size)
+  history = jnp.full((history_size,), jnp.nan, jnp.float32)
   init = (jnp.int32(0), v0, jnp.float32(-1.0), v0,
           jnp.zeros(x.shape[:1], bool), opt.init(v0), history)
   t, best_v, best_rate, *_, history = jax.lax.while_loop(cond, body, init)
@@ -240,12 +243,13 @@ def _uap_args(x, p, xi, delta, max_passes, batch_size, method, aggregate,
     batch_size, aggregate = 1, "sum"
   statics = dict(
       p=p, method=method, aggregate=aggregate,
-      batch_size=min(batch_size, num_valid), max_passes=max_passes,
+      batch_size=min(batch_size, num_valid), history_size=max_passes,
       num_candidates=common.check_count("num_candidates", num_candidates, 2),
       max_iter=common.check_count("max_iter", max_iter),
       deepfool_p=common.check_p(deepfool_p), eval_batch_size=eval_batch_size,
       num_valid=num_valid)
-  scalars = (jnp.float32(xi), jnp.float32(delta), jnp.float32(overshoot))
+  scalars = (jnp.float32(xi), jnp.float32(delta), jnp.int32(max_passes),
+             jnp.float32(overshoot))
   return x, scalars, statics
 
 
@@ -370,10 +374,11 @@ def _sgd_args(x, xi, p, delta, max_passes, batch_size, loss, learning_rate,
   statics = dict(
       p=p, batch_size=min(common.check_count("batch_size", batch_size),
                           num_valid),
-      max_passes=common.check_count("max_passes", max_passes), loss=loss,
+      history_size=common.check_count("max_passes", max_passes), loss=loss,
       optimizer=optimizer, eval_batch_size=eval_batch_size,
       num_valid=num_valid)
-  scalars = (jnp.float32(xi), jnp.float32(delta), jnp.float32(learning_rate),
+  scalars = (jnp.float32(xi), jnp.float32(delta),
+             jnp.int32(statics["history_size"]), jnp.float32(learning_rate),
              jnp.float32(kappa))
   return x, scalars, statics
 

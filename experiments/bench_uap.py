@@ -1,0 +1,200 @@
+"""Benchmark of the UAP engine: seconds and fooling rate vs passes and batch.
+
+For each data set a victim is trained briefly (``uap_jax.train.train_stack``),
+then UAPs are computed on ``--samples`` of its training images with:
+
+* DeepFool-UAP, ``sequential`` (Moosavi-Dezfooli et al. 2017, one image at a
+  time) and ``minibatch`` for each ``--batch_sizes`` (summed DeepFool steps
+  of the unfooled inputs of a minibatch, one projection per minibatch);
+* SGD-UAP (Adam on the clamped margin), batch 32.
+
+Each algorithm is compiled once (``max_passes`` is a traced argument of the
+kernels), timed for every ``--passes`` value with ``delta`` tiny so every pass
+runs, and its fooling rate is measured on the UAP's data and on the test
+split. Compile time is reported apart from run time.
+
+    python experiments/bench_uap.py --out /tmp/bench_uap.json
+
+Prints a table and writes JSON (machine, settings, one row per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uap_jax import attacks
+from uap_jax import stack as stack_lib
+from uap_jax.attacks import universal
+
+DATASETS = {
+    # name: (data spec, architecture, width, p, xi)
+    "mnist5k": ("mnist5k", "lenet5", 1.0, "inf", 0.2),
+    "cifar10_10k": ("npz:/work/shared/data/cifar10_10k.npz", "small_cnn", 0.5,
+                    "inf", 10 / 255),
+    "digits": ("digits", "mlp", 1.0, "inf", 0.3),
+}
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="bench_uap.json", help="JSON output path.")
+  parser.add_argument("--datasets", default="mnist5k,cifar10_10k",
+                      help=f"Comma-separated, of {', '.join(DATASETS)}.")
+  parser.add_argument("--samples", type=int, default=500,
+                      help="Training images the UAP is computed on.")
+  parser.add_argument("--test_samples", type=int, default=1000)
+  parser.add_argument("--train_images", type=int, default=4000,
+                      help="Victim training images (brief training).")
+  parser.add_argument("--epochs", type=float, default=2.0)
+  parser.add_argument("--passes", default="1,3",
+                      help="max_passes values timed for each algorithm.")
+  parser.add_argument("--batch_sizes", default="8,32,128",
+                      help="Minibatch sizes of DeepFool-UAP.")
+  parser.add_argument("--no_sequential", action="store_true")
+  parser.add_argument("--no_sgd", action="store_true")
+  parser.add_argument("--num_candidates", type=int, default=10)
+  parser.add_argument("--max_iter", type=int, default=10)
+  parser.add_argument("--seed", type=int, default=0)
+  return parser.parse_args()
+
+
+def train_victim(name, args):
+  """Loads a data set and trains a victim briefly; returns what UAPs need."""
+  from uap_jax import data as data_lib   # pylint: disable=g-import-not-at-top
+  from uap_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  spec, arch, width, p, xi = DATASETS[name]
+  ds = data_lib.load_dataset(spec, seed=args.seed)
+  rng = np.random.default_rng(args.seed)
+  train_index = rng.permutation(len(ds.x_train))[:args.train_images]
+  victim = stack_lib.create(arch, [args.seed], num_classes=len(ds.class_names),
+                            image_shape=ds.x_train.shape[1:], width=width)
+  cfg = train_lib.TrainConfig(epochs=args.epochs, batch_size=128,
+                              optimizer="adam", lr=2e-3, weight_decay=0.0)
+  start = time.time()
+  victim, _ = train_lib.train_stack(
+      victim, ds.x_train, [train_index], cfg,
+      labels=[ds.y_train[train_index]], seed=args.seed)
+  train_seconds = time.time() - start
+  x_test = stack_lib.to_float(ds.x_test[:args.test_samples])
+  accuracy = float(stack_lib.accuracy(victim, ds.x_test[:args.test_samples],
+                                      ds.y_test[:args.test_samples])[0])
+  x_fit = stack_lib.to_float(ds.x_train[train_index[:args.samples]])
+  variables = jax.tree.map(lambda a: a[0], victim.variables)
+  return dict(logits_fn=victim.logits_fn, variables=variables, x_fit=x_fit,
+              x_test=x_test, p=p, xi=xi, arch=arch, width=width,
+              accuracy=accuracy, train_seconds=train_seconds,
+              image_shape=list(ds.x_train.shape[1:]))
+
+
+def time_algorithm(kernel, victim, x, scalars, statics, passes_list, key):
+  """Compiles ``kernel`` once, then runs it for each max_passes value."""
+  logits_fn, variables = victim["logits_fn"], victim["variables"]
+  # Index of max_passes among the kernels' traced scalars (xi, delta, passes).
+  start = time.time()
+  compiled = kernel.lower(logits_fn, variables, key, x, *scalars,
+                          **statics).compile()
+  compile_seconds = time.time() - start
+  rows = []
+  for passes in passes_list:
+    run_scalars = list(scalars)
+    run_scalars[2] = jnp.int32(passes)
+    start = time.time()
+    result = jax.block_until_ready(compiled(variables, key, x, *run_scalars))
+    seconds = time.time() - start
+    test_rate = float(attacks.fooling_rate(logits_fn, variables,
+                                           victim["x_test"], result.v))
+    history = np.asarray(result.history)
+    rows.append(dict(
+        max_passes=passes, passes=int(result.passes), seconds=seconds,
+        compile_seconds=compile_seconds,
+        fooling_rate_fit=float(result.fooling_rate),
+        fooling_rate_test=test_rate,
+        history=[None if np.isnan(h) else round(float(h), 4) for h in history],
+        norm=float(attacks.flat_norm(result.v, attacks.check_p(victim["p"])))))
+  return rows
+
+
+def bench_dataset(name, args):
+  victim = train_victim(name, args)
+  passes_list = [int(s) for s in args.passes.split(",")]
+  history_size = max(passes_list)
+  key = jax.random.key(args.seed)
+  p, xi = victim["p"], victim["xi"]
+  # delta tiny: every pass runs, so seconds scale with passes.
+  delta = 1e-4
+  cases = []
+  if not args.no_sequential:
+    cases.append(("deepfool_uap", "sequential", 1, "sum"))
+  for b in [int(s) for s in args.batch_sizes.split(",")]:
+    cases.append(("deepfool_uap", "minibatch", b, "sum"))
+  rows = []
+  for algorithm, method, batch_size, aggregate in cases:
+    x, scalars, statics = universal._uap_args(  # pylint: disable=protected-access
+        victim["x_fit"], p, xi, delta, history_size, batch_size, method,
+        aggregate, args.num_candidates, args.max_iter, 0.02, 2, 500)
+    for row in time_algorithm(universal._deepfool_uap, victim, x, scalars,  # pylint: disable=protected-access
+                              statics, passes_list, key):
+      rows.append(dict(dataset=name, algorithm=algorithm, method=method,
+                       batch_size=batch_size, aggregate=aggregate, **row))
+      print_row(rows[-1])
+  if not args.no_sgd:
+    x, scalars, statics = universal._sgd_args(  # pylint: disable=protected-access
+        victim["x_fit"], xi, p, delta, history_size, 32, "margin", None, 0.0,
+        None, 500)
+    for row in time_algorithm(universal._sgd_uap, victim, x, scalars, statics,  # pylint: disable=protected-access
+                              passes_list, key):
+      rows.append(dict(dataset=name, algorithm="sgd_uap", method="adam_margin",
+                       batch_size=32, aggregate="-", **row))
+      print_row(rows[-1])
+  info = {k: victim[k] for k in ("arch", "width", "p", "xi", "accuracy",
+                                 "train_seconds", "image_shape")}
+  info.update(samples=int(victim["x_fit"].shape[0]),
+              test_samples=int(victim["x_test"].shape[0]))
+  return info, rows
+
+
+HEADER = (f"{'dataset':<12} {'algorithm':<13} {'method':<11} {'batch':>5} "
+          f"{'passes':>6} {'run_s':>7} {'compile_s':>9} {'FR_fit':>6} "
+          f"{'FR_test':>7}")
+
+
+def print_row(r):
+  print(f"{r['dataset']:<12} {r['algorithm']:<13} {r['method']:<11} "
+        f"{r['batch_size']:>5} {r['passes']:>6} {r['seconds']:>7.2f} "
+        f"{r['compile_seconds']:>9.2f} {r['fooling_rate_fit']:>6.3f} "
+        f"{r['fooling_rate_test']:>7.3f}", flush=True)
+
+
+def main():
+  args = parse_args()
+  machine = dict(platform=platform.platform(), processor=platform.processor(),
+                 cpu_count=os.cpu_count(), backend=jax.default_backend(),
+                 devices=[str(d) for d in jax.devices()],
+                 jax=jax.__version__)
+  print(f"machine: {machine}")
+  results = {"machine": machine, "settings": vars(args), "datasets": {},
+             "rows": []}
+  start = time.time()
+  print(HEADER)
+  for name in args.datasets.split(","):
+    info, rows = bench_dataset(name.strip(), args)
+    print(f"# {name}: {info}", flush=True)
+    results["datasets"][name] = info
+    results["rows"].extend(rows)
+  results["total_seconds"] = time.time() - start
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(f"wrote {args.out} ({results['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()
