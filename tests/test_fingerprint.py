@@ -71,6 +71,14 @@ def test_kmeans_points_stay_in_their_cluster():
     assert np.all(np.diff(dist) >= 0)  # views in neighbour order
 
 
+@pytest.mark.parametrize("rule", fingerprint.POINT_RULES)
+def test_points_use_every_point_when_k_times_v_is_n(rule):
+  # Overlapping neighbourhoods: the k-means rule must widen its candidates.
+  logits = np.random.default_rng(0).normal(size=(80, 3))
+  idx = fingerprint.select_points(logits, 8, 10, rule=rule)
+  np.testing.assert_array_equal(np.sort(idx.ravel()), np.arange(80))
+
+
 def test_margin_points_are_low_margin_and_one_class_per_slot():
   rng = np.random.default_rng(0)
   logits = rng.normal(0, 3, (400, 4))

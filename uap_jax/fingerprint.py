@@ -99,21 +99,35 @@ def _kmeans_points(logits: np.ndarray, k: int, v: int, seed: int) -> np.ndarray:
     raise ValueError(
         f"k-means needs K={k} clusters but the victim's logits have only "
         f"{distinct} distinct rows; lower K or use rule='random'.")
-  kmeans = KMeans(n_clusters=k, random_state=seed, n_init=3).fit(logits)
+  # One k-means++ start (scikit-learn's default): more starts cost their
+  # multiple and the seeds only need to spread over the logit space.
+  kmeans = KMeans(n_clusters=k, random_state=seed, n_init=1).fit(logits)
   finder = NearestNeighbors().fit(logits)
   _, nearest = finder.kneighbors(kmeans.cluster_centers_, n_neighbors=1)
   seeds = nearest[:, 0]
-  # Neighbourhoods of different clusters may overlap; asking for K*V
-  # candidates per seed guarantees that a round-robin (view by view, so that
-  # no cluster gets all the near points) finds V unused points for each seed.
-  _, candidates = finder.kneighbors(logits[seeds], n_neighbors=min(n, k * v))
-  # Put each seed point first: ties at distance 0 may order it after a copy.
-  for c in range(k):
-    row = candidates[c]
-    pos = np.nonzero(row == seeds[c])[0]
-    if pos.size and pos[0] != 0:
-      candidates[c] = np.concatenate([[seeds[c]], np.delete(row, pos[0])])
-  return _round_robin(candidates, v)
+  # Neighbourhoods of different clusters may overlap, so a seed may need more
+  # than V candidates. A few times V is enough unless clusters overlap
+  # heavily; K * V candidates per seed always are (at most K*V - 1 points are
+  # taken by others), at a cost that grows with K * V.
+  widths = sorted({min(n, 4 * v + k), min(n, k * v)})
+  for width in widths:
+    _, candidates = finder.kneighbors(logits[seeds], n_neighbors=width)
+    # Put each seed point first: ties at distance 0 may order it after a copy.
+    for c in range(k):
+      pos = np.nonzero(candidates[c] == seeds[c])[0]
+      if pos.size and pos[0] != 0:
+        candidates[c] = np.concatenate([[seeds[c]],
+                                        np.delete(candidates[c], pos[0])])
+    try:
+      return _round_robin(candidates, v)
+    except _OutOfCandidates:
+      if width == widths[-1]:
+        raise
+  raise AssertionError("unreachable")
+
+
+class _OutOfCandidates(ValueError):
+  pass
 
 
 def _round_robin(candidates: list[np.ndarray] | np.ndarray, v: int) -> np.ndarray:
@@ -128,7 +142,7 @@ def _round_robin(candidates: list[np.ndarray] | np.ndarray, v: int) -> np.ndarra
       while cursor[c] < len(row) and int(row[cursor[c]]) in used:
         cursor[c] += 1
       if cursor[c] == len(row):
-        raise ValueError(
+        raise _OutOfCandidates(
             f"Ran out of distinct points for slot {c} at view {j}; lower K or V.")
       out[c, j] = row[cursor[c]]
       used.add(int(out[c, j]))
