@@ -124,3 +124,19 @@ def test_train_errors(digits_arrays):
                       labels=[y[:10]] * 2)
   with pytest.raises(ValueError, match="strategy"):
     engine.resolve("pmap")
+
+
+@pytest.mark.parametrize("target", ["labels", "teacher_hard"])
+def test_batchnorm_stack_trains_with_every_option(digits_arrays, target):
+  x, y = digits_arrays
+  s = _digits_stack([0, 1], arch="small_cnn")
+  teacher = _digits_stack([9])
+  cfg = dataclasses.replace(CFG, epochs=0.1, target=target, adv_eps=0.03, adv_steps=1,
+                            augment=True)
+  t, hist = train.train_stack(
+      s, x, [np.arange(64)] * 2, cfg, labels=[y[:64]] * 2,
+      teacher=(teacher.logits_fn, jax.tree.map(lambda a: a[0], teacher.variables)))
+  assert np.isfinite(hist["loss"][-1]).all()
+  # BatchNorm statistics moved with training.
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(s.rest), jax.tree.leaves(t.rest)))

@@ -165,6 +165,8 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
 
   def loss_fn(params, rest, x, target):
     logits, new_rest = train_fn(params, rest, x)
+    if target.ndim == logits.ndim - 1:  # integer labels
+      target = jax.nn.one_hot(target, logits.shape[-1])
     logp = jax.nn.log_softmax(logits / (cfg.temperature if cfg.target == "distill" else 1.0))
     loss = -jnp.mean(jnp.sum(target * logp, -1))
     if cfg.target == "distill":
@@ -176,17 +178,11 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
     k_aug, k_adv = jax.random.split(key)
     if cfg.augment:
       x = augment_batch(x, k_aug)
-    num_classes = None
-    if cfg.target == "labels":
-      target = None  # one-hot needs the class count, known from logits below
-    elif cfg.target == "soft":
+    if cfg.target in ("labels", "soft"):
       target = y
     else:
       target = teacher_targets(cfg.target, teacher_logits_fn(teacher_variables, x),
                                cfg.temperature)
-    if target is None:
-      num_classes = jax.eval_shape(lambda: train_fn(params, rest, x[:1])[0]).shape[-1]
-      target = jax.nn.one_hot(y, num_classes)
     if cfg.adv_eps > 0:
       x = _pgd_linf(lambda xa: loss_fn(params, rest, xa, target)[0], x, k_adv,
                     cfg.adv_eps, cfg.adv_steps)
@@ -195,7 +191,8 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     params = jax.tree.map(lambda p, m: p * m, params, mask)
-    agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(target, -1))
+    labels = target if target.ndim == 1 else jnp.argmax(target, -1)
+    agree = jnp.mean(jnp.argmax(logits, -1) == labels)
     return (params, new_rest, opt_state, mask), {"loss": loss, "accuracy": agree}
 
   return step
