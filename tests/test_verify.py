@@ -363,6 +363,11 @@ def test_recorded_outputs_and_model_give_the_same_verdict(
     b = verify.verify_suspect(by_model, reference, num_views=10, method=method)
     assert a["verdict"] == b["verdict"]
     assert a["p_value"] == pytest.approx(b["p_value"], rel=1e-3, abs=1e-12)
-  # The victim against itself is maximally similar.
+  # The victim against itself: more similar than the calibration
+  # independents, and confident against a synthetic independent reference.
   itself = verify.similarities(trained, fps[0], fps[0])
   assert itself.mean() > reference.mean()
+  synthetic = random_effects(np.random.default_rng(0), 20, V)
+  for method in ("welch", "model"):
+    assert verify.verify_suspect(itself, synthetic, method=method)[
+        "confidence"] > 0.9999
