@@ -216,6 +216,8 @@ def test_export_manifest(export):
   assert queries.dtype == np.uint8
   assert queries.shape == ((1 + U) * V * K,) + IMAGE_SHAPE
   assert (manifest["K"], manifest["V"], manifest["U"]) == (K, V, U)
+  assert manifest["C"] == IMAGE_SHAPE[-1]
+  assert manifest["num_classes"] == NUM_CLASSES
   assert manifest["num_queries"] == len(queries)
 
 

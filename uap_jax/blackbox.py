@@ -60,8 +60,10 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
     manifest_path: JSON manifest; default :func:`manifest_path_for`.
 
   Returns:
-    The manifest (also written): format, order, K, V, U, C (classes),
-    num_classes, image_shape, num_queries, dtype, queries_sha256, files.
+    The manifest (also written): format, order, K (points per view), V
+    (views), U (UAPs), C (image channels), num_classes, image_shape
+    ``[H, W, C]``, num_queries ``(1 + U) * V * K``, dtype, queries_file,
+    queries_sha256, outputs_file_format.
   """
   if int(num_classes) < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -80,7 +82,7 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
       "K": int(grid[2]),
       "V": int(grid[1]),
       "U": int(grid[0]) - 1,
-      "C": int(num_classes),
+      "C": int(pixels.shape[-1]),
       "num_classes": int(num_classes),
       "image_shape": [int(s) for s in pixels.shape[1:]],
       "num_queries": int(len(pixels)),

@@ -52,9 +52,10 @@ def select_points(victim_logits: np.ndarray | jax.Array, num_points: int,
     num_views: V, views; every view has one point per cluster / slot.
     rule: ``kmeans`` (the paper: k-means on logits, the seed point nearest
       each centroid and its nearest neighbours in logit space), ``margin``
-      (the points of lowest top-1 minus top-2 logit margin, slots spread
-      round-robin over the predicted classes, view j of a slot holding the
-      j-th lowest-margin point of that class), or ``random``.
+      (the points of lowest top-1 minus top-2 logit margin: slots are dealt
+      round-robin over the predicted classes; a class with ``s`` slots
+      gives view j of its r-th slot its ``(j * s + r)``-th lowest-margin
+      point, so view 0 holds the lowest margins), or ``random``.
     seed: seed of k-means / of the random choice.
 
   Returns:
