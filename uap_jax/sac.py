@@ -1,0 +1,374 @@
+"""A sample-correlation reference fingerprint in the manner of SAC-m.
+
+Guan, Liang, He, "Are You Stealing My Model? Sample Correlation for
+Fingerprinting Deep Neural Networks", NeurIPS 2022. SAC-m fingerprints a
+model by how its outputs on N CutMix-ed inputs correlate with EACH OTHER,
+not by the outputs themselves: a copy of the victim (extracted, fine-tuned,
+pruned, ...) inherits the victim's pairwise output correlations, while an
+independently trained model, even an accurate one, correlates the samples its
+own way. CutMix-ed inputs (two images pasted together) sit off the data
+manifold, where models of different lineage disagree most.
+
+Steps, for every model of a stack (all pure, jit-compiled, batched):
+
+1. :func:`cutmix_inputs`: N inputs, each image ``a`` with a random box
+   pasted from image ``b`` (box area ``1 - lam``, ``lam ~ U(0, 1)`` as in
+   CutMix's Beta(1, 1)), from the victim's own data, seeded by a PRNG key.
+2. :func:`model_outputs`: every model's outputs on them, ``(M, N, C)``
+   (softmax probabilities by default).
+3. :func:`correlation_matrices`: per model the ``(N, N)`` matrix of cosine
+   similarities (the SAC paper's choice) or Pearson correlations between the
+   output vectors of every pair of samples.
+4. :func:`matrix_distance`: distance of each model's matrix to the victim's,
+   the mean absolute difference over the N x N entries (SAC's L1 distance
+   divided by N^2) or the root mean squared difference (``l2``).
+5. Score = ``-distance`` (higher: more likely pirated), one number per
+   model. :func:`evaluate_scores` turns the scores of evaluation suspects and
+   calibration independents into the same detection figures as
+   :func:`uap_jax.verify.evaluate`.
+
+Since SAC gives ONE number per model (no views), its test is a model-level
+one: a Gaussian prediction test against the calibration independents'
+scores, ``t = (s - mean) / (std * sqrt(1 + 1 / R))`` with ``R - 1`` degrees
+of freedom, the one-view case of :mod:`uap_jax.verify`'s ``model`` test.
+A suspect is accused when ``p < alpha`` (this is what "above the
+(1 - alpha) quantile of the independents' score distribution" means when
+that distribution is estimated from R models). ``accused_above_calib_max``
+also counts, distribution-free, the independents scoring above every
+calibration independent.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from uap_jax import metrics
+from uap_jax import stack as stack_lib
+
+METRICS = ("cosine", "pearson")
+DISTANCES = ("l1", "l2")
+OUTPUTS = ("probs", "logits")
+DEFAULT_NUM_SAMPLES = 100
+
+
+# --------------------------------------------------------------------------
+# Inputs.
+
+
+def cutmix_boxes(key: jax.Array, num_samples: int, height: int,
+                 width: int) -> jax.Array:
+  """Random CutMix boxes, ``(N, 4)`` int32 rows ``(top, bottom, left, right)``.
+
+  Args:
+    key: PRNG key.
+    num_samples: N boxes.
+    height: image height H.
+    width: image width W.
+
+  Returns:
+    Half-open boxes ``[top, bottom) x [left, right)`` inside the image; the
+    box side ratio is ``sqrt(1 - lam)`` with ``lam ~ U(0, 1)`` and a
+    uniform centre (CutMix, Yun et al. 2019), clipped at the borders.
+  """
+  k_lam, k_y, k_x = jax.random.split(key, 3)
+  lam = jax.random.uniform(k_lam, (num_samples,))
+  ratio = jnp.sqrt(1.0 - lam)
+  cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+  cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+  cy = jax.random.randint(k_y, (num_samples,), 0, height)
+  cx = jax.random.randint(k_x, (num_samples,), 0, width)
+  top = jnp.clip(cy - cut_h // 2, 0, height)
+  bottom = jnp.clip(cy + cut_h // 2, 0, height)
+  left = jnp.clip(cx - cut_w // 2, 0, width)
+  right = jnp.clip(cx + cut_w // 2, 0, width)
+  return jnp.stack([top, bottom, left, right], axis=1)
+
+
+@jax.jit
+def _paste(x_a: jax.Array, x_b: jax.Array, boxes: jax.Array) -> jax.Array:
+  rows = jnp.arange(x_a.shape[1])[None, :, None]
+  cols = jnp.arange(x_a.shape[2])[None, None, :]
+  inside = ((rows >= boxes[:, 0, None, None]) & (rows < boxes[:, 1, None, None])
+            & (cols >= boxes[:, 2, None, None]) & (cols < boxes[:, 3, None, None]))
+  return jnp.where(inside[..., None], x_b, x_a)
+
+
+def cutmix(x_a: np.ndarray | jax.Array, x_b: np.ndarray | jax.Array,
+           key: jax.Array) -> jax.Array:
+  """Pastes a random box of each ``x_b[i]`` into ``x_a[i]``.
+
+  Args:
+    x_a: ``(N, H, W, C)`` base images, uint8 or float in [0, 1].
+    x_b: ``(N, H, W, C)`` images the boxes come from (same shape).
+    key: PRNG key of the boxes.
+
+  Returns:
+    ``(N, H, W, C)`` float32 images in [0, 1].
+  """
+  x_a, x_b = np.asarray(x_a), np.asarray(x_b)
+  if x_a.ndim != 4 or x_a.shape != x_b.shape:
+    raise ValueError(
+        f"x_a and x_b must both be (N, H, W, C) of one shape, got {x_a.shape} "
+        f"and {x_b.shape}; pair the images before mixing.")
+  boxes = cutmix_boxes(key, x_a.shape[0], x_a.shape[1], x_a.shape[2])
+  return _paste(stack_lib.to_float(x_a), stack_lib.to_float(x_b), boxes)
+
+
+def cutmix_inputs(images: np.ndarray | jax.Array, num_samples: int,
+                  key: jax.Array) -> jax.Array:
+  """N CutMix-ed inputs from a pool of images (the victim's data).
+
+  Args:
+    images: ``(P, H, W, C)`` pool, uint8 or float in [0, 1], P >= 2.
+    num_samples: N inputs to make; each mixes two distinct pool images, and
+      no image is used twice while ``2 N <= P``.
+    key: PRNG key: the pairs and the boxes follow from it.
+
+  Returns:
+    ``(N, H, W, C)`` float32 images in [0, 1].
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(
+        f"images must be (P, H, W, C), got shape {images.shape}; pass the "
+        "victim's training images.")
+  if images.shape[0] < 2:
+    raise ValueError(
+        f"CutMix needs >= 2 images to pair, got {images.shape[0]}.")
+  if num_samples < 2:
+    raise ValueError(
+        f"num_samples must be >= 2 (a correlation matrix needs pairs of "
+        f"samples), got {num_samples}.")
+  k_pairs, k_boxes = jax.random.split(key)
+  pool = images.shape[0]
+  order = np.asarray(jax.random.permutation(k_pairs, pool))
+  # Without replacement while the pool allows, then cycling through it.
+  picks = np.resize(order, 2 * num_samples)
+  first, second = picks[0::2], picks[1::2]
+  same = first == second
+  second[same] = (second[same] + 1) % pool
+  return cutmix(images[first], images[second], k_boxes)
+
+
+# --------------------------------------------------------------------------
+# Outputs and correlation matrices.
+
+
+def model_outputs(stack: stack_lib.Stack, x: np.ndarray | jax.Array, *,
+                  output: str = "probs", strategy: str = "auto",
+                  batch_size: int = 500) -> np.ndarray:
+  """Outputs of every model of a stack, ``(M, N, C)`` (see stack.predict)."""
+  if output not in OUTPUTS:
+    raise ValueError(f"Unknown output {output!r}; choose one of {', '.join(OUTPUTS)}.")
+  return stack_lib.predict(stack, np.asarray(x), batch_size=batch_size,
+                           strategy=strategy, output=output)
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _correlation(outputs: jax.Array, metric: str) -> jax.Array:
+  if metric == "pearson":
+    outputs = outputs - outputs.mean(-1, keepdims=True)
+  norm = jnp.linalg.norm(outputs, axis=-1, keepdims=True)
+  unit = outputs / jnp.maximum(norm, 1e-12)
+  return jnp.einsum("...ic,...jc->...ij", unit, unit)
+
+
+def correlation_matrices(outputs: np.ndarray | jax.Array,
+                         metric: str = "cosine") -> jax.Array:
+  """Pairwise sample correlations of each model's outputs.
+
+  Args:
+    outputs: ``(..., N, C)`` outputs of one or more models on N samples.
+    metric: ``cosine`` (cosine similarity of the output vectors, SAC's
+      choice) or ``pearson`` (the same after centring each vector over its
+      C entries).
+
+  Returns:
+    ``(..., N, N)`` float32 symmetric matrices with entries in [-1, 1] (1 on
+    the diagonal except for all-zero / constant output vectors, which
+    correlate 0 with everything).
+  """
+  if metric not in METRICS:
+    raise ValueError(f"Unknown correlation metric {metric!r}; choose one of "
+                     f"{', '.join(METRICS)}.")
+  outputs = jnp.asarray(outputs, jnp.float32)
+  if outputs.ndim < 2 or outputs.shape[-2] < 2 or outputs.shape[-1] < 2:
+    raise ValueError(
+        f"outputs must be (..., N, C) with N >= 2 samples and C >= 2 classes, "
+        f"got shape {outputs.shape}.")
+  if not bool(jnp.all(jnp.isfinite(outputs))):
+    raise ValueError("outputs contain NaN or inf; check the models.")
+  return _correlation(outputs, metric)
+
+
+def matrix_distance(matrices: np.ndarray | jax.Array,
+                    reference: np.ndarray | jax.Array,
+                    distance: str = "l1") -> jax.Array:
+  """Distance of each correlation matrix to a reference (the victim's).
+
+  Args:
+    matrices: ``(..., N, N)`` correlation matrices.
+    reference: ``(N, N)`` the victim's matrix.
+    distance: ``l1`` (mean absolute difference over the N^2 entries: SAC's
+      L1 norm divided by N^2) or ``l2`` (root mean squared difference).
+
+  Returns:
+    ``(...)`` non-negative distances; 0 for a matrix equal to the reference.
+  """
+  if distance not in DISTANCES:
+    raise ValueError(f"Unknown distance {distance!r}; choose one of "
+                     f"{', '.join(DISTANCES)}.")
+  matrices = jnp.asarray(matrices, jnp.float32)
+  reference = jnp.asarray(reference, jnp.float32)
+  if reference.ndim != 2 or reference.shape[0] != reference.shape[1]:
+    raise ValueError(f"reference must be one (N, N) matrix, got {reference.shape}.")
+  if matrices.shape[-2:] != reference.shape:
+    raise ValueError(
+        f"matrices {matrices.shape} and reference {reference.shape} disagree "
+        "on N: compute them on the same samples.")
+  diff = matrices - reference
+  if distance == "l1":
+    return jnp.abs(diff).mean((-2, -1))
+  return jnp.sqrt(jnp.square(diff).mean((-2, -1)))
+
+
+def scores(stacks: Sequence[stack_lib.Stack], victim: stack_lib.Stack,
+           x: np.ndarray | jax.Array, *, output: str = "probs",
+           metric: str = "cosine", distance: str = "l1",
+           strategy: str = "auto") -> np.ndarray:
+  """SAC-m scores of every model of several stacks, in stack order.
+
+  Args:
+    stacks: stacks of suspects (any architectures, same classes).
+    victim: the victim (a stack of one model; its first model is used).
+    x: ``(N, H, W, C)`` the SAC inputs (:func:`cutmix_inputs`).
+    output: ``probs`` or ``logits``.
+    metric: correlation metric (:func:`correlation_matrices`).
+    distance: matrix distance (:func:`matrix_distance`).
+    strategy: model-axis strategy.
+
+  Returns:
+    ``(M,)`` float64 scores ``-distance`` (higher: closer to the victim), M
+    the total number of models.
+  """
+  num_classes = victim.num_classes
+  for s in stacks:
+    if s.num_classes != num_classes:
+      raise ValueError(
+          f"A {s.arch} stack has {s.num_classes} classes but the victim has "
+          f"{num_classes}: they do not answer the same task.")
+  ref = correlation_matrices(model_outputs(victim, x, output=output,
+                                           strategy=strategy)[0], metric)
+  out = []
+  for s in stacks:
+    mats = correlation_matrices(model_outputs(s, x, output=output,
+                                              strategy=strategy), metric)
+    out.append(np.asarray(matrix_distance(mats, ref, distance), np.float64))
+  return -np.concatenate(out) if out else np.zeros((0,), np.float64)
+
+
+# --------------------------------------------------------------------------
+# Model-level evaluation of one-number scores.
+
+
+def prediction_p_value(score: float, reference: np.ndarray | Sequence[float]) -> float:
+  """One-sided p of "the suspect scores higher than an independent model".
+
+  Args:
+    score: the suspect's score.
+    reference: ``(R,)`` scores of calibration independents, R >= 3.
+
+  Returns:
+    ``P(T >= t)`` with ``t = (score - mean) / (std * sqrt(1 + 1/R))``,
+    ``T ~ t(R - 1)``: a Gaussian prediction test for one new model.
+  """
+  reference = np.asarray(reference, np.float64).ravel()
+  if reference.size < 3:
+    raise ValueError(
+        f"The prediction test needs >= 3 calibration independents, got "
+        f"{reference.size}; add independents to the zoo.")
+  if not (np.all(np.isfinite(reference)) and np.isfinite(score)):
+    raise ValueError("Scores contain NaN or inf.")
+  r = reference.size
+  scale = reference.std(ddof=1) * math.sqrt(1.0 + 1.0 / r)
+  if scale == 0.0:
+    return 0.0 if score > reference.mean() else 1.0
+  return float(stats.t.sf((score - reference.mean()) / scale, df=r - 1))
+
+
+def evaluate_scores(suspect_scores: np.ndarray | Sequence[float],
+                    families: Sequence[str], kinds: Sequence[str],
+                    calib_scores: np.ndarray | Sequence[float], *,
+                    names: Sequence[str] | None = None,
+                    alpha: float = 1e-4) -> dict[str, Any]:
+  """Detection figures of one-number-per-model scores.
+
+  Args:
+    suspect_scores: ``(S,)`` score per evaluated suspect (higher: pirated).
+    families: per suspect ``piracy`` or ``independent``.
+    kinds: per suspect its kind.
+    calib_scores: ``(R,)`` scores of the calibration independents.
+    names: per suspect a name.
+    alpha: accusation level of :func:`prediction_p_value`.
+
+  Returns:
+    JSON-able dict with the keys of ``uap_jax.verify.evaluate``'s summary:
+    ``auc`` (per piracy kind and ``all``), ``tpr_at_1pct_fpr``,
+    ``tpr_at_5pct_fpr``, ``accused_independents``, ``num_independents``,
+    ``detected_piracy``, ``num_piracy`` (accusation by the prediction test
+    at alpha); plus ``accused_above_calib_max`` / ``detected_above_calib_max``
+    (score above every calibration independent), ``test``, ``alpha`` and
+    ``suspects`` (name, family, kind, score, p_value, verdict).
+  """
+  s = np.asarray(suspect_scores, np.float64).ravel()
+  calib = np.asarray(calib_scores, np.float64).ravel()
+  if not len(s) == len(families) == len(kinds):
+    raise ValueError(
+        f"Got {len(s)} scores, {len(families)} families and {len(kinds)} kinds; "
+        "pass one of each per suspect.")
+  if not 0 < alpha < 1:
+    raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+  names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(s))]
+  fam = np.array([str(f) for f in families], dtype=object)
+  kind = np.array([str(k) for k in kinds], dtype=object)
+  pos, neg = fam == "piracy", fam == "independent"
+  p = np.array([prediction_p_value(v, calib) for v in s])
+  accused = p < alpha
+  above_max = s > calib.max()
+
+  def auc_of(mask):
+    if not mask.any() or not neg.any():
+      return None
+    keep = mask | neg
+    return metrics.roc_auc(s[keep], mask[keep].astype(int))
+
+  auc = {k: auc_of(pos & (kind == k)) for k in sorted(set(kind[pos]))}
+  auc["all"] = auc_of(pos)
+  both = bool(pos.any() and neg.any())
+  keep = pos | neg
+  tpr = {f: metrics.tpr_at_fpr(s[keep], pos[keep].astype(int), f) if both else None
+         for f in (0.01, 0.05)}
+  return {
+      "test": "prediction (model-level, one score per model)",
+      "alpha": alpha,
+      "auc": auc,
+      "tpr_at_1pct_fpr": tpr[0.01],
+      "tpr_at_5pct_fpr": tpr[0.05],
+      "accused_independents": int((accused & neg).sum()),
+      "num_independents": int(neg.sum()),
+      "detected_piracy": int((accused & pos).sum()),
+      "num_piracy": int(pos.sum()),
+      "accused_above_calib_max": int((above_max & neg).sum()),
+      "detected_above_calib_max": int((above_max & pos).sum()),
+      "calib_models": int(calib.size),
+      "suspects": [{"name": n, "family": str(f), "kind": str(k), "score": float(v),
+                    "p_value": float(pv), "verdict": "pirated" if a else "not_pirated"}
+                   for n, f, k, v, pv, a in zip(names, fam, kind, s, p, accused)],
+  }
