@@ -136,8 +136,12 @@ def test_fingerprint_strategies_agree(models, points_and_uaps):
                                   mode="logits")
   vmap = fingerprint.fingerprints(
       (models.logits_fn, models.variables), x_points, uaps, strategy="vmap",
-      mode="logits", views_per_batch=None)
+      mode="logits", images_per_batch=None)
   np.testing.assert_allclose(loop, vmap, rtol=1e-5, atol=1e-5)
+  # 3 views per pass over 4 views: a remainder batch.
+  mapped = fingerprint.fingerprints(models, x_points, uaps, strategy="map",
+                                    mode="logits", images_per_batch=27)
+  np.testing.assert_allclose(loop, mapped, rtol=1e-5, atol=1e-5)
 
 
 def test_fingerprint_modes(models, points_and_uaps):
@@ -183,8 +187,8 @@ def test_fingerprint_bad_values_mode_and_model(models, points_and_uaps):
     fingerprint.fingerprints(models, x_points, uaps, mode="softmax")
   with pytest.raises(ValueError, match="Stack or a pair"):
     fingerprint.fingerprints(models.params, x_points, uaps)
-  with pytest.raises(ValueError, match="views_per_batch"):
-    fingerprint.fingerprints(models, x_points, uaps, views_per_batch=0)
+  with pytest.raises(ValueError, match="images_per_batch"):
+    fingerprint.fingerprints(models, x_points, uaps, images_per_batch=0)
 
 
 # ---------------------------------------------------------------- black box

@@ -270,7 +270,7 @@ def _assemble(features: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=None)
 def _fingerprint_fn(logits_fn: Callable, mode: str, strategy: str,
-                    views_per_batch: int | None):
+                    views_per_batch: int):
   def one_model(variables, queries):
     # queries: (V, 1 + U, K, H, W, C); one forward pass per view batch keeps
     # activation memory at views_per_batch * (1 + U) * K images per model.
@@ -286,7 +286,7 @@ def _fingerprint_fn(logits_fn: Callable, mode: str, strategy: str,
 def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
                  uaps: np.ndarray | jax.Array, *, mode: str = "probs",
                  strategy: str = "auto", quantize: bool = True,
-                 views_per_batch: int | None = 8) -> jax.Array:
+                 images_per_batch: int | None = 1024) -> jax.Array:
   """Fingerprints of every model of a stack, all views in one compiled call.
 
   Args:
@@ -299,8 +299,10 @@ def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
       of the top-1: what a label-only suspect reveals).
     strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
     quantize: query with uint8-rounded images (see :func:`query_images`).
-    views_per_batch: views per forward pass inside the compiled call
-      (``None``: all views at once).
+    images_per_batch: most query images per model in one forward pass
+      inside the compiled call (whole views: at least one view, ``(1 + U) *
+      K`` images); ``None`` runs all views at once. With ``vmap`` the device
+      holds this times the stack size at once: lower it for big models.
 
   Returns:
     ``(M, V, D)`` float32 fingerprints, ``D = K * (1 + U) * C``, each view laid
@@ -318,8 +320,14 @@ def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
         "model must be a uap_jax.stack.Stack or a pair (logits_fn, variables) "
         f"with a leading model axis, got {type(model).__name__}.")
   queries = query_images(x_points, uaps, quantize=quantize)
-  if views_per_batch is not None and views_per_batch < 1:
-    raise ValueError(f"views_per_batch must be >= 1 or None, got {views_per_batch}.")
+  if images_per_batch is not None and images_per_batch < 1:
+    raise ValueError(
+        f"images_per_batch must be >= 1 or None, got {images_per_batch}.")
+  per_view = queries.shape[0] * queries.shape[2]
+  num_views = queries.shape[1]
+  # lax.map with batch_size b vmaps b views per step (b = V: one step).
+  views_per_batch = num_views if images_per_batch is None else min(
+      num_views, max(1, images_per_batch // per_view))
   fn = _fingerprint_fn(logits_fn, mode, engine.resolve(strategy),
                        views_per_batch)
   return fn(variables, jnp.swapaxes(queries, 0, 1))
