@@ -89,6 +89,9 @@ def test_plan_seeds_archs_and_hparams_derive_from_the_config():
   assert by_kind["independent_data"][0].part == "independent"
   assert by_kind["independent_seed"][0].part == "victim"
   assert by_kind["extract_hard"][0].part == "attacker"
+  only = zoo_lib.plan_zoo(dataclasses.replace(cfg, zoo_kinds=["distill"],
+                                              zoo_counts=["prune:2"]))
+  assert {p.kind for p in only} == {"distill"}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -176,26 +179,27 @@ def test_extraction_sees_only_what_its_api_reveals(built_zoo):
 
 def test_hard_label_student_ignores_the_victims_confidence(built_zoo):
   """Sharpening the victim (logits x 3: same top-1, other probabilities)
-  changes a soft-label copy but not a hard-label one."""
+  leaves a hard-label copy unchanged, bit for bit."""
   ctx, _ = built_zoo
   victim = ctx.victim
   sharp = dataclasses.replace(victim, params=jax.tree_util.tree_map_with_path(
       lambda p, a: a * 3.0 if any(getattr(k, "key", None) == "head" for k in p) else a,
       victim.params))
   x = ctx.data.x_test[:200]
-  np.testing.assert_array_equal(stack_lib.predict(victim, x).argmax(-1),
-                                stack_lib.predict(sharp, x).argmax(-1))
-  cfg = dataclasses.replace(ctx.cfg, zoo_epochs=1, zoo_kinds=["extract_soft", "extract_hard"])
-  outputs = {}
-  for plan in zoo_lib.plan_zoo(cfg):
-    for name, teacher in (("victim", victim), ("sharp", sharp)):
-      student, _ = zoo_lib.train_plan(
-          plan, teacher, ctx.data.x_train, ctx.data.y_train, ctx.parts, cfg,
-          augment=False, arch_kwargs=ctx.arch_kwargs())
-      outputs[plan.kind, name] = stack_lib.predict(student, x)
-  np.testing.assert_array_equal(outputs["extract_hard", "victim"],
-                                outputs["extract_hard", "sharp"])
-  assert np.abs(outputs["extract_soft", "victim"] - outputs["extract_soft", "sharp"]).max() > 1e-3
+  probs = stack_lib.predict(victim, x, output="probs")
+  sharp_probs = stack_lib.predict(sharp, x, output="probs")
+  np.testing.assert_array_equal(probs.argmax(-1), sharp_probs.argmax(-1))
+  assert np.abs(probs - sharp_probs).max() > 0.05  # a soft-label API would tell
+  cfg = dataclasses.replace(ctx.cfg, query_budget=20 * ctx.cfg.batch_size,
+                            zoo_kinds=["extract_hard"])
+  (plan,) = zoo_lib.plan_zoo(cfg)
+  outputs = []
+  for teacher in (victim, sharp):
+    student, _ = zoo_lib.train_plan(
+        plan, teacher, ctx.data.x_train, ctx.data.y_train, ctx.parts, cfg,
+        augment=False, arch_kwargs=ctx.arch_kwargs())
+    outputs.append(stack_lib.predict(student, x))
+  np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_kinds_train_on_their_own_disjoint_parts(built_zoo):
@@ -214,10 +218,13 @@ def test_kinds_train_on_their_own_disjoint_parts(built_zoo):
     seen.add(kind)
     expected = set(parts[zoo_lib.PART_OF_KIND[kind]].tolist())
     for index in call["index"]:
-      real = index[index < n_train]  # extract_adv: the rest are adversarial examples
+      # Past n_train: the attacker's augmented copies and adversarial
+      # examples of its own images (made by augmented_queries /
+      # substitute_adversarials from x_train[part], tested below).
+      real = index[index < n_train]
       assert set(real.tolist()) == expected, kind
-      if kind != "extract_adv":
-        assert len(real) == len(index)
+      if call["target"] == "labels":
+        assert len(real) == len(index), kind
       else:
         assert np.all(index[index >= n_train] < call["pool_size"])
   assert seen == set(KINDS)
@@ -249,3 +256,36 @@ def test_partial_zoo_resumes_only_the_missing_stack(built_zoo, monkeypatch):
   recorder.calls.clear()
   summary = zoo_stage.run(RunContext(ctx.cfg, Workdir(ctx.cfg.workdir)))
   assert summary["stacks_trained"] == [] and not recorder.calls
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_augmented_queries_are_shifted_copies_of_their_sources(flip):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+  out = zoo_lib.augmented_queries(x, 3, np.random.default_rng(1), flip=flip)
+  assert out.shape == (18, 16, 16, 3) and out.dtype == np.uint8
+  shift = 16 // 8
+  padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+  mirrored = 0
+  for j in range(3):
+    for i in range(6):
+      crops = [padded[i, a:a + 16, b:b + 16] for a in range(2 * shift + 1)
+               for b in range(2 * shift + 1)]
+      plain = any(np.array_equal(out[j * 6 + i], c) for c in crops)
+      flipped = any(np.array_equal(out[j * 6 + i], c[:, ::-1]) for c in crops)
+      assert plain or flipped
+      mirrored += not plain
+  assert (mirrored > 0) == flip
+  assert zoo_lib.augmented_queries(x, 0, rng, flip=flip).shape == (0, 16, 16, 3)
+
+
+def test_query_budget_sets_steps_and_copies():
+  cfg = _config("/unused", batch_size=50, zoo_epochs=2, query_budget=0)
+  assert zoo_lib.extraction_steps(cfg, 1000) == 40
+  assert zoo_lib.query_copies(cfg, 1000) == 1
+  cfg = dataclasses.replace(cfg, query_budget=5000)
+  assert zoo_lib.extraction_steps(cfg, 1000) == 100
+  assert zoo_lib.query_copies(cfg, 1000) == 4
+  assert zoo_lib.query_copies(dataclasses.replace(cfg, query_budget=10 ** 6), 1000) == (
+      zoo_lib.MAX_QUERY_COPIES)
+  assert zoo_lib.query_copies(dataclasses.replace(cfg, augment="false"), 1000) == 0
