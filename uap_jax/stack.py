@@ -99,6 +99,9 @@ def eval_logits_fn(graphdef) -> LogitsFn:
 def train_logits_fn(graphdef) -> Callable[..., tuple[jax.Array, PyTree]]:
   """Train-mode forward: ``(params, rest, x) -> (logits, new_rest)``."""
   def logits_fn(params, rest, x):
+    # Fresh Variables at the current trace level: BatchNorm mutates them, and
+    # NNX refuses to mutate a Variable created under another trace (grad, jit).
+    params, rest = jax.tree.map(lambda a: a, (params, rest))
     module = nnx.merge(graphdef, params, rest)
     module.train()
     logits = module(x)

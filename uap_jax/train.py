@@ -134,6 +134,12 @@ def teacher_targets(target: str, teacher_logits: jax.Array,
   return jax.nn.softmax(teacher_logits / t)
 
 
+def _soft_ce(logits: jax.Array, target: jax.Array) -> jax.Array:
+  if target.ndim == logits.ndim - 1:
+    target = jax.nn.one_hot(target, logits.shape[-1])
+  return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), -1))
+
+
 def _pgd_linf(loss_of_x, x, key, eps, steps):
   """Small L-inf PGD for adversarial training (random start, step 2.5 eps/steps)."""
   alpha = 2.5 * eps / steps
@@ -162,6 +168,7 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
     [0, 1], ``y`` integer labels (``labels``) or probabilities (``soft``).
   """
   train_fn = stack_lib.train_logits_fn(graphdef)
+  eval_fn = stack_lib.eval_logits_fn(graphdef)
 
   def loss_fn(params, rest, x, target):
     logits, new_rest = train_fn(params, rest, x)
@@ -184,7 +191,9 @@ def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
       target = teacher_targets(cfg.target, teacher_logits_fn(teacher_variables, x),
                                cfg.temperature)
     if cfg.adv_eps > 0:
-      x = _pgd_linf(lambda xa: loss_fn(params, rest, xa, target)[0], x, k_adv,
+      # The attack sees the model in eval mode: BatchNorm statistics are
+      # updated once per step by the training pass, not by every PGD step.
+      x = _pgd_linf(lambda xa: _soft_ce(eval_fn((params, rest), xa), target), x, k_adv,
                     cfg.adv_eps, cfg.adv_steps)
     (loss, (logits, new_rest)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params, rest, x, target)
