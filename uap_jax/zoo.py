@@ -516,12 +516,14 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
   for m in meta:
     m["train_examples"] = int(len(idx))
   victim_vars = single_variables(victim)
-  strategy = stack_strategy(strategy, len(meta))
   # Batch order and augmentation follow each model's own seed (train_stack).
   seed = cfg.seed
   start, cpu_start = time.time(), time.process_time()
   steps = 0
-  fit = functools.partial(train.train_stack, strategy=strategy, desc=plan.key)
+
+  def fit(stack, *args, **kwargs):
+    return train.train_stack(stack, *args, strategy=stack_strategy(strategy, stack.size),
+                             desc=plan.key, **kwargs)
 
   if kind in DERIVED_KINDS:
     student = broadcast_victim(victim, meta)
@@ -575,8 +577,9 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
                    for r in range(rounds + 1)]
     for r, n_steps in enumerate(phase_steps):
       if r > 0:
-        adv = substitute_adversarials(student, x_pool[idx], cfg.adv_eps,
-                                      jax.random.fold_in(jax.random.key(seed), plan.seeds[0] + r), strategy=strategy)
+        key = jax.random.fold_in(jax.random.key(seed), plan.seeds[0] + r)
+        adv = substitute_adversarials(student, x_pool[idx], cfg.adv_eps, key,
+                                      strategy=stack_strategy(strategy, student.size))
         base = len(pool)
         pool = np.concatenate([pool, adv.reshape((-1,) + adv.shape[2:])])
         index = [np.concatenate([ix, base + i * len(idx) + np.arange(len(idx))])
