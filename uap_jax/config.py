@@ -71,7 +71,7 @@ class Config:
   uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.")
   uap_max_passes: int = _f(5, "Most passes over the UAP data.")
   uap_samples: int = _f(1000, "Victim training images used to compute the UAP.")
-  num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint.")
+  num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint; 0: no UAP, fingerprints of clean outputs only (an ablation).")
   # Fingerprints.
   fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).")
   fp_v: int = _f(40, "Views per model (neighbours per cluster V).")
@@ -121,9 +121,11 @@ class Config:
       if not getattr(self, name) > 0:
         raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
     for name in ("batch_size", "fp_k", "fp_v", "n_views", "enc_steps", "uap_max_passes",
-                 "uap_samples", "num_uaps", "enc_hidden", "enc_embed"):
+                 "uap_samples", "enc_hidden", "enc_embed"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+    if self.num_uaps < 0:
+      raise ValueError(f"--num_uaps must be >= 0 (0: clean outputs only), got {self.num_uaps}.")
     if self.n_views > self.fp_v:
       raise ValueError(f"--n_views={self.n_views} exceeds --fp_v={self.fp_v} views per model.")
     if self.uap_p not in ("2", "inf"):

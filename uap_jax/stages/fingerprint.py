@@ -41,6 +41,24 @@ def all_stacks(ctx: RunContext) -> list[stack_lib.Stack]:
   return [ctx.victim] + list(zoo_lib.load_zoo(ctx))
 
 
+def stack_fingerprints(s: stack_lib.Stack, x_points: np.ndarray, uaps: np.ndarray,
+                       mode: str, strategy: str) -> np.ndarray:
+  """``(M, V, D)`` fingerprints of a stack; no UAPs (``U = 0``): clean outputs only.
+
+  The library rejects an empty UAP set (a mistake outside this ablation), so
+  the no-UAP fingerprint is the clean half of the one with a zero UAP.
+  """
+  if len(uaps):
+    return np.asarray(jax.block_until_ready(fp_lib.fingerprints(
+        s, x_points, uaps, mode=mode, strategy=strategy)))
+  zero = np.zeros((1,) + tuple(x_points.shape[2:]), np.float32)
+  both = np.asarray(jax.block_until_ready(fp_lib.fingerprints(
+      s, x_points, zero, mode=mode, strategy=strategy)))
+  m, v, _ = both.shape
+  k = x_points.shape[0]
+  return both.reshape(m, v, k, 2, -1)[:, :, :, 0].reshape(m, v, -1)
+
+
 def run(ctx: RunContext) -> dict:
   cfg, data = ctx.cfg, ctx.data
   uaps = uap_stage.load_uaps(ctx)
@@ -50,8 +68,7 @@ def run(ctx: RunContext) -> dict:
   fps, meta, timings = [], [], []
   for s in all_stacks(ctx):
     t0 = time.time()
-    fps.append(np.asarray(jax.block_until_ready(fp_lib.fingerprints(
-        s, x_points, uaps, mode=cfg.fp_mode, strategy=cfg.strategy))))
+    fps.append(stack_fingerprints(s, x_points, uaps, cfg.fp_mode, cfg.strategy))
     timings.append({"arch": s.arch, "models": s.size, "seconds": time.time() - t0})
     meta.extend(dict(m, arch=m.get("arch", s.arch)) for m in s.meta)
     logging.info("Fingerprinted %d %s model(s) in %.1f s", s.size, s.arch,
@@ -90,9 +107,11 @@ def diagnostics(fps: np.ndarray, meta: list[dict], num_uaps: int,
   for i, mt in enumerate(meta):
     rows.append({
         "name": mt.get("name"), "kind": mt.get("kind"), "family": mt.get("family"),
-        "uap_fooling_rate": float((top1[i, :, :, 1:] != top1[i, :, :, :1]).mean()),
+        "uap_fooling_rate": (float((top1[i, :, :, 1:] != top1[i, :, :, :1]).mean())
+                             if num_uaps else None),
         "clean_agreement": float((top1[i, :, :, 0] == victim[:, :, 0]).mean()),
-        "perturbed_agreement": float((top1[i, :, :, 1:] == victim[:, :, 1:]).mean()),
+        "perturbed_agreement": (float((top1[i, :, :, 1:] == victim[:, :, 1:]).mean())
+                                if num_uaps else None),
         "raw_cosine": float(raw[i] @ raw[0]),
     })
   return rows

@@ -8,7 +8,8 @@ results.json schema (keys; see README "Report format"):
   auc: per piracy kind and "all"; tpr_at_1pct_fpr; tpr_at_5pct_fpr;
   accused_independents, num_independents, test, alpha, num_views,
   leave_kind_out: per held-out kind its AUC, TPR and verdicts,
-  references: encoder-free scores on the same suspects,
+  references: encoder-free scores on the same suspects (raw_cosine,
+    raw_cosine_clean_only, sac_m: SAC-m-style sample correlation),
   seconds: per stage.
 """
 
@@ -72,13 +73,25 @@ def _table(header: list[str], rows: list[list]) -> str:
   return "\n".join(lines)
 
 
+def auc_columns(res: dict) -> dict[str, dict]:
+  """AUC per kind of every score: the encoder (the paper's recipe) and the references."""
+  return {"encoder": res["auc"], **{name: r["auc"] for name, r in res["references"].items()}}
+
+
+def _auc_table(res: dict) -> str:
+  cols = auc_columns(res)
+  kinds = [k for k in res["auc"] if k != "all"] + ["all"]
+  return _table(["kind", *cols], [[k, *[c.get(k) for c in cols.values()]] for k in kinds])
+
+
 def markdown(res: dict) -> str:
   v, u = res["victim"], res["uap"]
   out = [f"# uap-jax report: {res['dataset']}", "",
          f"Victim: {v['arch']} (width {v['width']}), test accuracy {v['test_accuracy']:.4f}, "
          f"{v['parameters']} parameters, trained in {v['train_seconds']:.0f} s.", "",
-         f"UAP: {u['algorithm']}, p = {u['p']}, xi = {u['xi']}; fooling rate on the victim "
-         f"{u['fooling_rate_train']:.3f} (train) / {u['fooling_rate_test']:.3f} (test).", "",
+         (f"UAP: {u['algorithm']}, p = {u['p']}, xi = {u['xi']}; fooling rate on the victim "
+          f"{_fmt(u['fooling_rate_train'])} (train) / {_fmt(u['fooling_rate_test'])} (test)."
+          if u.get("num_uaps", 1) else "No UAP (--num_uaps=0): fingerprints of clean outputs only."), "",
          f"Test: {res['test']}, alpha = {res['alpha']}, {res['num_views']} views per suspect. "
          f"Independents accused: {res['accused_independents']} of {res['num_independents']}; "
          f"piracy detected: {res['detected_piracy']} of {res['num_piracy']}.", "",
@@ -92,12 +105,15 @@ def markdown(res: dict) -> str:
                 [[k, f["family"], f["auc_held_out"], f["tpr_at_1pct_fpr"],
                   f["held_out_verdicts"]["pirated"], f["held_out_verdicts"]["inconclusive"],
                   f["held_out_verdicts"]["not_pirated"]]
-                 for k, f in res["leave_kind_out"].items()]), "",
+                 for k, f in res["leave_kind_out"].items() if "error" not in f]), "",
          "## References on the same suspects (no encoder)", "",
          _table(["score", "AUC all", "TPR@1%FPR", "independents accused"],
                 [[name, r["auc"].get("all"), r["tpr_at_1pct_fpr"],
                   f"{r['accused_independents']}/{r['num_independents']}"]
                  for name, r in res["references"].items()]), "",
+         "AUC per piracy kind, the same suspects and calibration models for every score "
+         "(sac_m: one score per model, accused by a model-level prediction test at alpha):", "",
+         _auc_table(res), "",
          "## Other tests on the same similarities", "",
          _table(["test", "AUC all", "independents accused", "piracy detected"],
                 [[name, r["auc"].get("all"), f"{r['accused_independents']}/{r['num_independents']}",
@@ -112,7 +128,7 @@ def markdown(res: dict) -> str:
 
 
 def plots(ctx: RunContext, res: dict) -> list[str]:
-  """roc.png, similarity.png, confidence_vs_views.png."""
+  """roc.png, similarity.png, auc_per_kind.png, confidence_vs_views.png."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -160,6 +176,25 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
   ax.legend(fontsize=7)
   fig.tight_layout()
   written.append(ctx.workdir.path("report", "similarity.png"))
+  fig.savefig(written[-1], dpi=120)
+  plt.close(fig)
+
+  # AUC per kind: the paper's recipe against the encoder-free references.
+  cols = auc_columns(res)
+  kinds_auc = [k for k in res["auc"] if k != "all"] + ["all"]
+  fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(kinds_auc) + 3.5), 4.5))
+  width = 0.8 / max(len(cols), 1)
+  for j, (name, auc) in enumerate(cols.items()):
+    vals = [np.nan if auc.get(k) is None else auc[k] for k in kinds_auc]
+    ax.bar(np.arange(len(kinds_auc)) + (j - (len(cols) - 1) / 2) * width, vals, width,
+           label=name)
+  ax.axhline(0.5, color="k", lw=0.8, ls=":")
+  ax.set_xticks(range(len(kinds_auc)), kinds_auc, rotation=35, ha="right", fontsize=8)
+  ax.set(ylim=(0, 1.02), ylabel="ROC-AUC (piracy kind vs independents)",
+         title="AUC per piracy kind: encoder (paper) vs references")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  written.append(ctx.workdir.path("report", "auc_per_kind.png"))
   fig.savefig(written[-1], dpi=120)
   plt.close(fig)
 

@@ -16,12 +16,18 @@ from uap_jax.context import RunContext
 
 def load_uaps(ctx: RunContext) -> np.ndarray:
   """The saved UAPs, ``(U, H, W, C)`` in pixel units of [0, 1]."""
-  tree, _ = checkpoint.load_arrays(ctx.workdir.checkpoint_dir("uap"))
-  return np.asarray(tree["uaps"], np.float32)
+  tree, meta = checkpoint.load_arrays(ctx.workdir.checkpoint_dir("uap"))
+  uaps = np.asarray(tree["uaps"], np.float32)
+  # orbax cannot save a zero-size array: no UAP is saved as one zero
+  # placeholder with num_uaps = 0.
+  return uaps[:int(meta.get("num_uaps", len(uaps)))]
 
 
 def run(ctx: RunContext) -> dict:
-  """Computes ``num_uaps`` UAPs of the victim (one seed each) and saves them."""
+  """Computes ``num_uaps`` UAPs of the victim (one seed each) and saves them.
+
+  ``--num_uaps=0`` saves an empty set: the no-UAP ablation (clean outputs).
+  """
   cfg, data = ctx.cfg, ctx.data
   victim = ctx.victim
   logits_fn = victim.logits_fn
@@ -55,7 +61,10 @@ def run(ctx: RunContext) -> dict:
     logging.info("UAP %d: fooling rate train %.3f test %.3f, %d passes, %.1f s",
                  u, rows[-1]["fooling_rate_train"], test_rate, rows[-1]["passes"], seconds)
     uaps.append(v)
+  if not uaps:
+    return _save_no_uap(ctx, x.shape[1:])
   summary = {
+      "num_uaps": len(uaps),
       "algorithm": {"deepfool": "deepfool_uap_minibatch", "sequential":
                     "deepfool_uap_sequential", "sgd": "sgd_uap"}[cfg.uap_method],
       "p": cfg.uap_p, "xi": cfg.uap_xi, "delta": cfg.uap_delta,
@@ -68,4 +77,18 @@ def run(ctx: RunContext) -> dict:
   checkpoint.save_arrays(ctx.workdir.checkpoint_dir("uap"), {"uaps": np.stack(uaps)},
                          {k: v for k, v in summary.items() if k != "uaps"})
   ctx.workdir.write_json("uap.json", summary)
+  return {k: summary[k] for k in ("algorithm", "fooling_rate_train", "fooling_rate_test")}
+
+
+def _save_no_uap(ctx: RunContext, image_shape: tuple[int, ...]) -> dict:
+  """--num_uaps=0: fingerprints will hold clean outputs only."""
+  summary = {"num_uaps": 0, "algorithm": "none", "p": ctx.cfg.uap_p, "xi": 0.0,
+             "delta": None, "max_passes": 0, "train_samples": 0,
+             "fooling_rate_train": None, "fooling_rate_test": None, "passes": [],
+             "seconds": 0.0, "uaps": []}
+  checkpoint.save_arrays(ctx.workdir.checkpoint_dir("uap"),
+                         {"uaps": np.zeros((1, *image_shape), np.float32)},
+                         {k: v for k, v in summary.items() if k != "uaps"})
+  ctx.workdir.write_json("uap.json", summary)
+  logging.info("No UAP (--num_uaps=0): fingerprints of clean outputs only.")
   return {k: summary[k] for k in ("algorithm", "fooling_rate_train", "fooling_rate_test")}

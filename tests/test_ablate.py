@@ -1,0 +1,111 @@
+"""experiments/ablate.py helpers and the no-UAP (--num_uaps=0) path."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from uap_jax import config as config_lib
+from uap_jax import fingerprint as fp_lib
+from uap_jax import stack as stack_lib
+from uap_jax.stages import fingerprint as fp_stage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ablate():
+  spec = importlib.util.spec_from_file_location(
+      "ablate", os.path.join(REPO, "experiments", "ablate.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_num_uaps_zero_is_valid_and_negative_is_not():
+  config_lib.parse(["--num_uaps=0"]).validate()
+  with pytest.raises(ValueError, match="num_uaps"):
+    config_lib.parse(["--num_uaps=-1"]).validate()
+
+
+def test_no_uap_fingerprints_are_the_clean_half(digits_arrays):
+  x, _ = digits_arrays
+  s = stack_lib.create("mlp", [0, 1], num_classes=10, image_shape=(8, 8, 1))
+  points = x[:12].reshape(3, 4, 8, 8, 1)
+  uap = np.full((1, 8, 8, 1), 0.3, np.float32)
+  with_uap = np.asarray(fp_lib.fingerprints(s, points, uap, strategy="loop"))
+  clean = fp_stage.stack_fingerprints(s, points, np.zeros((0, 8, 8, 1), np.float32),
+                                      "probs", "loop")
+  assert clean.shape == (2, 4, 3 * 10)
+  np.testing.assert_allclose(clean, with_uap.reshape(2, 4, 3, 2, 10)[:, :, :, 0]
+                             .reshape(2, 4, -1), atol=1e-6)
+
+
+def test_overrides_stages_and_args(ablate):
+  assert ablate.parse_overrides(["--fp_k=5", "--test=model"]) == {"fp_k": "5", "test": "model"}
+  with pytest.raises(ValueError, match="victim or the zoo"):
+    ablate.parse_overrides(["--epochs=3"])
+  with pytest.raises(ValueError, match="--flag=value"):
+    ablate.parse_overrides(["fp_k=5"])
+  assert ablate.first_stage({}) == "verify"
+  assert ablate.first_stage({"test": "model", "fp_k": "5"}) == "fingerprint"
+  assert ablate.first_stage({"enc_hidden": "9", "num_uaps": "0"}) == "uap"
+  base = json.loads(config_lib.parse(["--fp_k=7", "--zoo_counts=prune:3"]).to_json())
+  cfg = config_lib.parse(ablate.variant_args(base, {"fp_rule": "margin"}, "/tmp/x",
+                                             ["encoder", "verify"]))
+  assert (cfg.fp_k, cfg.fp_rule, cfg.workdir, cfg.stages, cfg.zoo_counts) == (
+      7, "margin", "/tmp/x", ["encoder", "verify"], ["prune:3"])
+  assert ablate.changed(base, {"fp_k": "7", "fp_v": "9"}) == {"fp_v": "9"}
+
+
+def _fake_verify(auc_all):
+  suspects = [{"family": "piracy", "kind": "prune", "views_for_target": v}
+              for v in (3, None, 5)] + [{"family": "independent", "kind": "independent_seed",
+                                         "views_for_target": None}]
+  fold = {"auc_held_out": 0.5, "family": "independent",
+          "held_out_verdicts": {"pirated": 1, "inconclusive": 0, "not_pirated": 2}}
+  return {"protocols": {"random": {
+      "auc": {"prune": auc_all, "all": auc_all}, "tpr_at_1pct_fpr": 0.5,
+      "tpr_at_5pct_fpr": 0.6, "accused_independents": 1, "num_independents": 4,
+      "detected_piracy": 2, "num_piracy": 3, "method": "welch", "alpha": 1e-4,
+      "suspects": suspects},
+      "leave_kind_out": {"independent_seed": fold, "prune": {"family": "piracy", "error": "x"}}},
+      "references": {"sac_m": {"auc": {"all": 0.7}, "tpr_at_1pct_fpr": 0.1,
+                               "accused_independents": 0, "num_independents": 4,
+                               "detected_piracy": 0, "num_piracy": 3}}}
+
+
+def test_summary_and_table(ablate):
+  v = _fake_verify(0.9)
+  row = ablate.summarise(v)
+  # Views 3, 5 and never: the median model needs 5.
+  assert row["median_views_for_9999"] == 5 and row["piracy_reaching_9999"] == 2
+  assert row["leave_kind_out_auc"] == {"independent_seed": 0.5, "prune": None}
+  assert row["leave_kind_out_accused"] == {"independent_seed": 1}
+  rows = {"paper": dict(row, seconds=1.0), "broken": {"error": "ValueError: x"},
+          **ablate.reference_rows(v)}
+  text = ablate.markdown(rows, "T")
+  assert "| paper | (base) | 0.900 |" in text
+  assert "ref:sac_m" in text and "error: ValueError" in text
+  assert "0.500 (1)" in text
+
+
+def test_prepare_workdir_links_the_base(ablate, tmp_path):
+  base = tmp_path / "base"
+  for d in ("stages", "checkpoints/victim", "checkpoints/zoo/a", "checkpoints/uap"):
+    (base / d).mkdir(parents=True)
+  for name in ("config.json", "partition.json", "victim.json", "uap.json"):
+    (base / name).write_text("{}")
+  (base / "zoo.json").write_text(json.dumps({"stacks": [{"checkpoint": "zoo/a"}]}))
+  for stage in ("victim", "zoo", "uap"):
+    (base / "stages" / f"{stage}.json").write_text('{"seconds": 2}')
+  assert ablate._reused_stages(str(base), "fingerprint") == ["victim", "zoo", "uap"]
+  assert ablate._reused_stages(str(base), "uap") == ["victim", "zoo"]
+  work = tmp_path / "variant"
+  ablate.prepare_workdir(str(base), str(work), ["victim", "zoo", "uap"])
+  assert os.path.islink(work / "checkpoints" / "zoo" / "a")
+  assert os.path.islink(work / "checkpoints" / "uap")
+  assert not os.path.islink(work / "config.json")
+  assert ablate._stage_seconds(str(work)) == {"uap": 2.0}
