@@ -150,3 +150,12 @@ def test_workdir_of_another_run_is_refused(tmp_path):
   other = config_lib.Config(workdir=str(tmp_path), stages=[], dataset="mnist5k")
   with pytest.raises(ValueError, match="other settings"):
     pipeline.run(other)
+
+
+@pytest.mark.parametrize("flagfile", sorted(
+    f for f in os.listdir(os.path.join(REPO, "experiments")) if f.endswith(".flags")))
+def test_every_experiment_flagfile_is_valid_and_documented(flagfile):
+  path = os.path.join(REPO, "experiments", flagfile)
+  with open(path) as f:
+    assert f.readline().startswith("#"), "a flagfile opens with comments saying what it runs"
+  config_lib.parse([f"--flagfile={path}"]).validate()
