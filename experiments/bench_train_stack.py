@@ -46,14 +46,14 @@ def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--archs", default="mlp,lenet5",
                  help="Architectures (BatchNorm models need train.py's BatchNorm fix).")
-  p.add_argument("--k", type=int, default=8, help="Models per stack.")
+  p.add_argument("--k", type=int, default=4, help="Models per stack.")
   p.add_argument("--steps", type=int, default=20, help="Training steps per model.")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--image", default="32,32,3", help="H,W,C.")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--variants", default="vmap,map,loop,separate,auto",
                  help="Stack strategies (auto = the training default) and 'separate'.")
-  p.add_argument("--timeout_s", type=float, default=60.0,
+  p.add_argument("--timeout_s", type=float, default=120.0,
                  help="Per child process; a slower variant is reported as a timeout.")
   p.add_argument("--out", default="")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
