@@ -102,6 +102,9 @@ def test_single_process_without_cluster_environment(monkeypatch):
   assert distributed.detected_cluster() is None  # one task: single process
   monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
   assert distributed.detected_cluster() == "slurm"
+  monkeypatch.setenv("SLURM_NTASKS", "8")
+  monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun -n1 in a big job
+  assert distributed.detected_cluster() is None
 
 
 # --------------------------------------------------------------------------

@@ -60,10 +60,13 @@ def detected_cluster() -> str | None:
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):
     return "env"
-  slurm_tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS")
-  if env.get("SLURM_JOB_ID") and slurm_tasks and int(slurm_tasks) > 1:
+  count = lambda name: int(env[name]) if env.get(name, "").isdigit() else 1
+  # The step's task count (srun) wins over the allocation's.
+  slurm_tasks = count("SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS")
+                      else "SLURM_NTASKS")
+  if env.get("SLURM_JOB_ID") and slurm_tasks > 1:
     return "slurm"
-  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+  if count("OMPI_COMM_WORLD_SIZE") > 1:
     return "openmpi"
   if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get(
       "MEGASCALE_COORDINATOR_ADDRESS"):
