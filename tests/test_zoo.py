@@ -289,3 +289,16 @@ def test_query_budget_sets_steps_and_copies():
   assert zoo_lib.query_copies(dataclasses.replace(cfg, query_budget=10 ** 6), 1000) == (
       zoo_lib.MAX_QUERY_COPIES)
   assert zoo_lib.query_copies(dataclasses.replace(cfg, augment="false"), 1000) == 0
+
+
+def test_saved_stack_is_reused_only_for_the_same_plan_and_victim():
+  cfg = _config("/unused", zoo_kinds=["prune"], zoo_counts=["prune:2"])
+  (plan,) = zoo_lib.plan_zoo(cfg)
+  saved = [dict(m, victim_digest="abc", test_accuracy=0.9) for m in plan.meta()]
+  assert zoo_lib.plan_matches(plan, saved, "abc")
+  assert not zoo_lib.plan_matches(plan, saved, "other victim")
+  assert not zoo_lib.plan_matches(plan, saved[:1], "abc")
+  (other,) = zoo_lib.plan_zoo(dataclasses.replace(cfg, prune_ratios=[0.3, 0.9]))
+  assert not zoo_lib.plan_matches(other, saved, "abc")
+  (reseeded,) = zoo_lib.plan_zoo(dataclasses.replace(cfg, seed=5))
+  assert not zoo_lib.plan_matches(reseeded, saved, "abc")

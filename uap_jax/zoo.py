@@ -28,6 +28,13 @@ seeds), ``independent_arch`` (``zoo_archs``, victim's data part),
 ``independent_data`` (victim's architecture, the disjoint ``independent``
 part).
 
+Extraction and distillation spend ``--query_budget`` queries (0: the
+attacker's images x ``--zoo_epochs``), one batch of fresh API answers per
+step, over the attacker's images plus up to ``MAX_QUERY_COPIES`` augmented
+copies of each. An extraction is only a threat when it is faithful: the
+``zoo`` stage logs each extracted model's agreement with the victim next to
+that of independents trained on the victim's own data.
+
 Every seed derives from the run seed by a stable hash of (seed, kind, arch,
 index), so a rerun reproduces the zoo.
 """
@@ -72,7 +79,14 @@ EXTRACT_ADV_PGD_STEPS = 5
 
 
 def family_of(kind: str) -> str:
-  """``piracy`` or ``independent``."""
+  """The family of a zoo kind.
+
+  Args:
+    kind: a zoo kind (see ``uap_jax.config.KINDS``).
+
+  Returns:
+    ``piracy`` or ``independent``.
+  """
   _check_kind(kind)
   return "piracy" if kind in PIRACY_KINDS else "independent"
 
@@ -105,6 +119,14 @@ def archs_of_kind(kind: str, victim_arch: str, zoo_archs: Sequence[str]) -> list
   Extraction tries the victim's architecture and the others of
   ``zoo_archs``; distillation and ``independent_arch`` use ``zoo_archs``;
   every other kind keeps the victim's architecture.
+
+  Args:
+    kind: zoo kind.
+    victim_arch: the victim's architecture.
+    zoo_archs: ``--zoo_archs``.
+
+  Returns:
+    The architectures, without repeats, in round-robin order.
   """
   _check_kind(kind)
   others = [a for a in dict.fromkeys(zoo_archs)]
@@ -265,6 +287,12 @@ def label_only_api(graphdef) -> stack_lib.LogitsFn:
 
   Extraction through it sees the victim's top-1 label and nothing else.
   Cached per graphdef so jitted callers compile once.
+
+  Args:
+    graphdef: the victim's module structure.
+
+  Returns:
+    ``answer(variables, x) -> (N, C)`` one-hot float labels.
   """
   logits_fn = stack_lib.eval_logits_fn(graphdef)
 
@@ -275,7 +303,15 @@ def label_only_api(graphdef) -> stack_lib.LogitsFn:
 
 
 def single_variables(stack: stack_lib.Stack, i: int = 0) -> tuple[PyTree, PyTree]:
-  """``(params, rest)`` of model ``i`` without the model axis."""
+  """The variables of one model of a stack.
+
+  Args:
+    stack: the models.
+    i: which model.
+
+  Returns:
+    ``(params, rest)`` of model ``i`` without the model axis.
+  """
   return jax.tree.map(lambda a: a[i], stack.variables)
 
 
@@ -314,7 +350,15 @@ def agreement(stack: stack_lib.Stack, reference_labels: np.ndarray, x: np.ndarra
 
 
 def zero_fraction(params: PyTree) -> float:
-  """Fraction of exact zeros among the prunable weights of ONE model."""
+  """Sparsity of one model.
+
+  Args:
+    params: parameters of ONE model (no model axis).
+
+  Returns:
+    The fraction of exact zeros among its prunable weights (conv and linear
+    kernels, as in ``train.magnitude_mask``).
+  """
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   weights = [np.asarray(v).ravel() for p, v in flat if train.prunable(p)]
   w = np.concatenate(weights)
@@ -440,6 +484,13 @@ def stack_strategy(strategy: str, size: int) -> str:
   state eagerly at every step; for a single model ``vmap`` is the same
   computation without that overhead (measured 1.5x less CPU time for a
   LeNet-5 extraction on 2 cores), so ``auto`` becomes ``vmap`` there.
+
+  Args:
+    strategy: the requested strategy (``--strategy``).
+    size: models in the stack.
+
+  Returns:
+    The strategy to train and evaluate it with.
   """
   if strategy == "auto" and size == 1:
     return "vmap"
@@ -626,8 +677,17 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
 
 
 def victim_digest(victim: stack_lib.Stack) -> str:
-  """A short hash of the victim's variables: a zoo stack records the victim it
-  was made from, so a retrained victim invalidates it."""
+  """A short hash of the victim's variables.
+
+  A zoo stack records the victim it was made from, so a retrained victim
+  invalidates it.
+
+  Args:
+    victim: stack holding the victim as model 0.
+
+  Returns:
+    16 hex digits of the SHA-256 of its parameters and statistics.
+  """
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(single_variables(victim)):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
@@ -635,8 +695,17 @@ def victim_digest(victim: stack_lib.Stack) -> str:
 
 
 def plan_matches(plan: StackPlan, saved_models: list[dict], digest: str) -> bool:
-  """True when a saved stack holds exactly the models ``plan`` asks for, made
-  from the victim with ``digest``."""
+  """Whether a saved stack can be reused for a plan.
+
+  Args:
+    plan: what the zoo wants now.
+    saved_models: the per-model metadata of the saved stack.
+    digest: :func:`victim_digest` of the current victim.
+
+  Returns:
+    True when the saved stack holds exactly the planned models (names,
+    seeds, architecture, data part, hyper-parameters), made from this victim.
+  """
   want = [(m["name"], m["seed"], m["arch"], m["part"], m["hparams"]) for m in plan.meta()]
   have = [(m.get("name"), m.get("seed"), m.get("arch"), m.get("part"), m.get("hparams"))
           for m in saved_models]
@@ -644,7 +713,14 @@ def plan_matches(plan: StackPlan, saved_models: list[dict], digest: str) -> bool
 
 
 def zoo_entry(meta: dict) -> dict:
-  """The ``zoo.json`` entry of one model (the fields of its metadata)."""
+  """The ``zoo.json`` entry of one model.
+
+  Args:
+    meta: the model's metadata in its stack.
+
+  Returns:
+    Its identity, hyper-parameters, data, accuracy, agreement and timing.
+  """
   keys = ("name", "kind", "family", "parent", "arch", "part", "seed", "hparams",
           "train_examples", "queries", "query_images", "adversarial_queries_added", "test_accuracy",
           "agreement", "train_seconds", "train_cpu_seconds", "checkpoint")
@@ -652,7 +728,14 @@ def zoo_entry(meta: dict) -> dict:
 
 
 def format_table(entries: list[dict]) -> str:
-  """A plain-text table: name, kind, family, arch, test accuracy, agreement."""
+  """A plain-text table of zoo entries.
+
+  Args:
+    entries: ``zoo.json`` model entries.
+
+  Returns:
+    Aligned columns: name, kind, family, arch, test accuracy, agreement.
+  """
   rows = [("name", "kind", "family", "arch", "test_acc", "agreement")]
   for e in entries:
     rows.append((e["name"], e["kind"], e["family"], e["arch"],
@@ -665,7 +748,14 @@ def format_table(entries: list[dict]) -> str:
 
 
 def kind_summary(entries: list[dict]) -> dict[str, dict]:
-  """Per kind: count, mean test accuracy and mean/min/max agreement."""
+  """Accuracy and agreement per kind.
+
+  Args:
+    entries: ``zoo.json`` model entries.
+
+  Returns:
+    Per kind: count, mean test accuracy, mean / min / max agreement.
+  """
   out = {}
   for kind in dict.fromkeys(e["kind"] for e in entries):
     acc = [e["test_accuracy"] for e in entries if e["kind"] == kind]
