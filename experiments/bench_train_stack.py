@@ -45,7 +45,7 @@ import numpy as np
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--archs", default="mlp,lenet5",
-                 help="Architectures (BatchNorm models need train.py's BatchNorm fix).")
+                 help="Architectures, e.g. add small_cnn or resnet20 (BatchNorm).")
   p.add_argument("--k", type=int, default=4, help="Models per stack.")
   p.add_argument("--steps", type=int, default=20, help="Training steps per model.")
   p.add_argument("--batch", type=int, default=32)
