@@ -36,6 +36,12 @@ class Config:
   overwrite: bool = _f(False, "Recompute the requested stages even if finished.")
   seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.")
   strategy: str = _f("auto", "Model-axis strategy: auto|vmap|map|loop|shard.")
+  mesh: str = _f("", "Device mesh for --strategy=shard: models:N[,data:M] (empty: all local devices on models).")
+  distributed: str = _f("auto", "Multi-process run: auto (start when flags or a launcher say so) | true | false.")
+  coordinator_address: str = _f("", "HOST:PORT of process 0 (empty: detected).")
+  num_processes: int = _f(0, "Number of processes (0: detected).")
+  process_id: int = _f(-1, "This process, 0..N-1 (-1: detected).")
+  share_mode: str = _f("contiguous", "How suspects are shared among processes: contiguous | strided.")
   # Data.
   dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).")
   data_dir: str = _f("", "tfds data_dir for tfds:NAME data sets.")
@@ -97,7 +103,14 @@ class Config:
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
-    engine.resolve(self.strategy)
+    # Only the name: resolving 'auto' would start JAX's backends before
+    # jax.distributed could.
+    engine.check_strategy(self.strategy)
+    if self.distributed not in ("auto", "true", "false"):
+      raise ValueError(f"--distributed must be auto, true or false, got {self.distributed!r}.")
+    if self.share_mode not in ("contiguous", "strided"):
+      raise ValueError(f"--share_mode must be contiguous or strided, got {self.share_mode!r}.")
+
     fracs = (self.victim_frac, self.attacker_frac, self.independent_frac)
     if min(fracs) <= 0 or sum(fracs) > 1 + 1e-9:
       raise ValueError(

@@ -13,6 +13,8 @@ import time
 
 from absl import logging
 
+from uap_jax import distributed
+from uap_jax import sharding
 from uap_jax.config import Config, STAGES
 from uap_jax.context import RunContext
 from uap_jax.workdir import Workdir
@@ -46,6 +48,11 @@ def run(cfg: Config) -> dict[str, dict]:
     Per stage run, its summary (``{"skipped": True}`` when already done).
   """
   cfg.validate()
+  # Before any other JAX use: a multi-process run must start first.
+  distributed.initialize_from(cfg.coordinator_address, cfg.num_processes,
+                              cfg.process_id, cfg.distributed)
+  if cfg.mesh:
+    sharding.set_default_mesh(cfg.mesh)
   workdir = Workdir(cfg.workdir)
   _check_same_run(cfg, workdir)
   workdir.write_text("config.json", cfg.to_json() + "\n")

@@ -9,6 +9,7 @@ import numpy as np
 from absl import logging
 
 from uap_jax import checkpoint
+from uap_jax import distributed
 from uap_jax import fingerprint as fp_lib
 from uap_jax import stack as stack_lib
 from uap_jax import zoo as zoo_lib
@@ -68,7 +69,10 @@ def run(ctx: RunContext) -> dict:
   fps, meta, timings = [], [], []
   for s in all_stacks(ctx):
     t0 = time.time()
-    fps.append(stack_fingerprints(s, x_points, uaps, cfg.fp_mode, cfg.strategy))
+    # Each process fingerprints its share of the stack; all get the whole.
+    fps.append(np.asarray(distributed.map_suspects(
+        lambda sub: stack_fingerprints(sub, x_points, uaps, cfg.fp_mode, cfg.strategy),
+        s, mode=cfg.share_mode, everywhere=True)))
     timings.append({"arch": s.arch, "models": s.size, "seconds": time.time() - t0})
     meta.extend(dict(m, arch=m.get("arch", s.arch)) for m in s.meta)
     logging.info("Fingerprinted %d %s model(s) in %.1f s", s.size, s.arch,
