@@ -15,7 +15,8 @@ plus UAP ``u - 1`` (clipped to [0, 1], rounded to uint8) for ``u >= 1``.
 
 Recorded-outputs file: an ``.npz`` with key ``outputs``, either ``(Q, C)``
 probabilities or logits, ``(Q, C)`` one-hot labels, or ``(Q,)`` integer
-labels, in query order. Optional keys: ``query_id`` ``(Q,)``, the query
+labels, in query order (probability rows must sum to 1: an API that returns
+only its top-k probabilities should be recorded as labels). Optional keys: ``query_id`` ``(Q,)``, the query
 index each row answers (rows are then put back in query order), and
 ``queries_sha256``, the manifest's checksum (guards against answers to a
 different export).
