@@ -109,3 +109,19 @@ def test_prepare_workdir_links_the_base(ablate, tmp_path):
   assert os.path.islink(work / "checkpoints" / "uap")
   assert not os.path.islink(work / "config.json")
   assert ablate._stage_seconds(str(work)) == {"uap": 2.0}
+
+
+def test_agreement_scores_count_top1_matches_with_the_victim():
+  from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  m, v, k, u, c = 3, 4, 5, 1, 6
+  outs = rng.random((m, v, k, 1 + u, c))
+  outs[1] = outs[0]                      # a perfect copy
+  outs[2, :, :, 1:] = outs[0, :, :, 1:]  # agrees only under the UAP
+  outs[2, :, :, 0] = np.roll(outs[0, :, :, 0], 1, axis=-1)
+  scores = verify_stage.agreement_scores(outs.reshape(m, v, -1), 0, u, c)
+  np.testing.assert_array_equal(scores["agreement_clean"][:2], np.ones((2, v)))
+  np.testing.assert_array_equal(scores["agreement_clean"][2], np.zeros(v))
+  np.testing.assert_array_equal(scores["agreement_uap"], np.ones((m, v)))
+  no_uap = verify_stage.agreement_scores(outs[:, :, :, :1].reshape(m, v, -1), 0, 0, c)
+  assert set(no_uap) == {"agreement_clean"}

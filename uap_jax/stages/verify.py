@@ -2,10 +2,11 @@
 
 Without ``--suspect``: every model of the zoo's evaluation part, under two
 protocols — the saved random split (``split.json``) and leave-kind-out (for
-each kind, an encoder and a calibration set that never saw it) — plus two
-encoder-free references (raw fingerprint cosine, with and without the UAP
-half) and a SAC-m-style sample-correlation fingerprint (:mod:`uap_jax.sac`),
-all scored on the same suspects with the same calibration independents.
+each kind, an encoder and a calibration set that never saw it) — plus
+encoder-free references: raw fingerprint cosine with and without the UAP
+half, top-1 agreement with the victim on clean and on UAP-perturbed points,
+and a SAC-m-style sample-correlation fingerprint (:mod:`uap_jax.sac`), all
+scored on the same suspects with the same calibration independents.
 Writes ``verify.json``.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
@@ -56,6 +57,25 @@ def raw_similarities(fps: np.ndarray, victim: int, clean_only: bool = False,
   proto = unit[victim].mean(0)
   proto = proto / max(np.linalg.norm(proto), 1e-12)
   return unit @ proto
+
+
+def agreement_scores(fps: np.ndarray, victim: int, num_uaps: int,
+                     num_classes: int) -> dict[str, np.ndarray]:
+  """Encoder-free per-view top-1 agreement with the victim, ``(M, V)`` each.
+
+  ``agreement_clean``: fraction of a view's K points where the model's top-1
+  equals the victim's on the clean point; ``agreement_uap``: the same on the
+  points plus the victim's UAP(s) (the paper's premise: a copy follows the
+  victim where the victim's UAP sends it). Absent without a UAP.
+  """
+  m, v, _ = fps.shape
+  top1 = fps.reshape(m, v, -1, 1 + num_uaps, num_classes).argmax(-1)  # (M, V, K, 1+U)
+  # View j holds the same images for every model: compare point by point.
+  same = top1 == top1[victim][None]
+  out = {"agreement_clean": same[..., 0].mean(-1)}
+  if num_uaps:
+    out["agreement_uap"] = same[..., 1:].mean((-2, -1))
+  return out
 
 
 def _evaluate(ctx, sims, meta, eval_idx, calib_idx, method):
@@ -120,6 +140,8 @@ def evaluate_zoo(ctx: RunContext) -> dict:
   for name, clean_only in (("raw_cosine", False), ("raw_cosine_clean_only", True)):
     raw = raw_similarities(fps, victim, clean_only, num_uaps, ctx.data.num_classes)
     references[name] = _brief(_evaluate(ctx, raw, meta, split["eval"], split["calib"], cfg.test))
+  for name, score in agreement_scores(fps, victim, num_uaps, ctx.data.num_classes).items():
+    references[name] = _brief(_evaluate(ctx, score, meta, split["eval"], split["calib"], cfg.test))
   references["sac_m"] = sac_reference(ctx, meta, split)
 
   folds = {}
