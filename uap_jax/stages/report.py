@@ -25,6 +25,8 @@ from uap_jax.context import RunContext
 from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
 
+# Scores in auc_per_kind.png (report.md tabulates every reference).
+PLOTTED_SCORES = ("encoder", "raw_cosine", "raw_cosine_clean_only", "sac_m")
 SUSPECT_FIELDS = ("name", "kind", "family", "arch", "test_accuracy", "agreement",
                   "similarity_mean", "p_value", "confidence", "verdict", "views_for_9999")
 
@@ -180,7 +182,7 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
   plt.close(fig)
 
   # AUC per kind: the paper's recipe against the encoder-free references.
-  cols = auc_columns(res)
+  cols = {k: a for k, a in auc_columns(res).items() if k in PLOTTED_SCORES}
   kinds_auc = [k for k in res["auc"] if k != "all"] + ["all"]
   fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(kinds_auc) + 3.5), 4.5))
   width = 0.8 / max(len(cols), 1)
