@@ -11,9 +11,10 @@ Piracy kinds (family ``piracy``, parent ``victim``):
   colour images), every batch answered afresh;
 * ``extract_hard``: the same through a label-only API (:func:`label_only_api`:
   the student never sees a probability);
-* ``extract_adv``: ``extract_soft`` in ``1 + extract_rounds`` phases; before
-  each later phase the attacker adds PGD examples of its own substitute
-  around its images, which the victim then answers;
+* ``extract_adv``: ``extract_soft`` in ``1 + extract_rounds`` phases (the
+  same query budget); before each later phase the attacker crafts PGD
+  examples of its own substitute around some of its images, which make up
+  about half of the phase's queries and which the victim answers;
 * ``finetune_last`` / ``finetune_all``: the victim fine-tuned on the
   attacker's labelled data (head only / all layers), lrs cycled;
 * ``prune``: global magnitude pruning of the victim (ratios cycled), then
@@ -76,6 +77,8 @@ PART_OF_KIND = {
 MAX_QUERY_COPIES = 8
 # PGD steps of the attacker's substitute attack in extract_adv.
 EXTRACT_ADV_PGD_STEPS = 5
+# extract_adv: share of a later phase's queries spent on adversarial examples.
+EXTRACT_ADV_QUERY_SHARE = 0.5
 
 
 def family_of(kind: str) -> str:
@@ -200,7 +203,7 @@ def _hparams(cfg: Config, kind: str, index: int) -> dict:
          "epochs": float(cfg.zoo_epochs)}
     if kind == "extract_adv":
       h.update(rounds=int(cfg.extract_rounds), eps=float(cfg.adv_eps),
-               pgd_steps=EXTRACT_ADV_PGD_STEPS)
+               pgd_steps=EXTRACT_ADV_PGD_STEPS, adv_query_share=EXTRACT_ADV_QUERY_SHARE)
     return h
   if kind == "distill":
     return {"T": float(cfg.distill_temperature), "lr": float(cfg.lr),
@@ -605,15 +608,29 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
     # extract_adv splits the same query budget over 1 + rounds phases.
     phase_steps = [total // (rounds + 1) + (1 if r < total % (rounds + 1) else 0)
                    for r in range(rounds + 1)]
+    query_index = index
+    adv_index = [np.zeros((0,), np.int64) for _ in meta]
     for r, n_steps in enumerate(phase_steps):
       if r > 0:
+        # Around a random subset of its images, sized so that each new
+        # example is queried about twice in the phase, the attacker crafts
+        # PGD examples of its own substitute; repeated indices make them
+        # EXTRACT_ADV_QUERY_SHARE of the phase's queries.
+        share = EXTRACT_ADV_QUERY_SHARE
+        rng = np.random.default_rng([cfg.seed, plan.seeds[0], r])
+        n_around = min(len(idx), max(1, int(n_steps * cfg.batch_size * share / 2)))
+        around = np.sort(rng.choice(idx, n_around, replace=False))
         key = jax.random.fold_in(jax.random.key(seed), plan.seeds[0] + r)
-        adv = substitute_adversarials(student, x_pool[idx], cfg.adv_eps, key,
+        adv = substitute_adversarials(student, x_pool[around], cfg.adv_eps, key,
                                       strategy=strategy)
         base = len(pool)
         pool = np.concatenate([pool, adv.reshape((-1,) + adv.shape[2:])])
-        index = [np.concatenate([ix, base + i * len(idx) + np.arange(len(idx))])
-                 for i, ix in enumerate(index)]
+        adv_index = [np.concatenate([a, base + i * len(around) + np.arange(len(around))])
+                     for i, a in enumerate(adv_index)]
+        repeat = max(1, round(len(query_index[0]) * share / (1 - share) / len(adv_index[0])))
+        index = [np.concatenate([q, np.tile(a, repeat)])
+                 for q, a in zip(query_index, adv_index)]
+        adversarial_added = len(adv_index[0])
       if n_steps == 0:
         continue
       tc = _train_config(cfg, augment=False, target=target,
@@ -626,7 +643,7 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
       m["queries"] = int(steps * cfg.batch_size)
       m["query_images"] = int(len(idx) + len(copies))
       if rounds:
-        m["adversarial_queries_added"] = int(rounds * len(idx))
+        m["adversarial_images_added"] = int(adversarial_added)
 
   else:  # independents: from scratch on labels.
     student = stack_lib.create(plan.arch, list(plan.seeds), meta=meta, **arch_kwargs)
@@ -701,7 +718,7 @@ def zoo_entry(meta: dict) -> dict:
     Its identity, hyper-parameters, data, accuracy, agreement and timing.
   """
   keys = ("name", "kind", "family", "parent", "arch", "part", "seed", "hparams",
-          "train_examples", "queries", "query_images", "adversarial_queries_added", "test_accuracy",
+          "train_examples", "queries", "query_images", "adversarial_images_added", "test_accuracy",
           "agreement", "train_seconds", "train_cpu_seconds", "checkpoint")
   return {k: meta[k] for k in keys if k in meta}
 
