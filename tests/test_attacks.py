@@ -113,11 +113,11 @@ def test_uap_and_sgd_uap_stay_in_ball(p):
   x = random_images(seed, N)
   xi = float(np.random.default_rng(seed).uniform(0.05, 1.0))
   # One method per norm keeps compilation (most of the test's time) down.
-  method = "minibatch" if p == "inf" else "sequential"
-  result = attacks.uap(logits_fn, variables, x, key=jax.random.key(seed),
-                       xi=xi, p=p, method=method, **UAP_OPTIONS)
-  assert result.v.shape == SHAPE and result.v.dtype == jnp.float32
-  assert norm(result.v, p) <= xi * (1 + 1e-5), (seed, method)
+  for method in ("minibatch", "pipelined") if p == "inf" else ("sequential",):
+    result = attacks.uap(logits_fn, variables, x, key=jax.random.key(seed),
+                         xi=xi, p=p, method=method, **UAP_OPTIONS)
+    assert result.v.shape == SHAPE and result.v.dtype == jnp.float32
+    assert norm(result.v, p) <= xi * (1 + 1e-5), (seed, method)
   result = attacks.sgd_uap(logits_fn, variables, x, key=jax.random.key(seed),
                            xi=xi, p=p, **SGD_OPTIONS)
   assert norm(result.v, p) <= xi * (1 + 1e-5), seed
@@ -171,13 +171,14 @@ def test_deepfool_on_linear_model_matches_analytic_distance(p):
   seed = fresh_seed()
   rng = np.random.default_rng(seed)
   dim, num_classes, n = 12, 6, 10
-  weights = jnp.asarray(rng.normal(size=(dim, num_classes)) * 10, jnp.float32)
-  bias = jnp.asarray(rng.normal(size=num_classes), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(dim, num_classes)), jnp.float32)
+  bias = jnp.asarray(0.1 * rng.normal(size=num_classes), jnp.float32)
   x = jnp.asarray(rng.uniform(0.3, 0.7, size=(n, 2, 2, 3)), jnp.float32)
 
   def linear(variables, x):
+    # Centred at grey so that decision boundaries pass near the inputs.
     w, b = variables
-    return x.reshape(x.shape[0], -1) @ w + b
+    return (x.reshape(x.shape[0], -1) - 0.5) @ w + b
 
   overshoot = 1e-3
   result = attacks.deepfool(linear, (weights, bias), x,
@@ -185,23 +186,40 @@ def test_deepfool_on_linear_model_matches_analytic_distance(p):
                             max_iter=20, p=p)
   logits = np.asarray(linear((weights, bias), x), np.float64)
   w = np.asarray(weights, np.float64)
+  x_flat = np.asarray(x, np.float64).reshape(n, -1)
   label = logits.argmax(-1)
   dual = 2 if p == 2 else 1
-  expected = []
+  expected, minimal, in_box = [], [], []
   for i in range(n):
-    dists = [abs(logits[i, k] - logits[i, label[i]])
-             / np.linalg.norm(w[:, k] - w[:, label[i]], ord=dual)
-             for k in range(num_classes) if k != label[i]]
-    expected.append((1 + overshoot) * (min(dists) + 1e-4))
+    dists = {k: abs(logits[i, k] - logits[i, label[i]])
+                / np.linalg.norm(w[:, k] - w[:, label[i]], ord=dual)
+             for k in range(num_classes) if k != label[i]}
+    k = min(dists, key=dists.get)
+    size = (1 + overshoot) * (dists[k] + 1e-4)
+    expected.append(size)
+    minimal.append(dists[k])
+    direction = w[:, k] - w[:, label[i]]
+    direction = (direction / np.linalg.norm(direction) if p == 2
+                 else np.sign(direction))
+    # The analytic minimum ignores the [0, 1] box; compare where it fits.
+    end = x_flat[i] + size * direction
+    in_box.append(bool(np.all((end >= 0) & (end <= 1))))
+  in_box = np.asarray(in_box)
+  assert in_box.sum() >= n // 2, seed
   assert np.all(np.asarray(result.converged)), seed
   assert np.all(np.asarray(result.label) == label), seed
-  flipped = np.asarray(linear((weights, bias), jnp.clip(
-      x + result.perturbation, 0, 1))).argmax(-1)
+  adversarial = x + result.perturbation
+  assert float(adversarial.min()) >= -1e-6 and float(adversarial.max()) <= 1 + 1e-6
+  flipped = np.asarray(linear((weights, bias), adversarial)).argmax(-1)
   assert np.all(flipped != label), seed
   # A linear model is crossed in one linearisation step.
-  assert np.all(np.asarray(result.iterations) == 1), seed
-  np.testing.assert_allclose(norm(result.perturbation, p, 1), expected,
-                             rtol=1e-3, err_msg=f"seed {seed}")
+  assert np.all(np.asarray(result.iterations)[in_box] == 1), seed
+  np.testing.assert_allclose(norm(result.perturbation, p, 1)[in_box],
+                             np.asarray(expected)[in_box], rtol=1e-3,
+                             err_msg=f"seed {seed}")
+  # No perturbation that flips a linear model is smaller than the minimum.
+  assert np.all(norm(result.perturbation, p, 1)
+                >= np.asarray(minimal) * (1 - 1e-5)), seed
 
 
 def test_deepfool_respects_the_pixel_box_on_saturated_images(digits_model):
@@ -250,29 +268,53 @@ def test_pgd_raises_loss_and_targeted_pgd_lowers_it():
 # ----------------------------------------------------------- trained model
 
 
-@pytest.mark.parametrize("p,xi", [("inf", 0.3), (2, 2.5)])
+@pytest.mark.parametrize("p,xi", [("inf", 0.3), (2, 1.5)])
 def test_uap_of_trained_model_beats_random_noise(digits_model, p, xi):
   logits_fn, variables, x_train, x_test = digits_model
   seed = fresh_seed()
   x_fit = x_train[:400]
   key = jax.random.key(seed)
-  found = {"deepfool": attacks.uap(logits_fn, variables, x_fit, key=key, xi=xi,
-                                   p=p, max_passes=4, batch_size=8).v}
+  # The L2 case runs the pipelined variant of the batched DeepFool-UAP.
+  method = "minibatch" if p == "inf" else "pipelined"
+  found = {method: attacks.uap(logits_fn, variables, x_fit, key=key, xi=xi,
+                               p=p, max_passes=4, batch_size=8,
+                               method=method).v}
   if p == "inf":   # (one norm suffices for SGD-UAP; it saves a compilation)
     found["sgd"] = attacks.sgd_uap(logits_fn, variables, x_fit, key=key,
                                    xi=xi, p=p, max_passes=4).v
-  noise_key = jax.random.key(seed + 1)
-  if p == "inf":   # a random vertex of the L-inf ball: the strongest noise
-    noise = xi * jnp.sign(jax.random.normal(noise_key, (8, 8, 1)))
+  # Random perturbations of the same norm, averaged over draws (one draw's
+  # fooling rate varies a lot).
+  noise = jax.random.normal(jax.random.key(seed + 1), (16, 8, 8, 1))
+  if p == "inf":   # random vertices of the L-inf ball: the strongest noise
+    noise = xi * jnp.sign(noise)
   else:
-    noise = jax.random.normal(noise_key, (8, 8, 1))
-    noise = xi * noise / jnp.linalg.norm(noise)
-  random_rate = float(attacks.fooling_rate(logits_fn, variables, x_test, noise))
+    noise = xi * noise / jnp.linalg.norm(noise.reshape(16, -1), axis=1).reshape(
+        16, 1, 1, 1)
+  random_rate = float(np.mean([
+      attacks.fooling_rate(logits_fn, variables, x_test, n) for n in noise]))
   for name, v in found.items():
     assert norm(v, p) <= xi * (1 + 1e-5)
     rate = float(attacks.fooling_rate(logits_fn, variables, x_test, v))
-    assert rate >= max(2.0 * random_rate, random_rate + 0.2), (
+    assert rate >= max(2.0 * random_rate, random_rate + 0.15), (
         seed, name, rate, random_rate)
+
+
+def test_pipelined_with_one_slot_equals_minibatch_of_one():
+  # Both are then the original algorithm on the inputs unfooled at the start
+  # of each pass; they share no code beyond the DeepFool step.
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x = random_images(seed, N)
+  options = dict(key=jax.random.key(seed), xi=0.5, p=2,
+                 **{**UAP_OPTIONS, "batch_size": 1})
+  pipelined = attacks.uap(logits_fn, variables, x, method="pipelined",
+                          **options)
+  minibatch = attacks.uap(logits_fn, variables, x, method="minibatch",
+                          **options)
+  for a, b in zip(pipelined, minibatch):
+    np.testing.assert_allclose(np.asarray(a, np.float64),
+                               np.asarray(b, np.float64), atol=1e-5,
+                               err_msg=f"seed {seed}")
 
 
 # ------------------------------------------------------------------ stacks
@@ -344,6 +386,27 @@ def test_uap_result_fields():
     assert float(result.fooling_rate) >= 0.5
   rate = attacks.fooling_rate(logits_fn, variables, x, result.v)
   assert float(rate) == pytest.approx(float(result.fooling_rate), abs=1e-6)
+
+
+def test_compute_victim_uap_summary_is_json_ready():
+  import json  # pylint: disable=g-import-not-at-top
+  seed = fresh_seed()
+  logits_fn, variables = tiny_mlp(seed)
+  x, x_test = random_images(seed, N), random_images(seed + 1, N)
+  uaps, summary = attacks.compute_victim_uap(
+      logits_fn, variables, x, x_test, key=jax.random.key(seed), xi=0.3,
+      p="inf", num_uaps=2, **UAP_OPTIONS)
+  assert uaps.shape == (2,) + SHAPE and uaps.dtype == np.float32
+  assert np.all(np.abs(uaps) <= 0.3 + 1e-7)
+  json.dumps(summary)
+  assert summary["algorithm"] == "deepfool_uap_minibatch"
+  assert summary["train_samples"] == N and len(summary["uaps"]) == 2
+  for u, row in enumerate(summary["uaps"]):
+    rate = attacks.fooling_rate(logits_fn, variables, x_test, uaps[u])
+    assert row["fooling_rate_test"] == pytest.approx(float(rate), abs=1e-6)
+  with pytest.raises(ValueError, match="Unknown UAP algorithm"):
+    attacks.compute_victim_uap(logits_fn, variables, x, x_test,
+                               key=jax.random.key(0), xi=0.3, algorithm="x")
 
 
 # ------------------------------------------------------------------ errors

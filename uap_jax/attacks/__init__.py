@@ -15,6 +15,7 @@ PRNG keys.
 * :func:`uap` / :func:`uap_stack`: DeepFool-UAP (minibatched or sequential).
 * :func:`sgd_uap` / :func:`sgd_uap_stack`: optax loss ascent with projection.
 * :func:`fooling_rate`, :func:`transfer_matrix`: evaluation.
+* :func:`compute_victim_uap`: a victim's UAP(s) plus the ``uap.json`` summary.
 """
 
 from uap_jax.attacks.common import check_p
@@ -32,9 +33,10 @@ from uap_jax.attacks.universal import transfer_matrix
 from uap_jax.attacks.universal import uap
 from uap_jax.attacks.universal import uap_stack
 from uap_jax.attacks.universal import UAPResult
+from uap_jax.attacks.victim import compute_victim_uap
 
 __all__ = [
     "check_p", "flat_norm", "project", "deepfool", "DeepFoolResult", "fgsm",
     "pgd", "pgd_stack", "fooling_rate", "sgd_uap", "sgd_uap_stack",
-    "transfer_matrix", "uap", "uap_stack", "UAPResult",
+    "transfer_matrix", "uap", "uap_stack", "UAPResult", "compute_victim_uap",
 ]

@@ -57,24 +57,59 @@ class DeepFoolResult(NamedTuple):
   label: jax.Array
 
 
+def linearized_step(logits, pullback, x_i, candidates, p):
+  """One DeepFool step ``r_i`` from the points ``x_i`` (see module docstring).
+
+  Args:
+    logits: ``(N, C)`` logits at ``x_i``.
+    pullback: the ``jax.vjp`` pullback of the batch forward pass at ``x_i``.
+    x_i: ``(N, H, W, C)`` current points (in [0, 1]).
+    candidates: ``(N, nc)`` int32 classes; column 0 is the original label.
+    p: ``2.0`` or ``math.inf``.
+
+  Returns:
+    ``(N, H, W, C)`` step towards the nearest linearised boundary.
+  """
+  cotangents = jax.nn.one_hot(candidates.T, logits.shape[-1], dtype=logits.dtype)
+  grads = jax.vmap(lambda ct: pullback(ct)[0])(cotangents)   # (nc, N, ...)
+  grads = jnp.moveaxis(grads, 0, 1)                          # (N, nc, ...)
+  f = jnp.take_along_axis(logits, candidates, axis=-1)
+  w = grads[:, 1:] - grads[:, :1]
+  # Moving along +w_k raises f_k - f_k0; pixels at a bound that +w_k would
+  # push outside the box cannot move.
+  x_b = x_i[:, None]
+  w = jnp.where(((x_b <= 0.0) & (w < 0)) | ((x_b >= 1.0) & (w > 0)), 0.0, w)
+  f_diff = jnp.abs(f[:, 1:] - f[:, :1])
+  axes = tuple(range(2, w.ndim))
+  if p == 2.0:
+    w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes))
+  else:   # the dual norm of L-inf
+    w_norm = jnp.sum(jnp.abs(w), axis=axes)
+  dist = f_diff / (w_norm + 1e-12)
+  best = jnp.argmin(dist, axis=1)
+  w_best = jnp.take_along_axis(w, best.reshape((-1, 1) + (1,) * len(axes)),
+                               axis=1)[:, 0]
+  dist_best = jnp.take_along_axis(dist, best[:, None], axis=1)[:, 0]
+  if p == 2.0:
+    direction = common.normalize_direction(w_best, 2.0, batch_dims=1)
+  else:
+    direction = jnp.sign(w_best)
+  return (dist_best + 1e-4).reshape((-1,) + (1,) * (x_i.ndim - 1)) * direction
+
+
+def into_box(x, r_tot, overshoot):
+  """Shrinks ``r`` so that ``x + (1 + overshoot) r`` lies in [0, 1]."""
+  return (common.perturb(x, (1.0 + overshoot) * r_tot) - x) / (1.0 + overshoot)
+
+
 def deepfool_kernel(logits_fn, variables, x, active, overshoot, *,
                     num_candidates, max_iter, p):
   """Unchecked, traceable DeepFool (see :func:`deepfool`); ``active`` masks inputs."""
   logits0 = logits_fn(variables, x)
-  num_classes = logits0.shape[-1]
-  nc = min(num_candidates, num_classes)
+  nc = min(num_candidates, logits0.shape[-1])
   candidates = jnp.argsort(-logits0, axis=-1)[:, :nc].astype(jnp.int32)
   label = candidates[:, 0]
-  # Cotangents selecting candidate j of every input: (nc, N, C).
-  cotangents = jax.nn.one_hot(candidates.T, num_classes, dtype=logits0.dtype)
   expand = lambda a: a.reshape(a.shape + (1,) * (x.ndim - 1))
-
-  def adversarial(r_tot):
-    return x + (1.0 + overshoot) * r_tot
-
-  def into_box(r_tot):
-    # Keeps x + (1 + overshoot) r in [0, 1] (then clipping never bites).
-    return (common.perturb(x, (1.0 + overshoot) * r_tot) - x) / (1.0 + overshoot)
 
   def cond(state):
     i, _, still, _ = state
@@ -82,35 +117,11 @@ def deepfool_kernel(logits_fn, variables, x, active, overshoot, *,
 
   def body(state):
     i, r_tot, still, iterations = state
-    x_i = adversarial(r_tot)
+    x_i = x + (1.0 + overshoot) * r_tot
     logits, pullback = jax.vjp(lambda xa: logits_fn(variables, xa), x_i)
     still = still & (jnp.argmax(logits, -1) == label)
-    grads = jax.vmap(lambda ct: pullback(ct)[0])(cotangents)   # (nc, N, ...)
-    grads = jnp.moveaxis(grads, 0, 1)                          # (N, nc, ...)
-    f = jnp.take_along_axis(logits, candidates, axis=-1)
-    w = grads[:, 1:] - grads[:, :1]
-    # Moving along +w_k raises f_k - f_k0; pixels at a bound that +w_k would
-    # push outside the box cannot move.
-    x_b = x_i[:, None]
-    w = jnp.where(((x_b <= 0.0) & (w < 0)) | ((x_b >= 1.0) & (w > 0)), 0.0, w)
-    f_diff = jnp.abs(f[:, 1:] - f[:, :1])
-    dual = 2.0 if p == 2.0 else 1.0
-    axes = tuple(range(2, w.ndim))
-    if dual == 2.0:
-      w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes))
-    else:
-      w_norm = jnp.sum(jnp.abs(w), axis=axes)
-    dist = f_diff / (w_norm + 1e-12)
-    best = jnp.argmin(dist, axis=1)
-    w_best = jnp.take_along_axis(w, best.reshape((-1, 1) + (1,) * len(axes)),
-                                 axis=1)[:, 0]
-    dist_best = jnp.take_along_axis(dist, best[:, None], axis=1)[:, 0]
-    if p == 2.0:
-      direction = common.normalize_direction(w_best, 2.0, batch_dims=1)
-    else:
-      direction = jnp.sign(w_best)
-    r_i = expand(dist_best + 1e-4) * direction
-    r_tot = jnp.where(expand(still), into_box(r_tot + r_i), r_tot)
+    r_i = linearized_step(logits, pullback, x_i, candidates, p)
+    r_tot = jnp.where(expand(still), into_box(x, r_tot + r_i, overshoot), r_tot)
     return i + 1, r_tot, still, iterations + still.astype(jnp.int32)
 
   init = (jnp.int32(0), jnp.zeros_like(x), active,
