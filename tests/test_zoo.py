@@ -256,6 +256,12 @@ def test_partial_zoo_resumes_only_the_missing_stack(built_zoo, monkeypatch):
   recorder.calls.clear()
   summary = zoo_stage.run(RunContext(ctx.cfg, Workdir(ctx.cfg.workdir)))
   assert summary["stacks_trained"] == [] and not recorder.calls
+  # A changed setting retrains (and overwrites) only the stacks it concerns.
+  cfg = dataclasses.replace(ctx.cfg, distill_temperature=2 * ctx.cfg.distill_temperature)
+  summary = zoo_stage.run(RunContext(cfg, Workdir(cfg.workdir)))
+  assert summary["stacks_trained"] == [gone]
+  (distilled,) = [s for s in zoo_lib.load_zoo(ctx) if s.meta[0]["kind"] == "distill"]
+  assert distilled.meta[0]["hparams"]["T"] == cfg.distill_temperature
 
 
 @pytest.mark.parametrize("flip", [False, True])

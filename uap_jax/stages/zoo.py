@@ -10,6 +10,7 @@ kind; logs the accuracy / agreement table.
 
 from __future__ import annotations
 
+import os
 import time
 
 from absl import logging
@@ -74,6 +75,9 @@ def run(ctx: RunContext) -> dict:
       for m in student.meta:
         m["victim_digest"] = digest
         m["checkpoint"] = plan.checkpoint_name
+      # A stale stack (other plan, other victim, --overwrite) is replaced:
+      # orbax does not write over an existing step.
+      ctx.workdir.remove(os.path.join("checkpoints", plan.checkpoint_name))
       checkpoint.save_stack(directory, student)
       models_meta, seconds = student.meta, time.time() - start
       cpu_seconds = info["cpu_seconds"]
