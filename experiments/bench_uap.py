@@ -40,7 +40,7 @@ from uap_jax.attacks import universal
 
 DATASETS = {
     # name: (data spec, architecture, width, p, xi)
-    "mnist5k": ("mnist5k", "lenet5", 1.0, "inf", 0.2),
+    "mnist5k": ("mnist5k", "lenet5", 1.0, "inf", 0.3),
     "cifar10_10k": ("npz:/work/shared/data/cifar10_10k.npz", "small_cnn", 0.5,
                     "inf", 10 / 255),
     "digits": ("digits", "mlp", 1.0, "inf", 0.3),

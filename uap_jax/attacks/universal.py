@@ -40,8 +40,8 @@ original in two ways:
    ``aggregate="sum"`` and no reordering is the sequential algorithm.
 
 A minibatch waits for its slowest DeepFool: every input of the batch pays
-for the largest iteration count (measured on CPU: 2-3x the per-image work of
-the sequential form). ``pipelined`` removes that wait: ``batch_size`` slots
+for the largest iteration count (measured on CPU: about 2x the time per pass
+of the sequential form). ``pipelined`` removes that wait: ``batch_size`` slots
 each run their own DeepFool, advancing together one linearisation step per
 iteration; a slot whose input flips hands its perturbation to v (summed over
 the slots that finish in the same step, then projected), a slot that runs out
