@@ -57,6 +57,9 @@ class DeepFoolResult(NamedTuple):
   label: jax.Array
 
 
+_BOUND_TOL = 1e-6
+
+
 def linearized_step(logits, pullback, x_i, candidates, p):
   """One DeepFool step ``r_i`` from the points ``x_i`` (see module docstring).
 
@@ -77,8 +80,11 @@ def linearized_step(logits, pullback, x_i, candidates, p):
   w = grads[:, 1:] - grads[:, :1]
   # Moving along +w_k raises f_k - f_k0; pixels at a bound that +w_k would
   # push outside the box cannot move.
+  # The tolerance keeps round-off (x_i = 1e-9 for a clipped pixel, which
+  # differs between jit and eager) from deciding whether a pixel is blocked.
   x_b = x_i[:, None]
-  w = jnp.where(((x_b <= 0.0) & (w < 0)) | ((x_b >= 1.0) & (w > 0)), 0.0, w)
+  w = jnp.where(((x_b <= _BOUND_TOL) & (w < 0))
+                | ((x_b >= 1.0 - _BOUND_TOL) & (w > 0)), 0.0, w)
   f_diff = jnp.abs(f[:, 1:] - f[:, :1])
   axes = tuple(range(2, w.ndim))
   if p == 2.0:
@@ -117,7 +123,7 @@ def deepfool_kernel(logits_fn, variables, x, active, overshoot, *,
 
   def body(state):
     i, r_tot, still, iterations = state
-    x_i = x + (1.0 + overshoot) * r_tot
+    x_i = common.perturb(x, (1.0 + overshoot) * r_tot)
     logits, pullback = jax.vjp(lambda xa: logits_fn(variables, xa), x_i)
     still = still & (jnp.argmax(logits, -1) == label)
     r_i = linearized_step(logits, pullback, x_i, candidates, p)

@@ -174,7 +174,7 @@ def _deepfool_uap(logits_fn, variables, key, x, xi, delta, max_passes,
 
     def step(state):
       (v, nxt, idx, base, r_tot, cand, iters, fresh, busy) = state
-      x_i = base + (1.0 + overshoot) * r_tot
+      x_i = common.perturb(base, (1.0 + overshoot) * r_tot)
       logits, pullback = jax.vjp(lambda xa: logits_fn(variables, xa), x_i)
       top = jnp.argsort(-logits, axis=-1)[:, :nc]
       cand = jnp.where(fresh[:, None], top.astype(jnp.int32), cand)
