@@ -308,3 +308,12 @@ def test_saved_stack_is_reused_only_for_the_same_plan_and_victim():
   assert not zoo_lib.plan_matches(other, saved, "abc")
   (reseeded,) = zoo_lib.plan_zoo(dataclasses.replace(cfg, seed=5))
   assert not zoo_lib.plan_matches(reseeded, saved, "abc")
+  # Every setting that changes how a kind trains is in its plan.
+  for kind in ("extract_soft", "extract_adv", "distill"):
+    one = dataclasses.replace(cfg, zoo_kinds=[kind], zoo_counts=[])
+    (plan,) = zoo_lib.plan_zoo(one)
+    saved = [dict(m, victim_digest="abc") for m in plan.meta()]
+    (more,) = zoo_lib.plan_zoo(dataclasses.replace(one, query_budget=12800))
+    assert not zoo_lib.plan_matches(more, saved, "abc"), kind
+    (bigger,) = zoo_lib.plan_zoo(dataclasses.replace(one, batch_size=128))
+    assert not zoo_lib.plan_matches(bigger, saved, "abc"), kind

@@ -187,7 +187,14 @@ class StackPlan:
 
 
 def _hparams(cfg: Config, kind: str, index: int) -> dict:
-  """Hyper-parameters of model ``index`` of ``kind`` (before query counts)."""
+  """Hyper-parameters of model ``index`` of ``kind``: every setting that
+  changes how it trains (a saved stack is reused only when they match)."""
+  shared = {"batch_size": int(cfg.batch_size), "optimizer": cfg.optimizer,
+            "weight_decay": float(cfg.weight_decay), "augment": cfg.augment}
+  return {**_kind_hparams(cfg, kind, index), **shared}
+
+
+def _kind_hparams(cfg: Config, kind: str, index: int) -> dict:
   lrs = [float(v) for v in cfg.finetune_lrs]
   if kind in ("finetune_last", "finetune_all"):
     return {"lr": lrs[index % len(lrs)], "epochs": float(cfg.finetune_epochs)}
@@ -207,7 +214,7 @@ def _hparams(cfg: Config, kind: str, index: int) -> dict:
     return h
   if kind == "distill":
     return {"T": float(cfg.distill_temperature), "lr": float(cfg.lr),
-            "epochs": float(cfg.zoo_epochs)}
+            "query_budget": int(cfg.query_budget), "epochs": float(cfg.zoo_epochs)}
   return {"lr": float(cfg.lr), "epochs": float(cfg.zoo_epochs)}
 
 
