@@ -71,7 +71,7 @@ class Config:
   adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.")
   distill_temperature: float = _f(4.0, "Distillation temperature.")
   # UAP.
-  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | sequential | sgd.")
+  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.")
   uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.")
   uap_xi: float = _f(0.1, "UAP radius in pixel units of [0, 1] images.")
   uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.")
@@ -147,8 +147,9 @@ class Config:
       raise ValueError(f"--uap_delta must be in (0, 1), got {self.uap_delta}.")
     if not 0 < self.alpha < 1:
       raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}.")
-    if self.uap_method not in ("deepfool", "sequential", "sgd"):
-      raise ValueError(f"--uap_method must be deepfool, sequential or sgd, got {self.uap_method!r}.")
+    if self.uap_method not in ("deepfool", "pipelined", "sequential", "sgd"):
+      raise ValueError("--uap_method must be deepfool, pipelined, sequential or sgd, "
+                       f"got {self.uap_method!r}.")
     if self.fp_rule not in ("kmeans", "margin", "random"):
       raise ValueError(f"--fp_rule must be kmeans, margin or random, got {self.fp_rule!r}.")
     if self.fp_mode not in ("probs", "logits", "labels"):

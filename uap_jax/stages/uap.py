@@ -47,7 +47,7 @@ def run(ctx: RunContext) -> dict:
     if cfg.uap_method == "sgd":
       result = attacks.sgd_uap(logits_fn, variables, x, **common)
     else:
-      method = "sequential" if cfg.uap_method == "sequential" else "minibatch"
+      method = {"deepfool": "minibatch"}.get(cfg.uap_method, cfg.uap_method)
       result = attacks.uap(logits_fn, variables, x, method=method, **common)
     v = np.asarray(jax.block_until_ready(result.v))
     seconds = time.time() - start
@@ -65,7 +65,7 @@ def run(ctx: RunContext) -> dict:
     return _save_no_uap(ctx, x.shape[1:])
   summary = {
       "num_uaps": len(uaps),
-      "algorithm": {"deepfool": "deepfool_uap_minibatch", "sequential":
+      "algorithm": {"deepfool": "deepfool_uap_minibatch", "pipelined": "deepfool_uap_pipelined", "sequential":
                     "deepfool_uap_sequential", "sgd": "sgd_uap"}[cfg.uap_method],
       "p": cfg.uap_p, "xi": cfg.uap_xi, "delta": cfg.uap_delta,
       "max_passes": cfg.uap_max_passes, "train_samples": int(len(sample)),
