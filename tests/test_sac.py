@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -155,3 +156,27 @@ def test_bad_inputs(trained, digits):
     sac.prediction_p_value(0.0, [1.0, 2.0])
   with pytest.raises(ValueError, match="one of each"):
     sac.evaluate_scores([0.1], ["piracy", "independent"], ["a"], [0, 1, 2])
+
+
+def test_misclassified_indices_and_error_agreement():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 4, 50)
+  logits = rng.normal(size=(50, 4))
+  wrong = np.nonzero(logits.argmax(-1) != labels)[0]
+  idx = sac.misclassified_indices(labels, logits, 10, jax.random.key(0))
+  assert len(idx) == min(10, len(wrong)) and set(idx) <= set(wrong)
+  np.testing.assert_array_equal(idx, np.sort(idx))
+  everything = sac.misclassified_indices(labels, logits, 1000, jax.random.key(1))
+  np.testing.assert_array_equal(everything, wrong)
+  suspects = np.stack([logits, -logits, logits + 1e-3])
+  agree = sac.error_agreement(suspects, logits)
+  assert agree[0] == 1.0 and agree[2] == 1.0 and agree[1] < 1.0
+  assert agree[1] == pytest.approx(np.mean((-logits).argmax(-1) == logits.argmax(-1)))
+  # The recorded-outputs path gives the stack path's scores.
+  probs = jax.nn.softmax(jnp.asarray(suspects), axis=-1)
+  from_outputs = sac.scores_from_outputs(probs, probs[0])
+  assert from_outputs[0] == 0.0 and from_outputs.shape == (3,)
+  with pytest.raises(ValueError, match="only"):
+    sac.misclassified_indices(logits.argmax(-1), logits, 5, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"\(M, N, C\)"):
+    sac.error_agreement(logits, logits)

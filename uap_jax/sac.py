@@ -27,6 +27,10 @@ Steps, for every model of a stack (all pure, jit-compiled, batched):
    calibration independents into the same detection figures as
    :func:`uap_jax.verify.evaluate`.
 
+SAC-w (:func:`misclassified_indices`) takes inputs the victim misclassifies
+instead of CutMix-ed ones; :func:`error_agreement` is the plainer score on
+the same inputs (how often a model repeats the victim's top-1 there).
+
 Since SAC gives ONE number per model (no views), its test is a model-level
 one: a Gaussian prediction test against the calibration independents'
 scores, ``t = (s - mean) / (std * sqrt(1 + 1 / R))`` with ``R - 1`` degrees
@@ -157,6 +161,60 @@ def cutmix_inputs(images: np.ndarray | jax.Array, num_samples: int,
   return cutmix(images[first], images[second], k_boxes)
 
 
+def misclassified_indices(labels: np.ndarray, victim_logits: np.ndarray,
+                          num_samples: int, key: jax.Array) -> np.ndarray:
+  """Indices of (up to) N inputs the victim gets wrong, a seeded choice.
+
+  SAC-w's inputs (Guan et al. 2022): where the victim errs, a copy tends to
+  err the same way (it learnt the victim's function, mistakes included)
+  while an independent model, even one trained on the same data, errs
+  elsewhere.
+
+  Args:
+    labels: ``(P,)`` true labels of the pool.
+    victim_logits: ``(P, C)`` the victim's outputs on the pool.
+    num_samples: N, the most indices to return.
+    key: PRNG key of the choice.
+
+  Returns:
+    ``(min(N, #wrong),)`` sorted int64 indices into the pool.
+  """
+  labels = np.asarray(labels)
+  victim_logits = np.asarray(victim_logits)
+  if victim_logits.ndim != 2 or labels.shape != victim_logits.shape[:1]:
+    raise ValueError(
+        f"labels must be (P,) and victim_logits (P, C) for the same P, got "
+        f"{labels.shape} and {victim_logits.shape}.")
+  wrong = np.nonzero(victim_logits.argmax(-1) != labels)[0]
+  if wrong.size < 2:
+    raise ValueError(
+        f"The victim misclassifies only {wrong.size} of {labels.size} inputs; "
+        "SAC-w needs >= 2: pass a larger or harder pool (e.g. held-out data).")
+  order = np.asarray(jax.random.permutation(key, wrong.size))
+  return np.sort(wrong[order[:num_samples]]).astype(np.int64)
+
+
+def error_agreement(suspect_logits: np.ndarray, victim_logits: np.ndarray) -> np.ndarray:
+  """Fraction of inputs where each model's top-1 equals the victim's.
+
+  Args:
+    suspect_logits: ``(M, N, C)`` outputs of M models.
+    victim_logits: ``(N, C)`` the victim's outputs on the same inputs.
+
+  Returns:
+    ``(M,)`` float64 in [0, 1]. On inputs the victim misclassifies this
+    counts inherited mistakes.
+  """
+  suspect_logits = np.asarray(suspect_logits)
+  victim_logits = np.asarray(victim_logits)
+  if suspect_logits.ndim != 3 or suspect_logits.shape[1:] != victim_logits.shape:
+    raise ValueError(
+        f"suspect_logits must be (M, N, C) with (N, C) = victim_logits.shape, "
+        f"got {suspect_logits.shape} and {victim_logits.shape}.")
+  return (suspect_logits.argmax(-1) == victim_logits.argmax(-1)[None]).mean(-1).astype(
+      np.float64)
+
+
 # --------------------------------------------------------------------------
 # Outputs and correlation matrices.
 
@@ -264,14 +322,30 @@ def scores(stacks: Sequence[stack_lib.Stack], victim: stack_lib.Stack,
       raise ValueError(
           f"A {s.arch} stack has {s.num_classes} classes but the victim has "
           f"{num_classes}: they do not answer the same task.")
-  ref = correlation_matrices(model_outputs(victim, x, output=output,
-                                           strategy=strategy)[0], metric)
-  out = []
-  for s in stacks:
-    mats = correlation_matrices(model_outputs(s, x, output=output,
-                                              strategy=strategy), metric)
-    out.append(np.asarray(matrix_distance(mats, ref, distance), np.float64))
-  return -np.concatenate(out) if out else np.zeros((0,), np.float64)
+  victim_outputs = model_outputs(victim, x, output=output, strategy=strategy)[0]
+  out = [scores_from_outputs(model_outputs(s, x, output=output, strategy=strategy),
+                             victim_outputs, metric=metric, distance=distance)
+         for s in stacks]
+  return np.concatenate(out) if out else np.zeros((0,), np.float64)
+
+
+def scores_from_outputs(outputs: np.ndarray | jax.Array,
+                        victim_outputs: np.ndarray | jax.Array, *,
+                        metric: str = "cosine", distance: str = "l1") -> np.ndarray:
+  """SAC scores from recorded outputs (e.g. of a black-box suspect).
+
+  Args:
+    outputs: ``(M, N, C)`` outputs of M models on the N SAC inputs.
+    victim_outputs: ``(N, C)`` the victim's outputs on them.
+    metric: correlation metric (:func:`correlation_matrices`).
+    distance: matrix distance (:func:`matrix_distance`).
+
+  Returns:
+    ``(M,)`` float64 scores ``-distance``.
+  """
+  ref = correlation_matrices(victim_outputs, metric)
+  mats = correlation_matrices(outputs, metric)
+  return -np.asarray(matrix_distance(mats, ref, distance), np.float64)
 
 
 # --------------------------------------------------------------------------

@@ -5,8 +5,8 @@ protocols — the saved random split (``split.json``) and leave-kind-out (for
 each kind, an encoder and a calibration set that never saw it) — plus
 encoder-free references: raw fingerprint cosine with and without the UAP
 half, top-1 agreement with the victim on clean and on UAP-perturbed points,
-and a SAC-m-style sample-correlation fingerprint (:mod:`uap_jax.sac`), all
-scored on the same suspects with the same calibration independents.
+SAC-m- and SAC-w-style sample-correlation fingerprints and the agreement on
+the victim's mistakes (:mod:`uap_jax.sac`), all scored on the same suspects with the same calibration independents.
 Writes ``verify.json``.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
@@ -27,6 +27,7 @@ from uap_jax import blackbox
 from uap_jax import checkpoint
 from uap_jax import fingerprint as fp_lib
 from uap_jax import sac
+from uap_jax import stack as stack_lib
 from uap_jax import verify
 from uap_jax import zoo as zoo_lib
 from uap_jax.context import RunContext
@@ -38,6 +39,9 @@ TESTS = ("welch", "model", "empirical")
 # SAC-m reference: CutMix-ed inputs from the victim's training part. SAC's
 # paper uses on the order of 100 samples; the matrix costs N^2 only.
 SAC_SAMPLES = sac.DEFAULT_NUM_SAMPLES
+# Misclassified victim training images for error_agreement (more samples
+# make the agreement fraction less noisy; SAC-w uses the first SAC_SAMPLES).
+ERROR_SAMPLES = 500
 
 
 def _victim_index(meta: list[dict]) -> int:
@@ -93,32 +97,64 @@ def _brief(result: dict) -> dict:
                                  "detected_piracy", "num_piracy")}
 
 
-def sac_reference(ctx: RunContext, meta: list[dict], split: dict) -> dict:
-  """SAC-m-style scores of every fingerprinted model, evaluated like the others.
+def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[str, dict]:
+  """SAC-style one-number-per-model references, evaluated like the others.
 
   Every model of ``meta`` (the victim and the zoo, in fingerprint order) is
   scored; the evaluation suspects are ``split["eval"]`` and the reference
   the calibration independents ``split["calib"]``. One score per model, so
   accusations use :func:`uap_jax.sac.prediction_p_value` at ``--alpha``.
+
+  * ``sac_m``: correlation matrix of softmax outputs on CutMix-ed victim
+    training images, -L1 distance to the victim's (SAC-m).
+  * ``sac_w``: the same on victim training images the victim misclassifies
+    (SAC-w).
+  * ``error_agreement``: on (up to ERROR_SAMPLES) such images, how often a
+    model repeats the victim's top-1 (its mistakes).
+
+  Returns:
+    Per reference, :func:`uap_jax.sac.evaluate_scores`'s dict.
   """
-  cfg = ctx.cfg
+  cfg, data = ctx.cfg, ctx.data
   stacks = [ctx.victim] + list(zoo_lib.load_zoo(ctx))
   names = [m["name"] for s in stacks for m in s.meta]
   if names != [m["name"] for m in meta]:
     raise ValueError(
         "The zoo's models differ from the fingerprinted ones; rerun the "
         "fingerprint stage (--stages=fingerprint,encoder,verify --overwrite).")
+  part = ctx.parts["victim"]
   key = jax.random.fold_in(jax.random.key(cfg.seed), 4242)
-  x = sac.cutmix_inputs(ctx.data.x_train[ctx.parts["victim"]], SAC_SAMPLES, key)
-  scores = sac.scores(stacks, ctx.victim, x, strategy=cfg.strategy)
+  x_mix = np.asarray(sac.cutmix_inputs(data.x_train[part], SAC_SAMPLES,
+                                       jax.random.fold_in(key, 0)))
+  victim_logits = stack_lib.predict(ctx.victim, data.x_train[part], strategy=cfg.strategy)[0]
+  wrong = sac.misclassified_indices(data.y_train[part], victim_logits, ERROR_SAMPLES,
+                                    jax.random.fold_in(key, 1))
+  x_wrong = np.asarray(stack_lib.to_float(data.x_train[part[wrong]]))
+  logits = np.concatenate([stack_lib.predict(s, np.concatenate([x_mix, x_wrong]),
+                                             strategy=cfg.strategy) for s in stacks])
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  n_mix, n_w = len(x_mix), min(SAC_SAMPLES, len(wrong))
+  mix, err = slice(0, n_mix), slice(n_mix, n_mix + n_w)
+  victim = _victim_index(meta)
+  scores = {
+      "sac_m": sac.scores_from_outputs(probs[:, mix], probs[victim, mix]),
+      "sac_w": sac.scores_from_outputs(probs[:, err], probs[victim, err]),
+      "error_agreement": sac.error_agreement(logits[:, n_mix:], logits[victim, n_mix:]),
+  }
+  samples = {"sac_m": n_mix, "sac_w": n_w, "error_agreement": len(wrong)}
   eval_idx, calib_idx = split["eval"], split["calib"]
-  result = sac.evaluate_scores(
-      scores[eval_idx], [meta[i]["family"] for i in eval_idx],
-      [meta[i]["kind"] for i in eval_idx], scores[calib_idx],
-      names=[meta[i]["name"] for i in eval_idx], alpha=cfg.alpha)
-  result.update(samples=SAC_SAMPLES, metric="cosine", distance="l1",
-                output="probs", score="-distance")
-  return result
+  out = {}
+  for name, score in scores.items():
+    result = sac.evaluate_scores(
+        score[eval_idx], [meta[i]["family"] for i in eval_idx],
+        [meta[i]["kind"] for i in eval_idx], score[calib_idx],
+        names=[meta[i]["name"] for i in eval_idx], alpha=cfg.alpha)
+    result.update(samples=samples[name], inputs="cutmix" if name == "sac_m" else
+                  "victim-misclassified training images",
+                  score="top-1 agreement" if name == "error_agreement"
+                  else "-L1 distance of cosine correlation matrices")
+    out[name] = result
+  return out
 
 
 def evaluate_zoo(ctx: RunContext) -> dict:
@@ -142,7 +178,7 @@ def evaluate_zoo(ctx: RunContext) -> dict:
     references[name] = _brief(_evaluate(ctx, raw, meta, split["eval"], split["calib"], cfg.test))
   for name, score in agreement_scores(fps, victim, num_uaps, ctx.data.num_classes).items():
     references[name] = _brief(_evaluate(ctx, score, meta, split["eval"], split["calib"], cfg.test))
-  references["sac_m"] = sac_reference(ctx, meta, split)
+  references.update(sample_references(ctx, meta, split))
 
   folds = {}
   for fold in verify.leave_kind_out_splits(meta, seed=cfg.seed, train_frac=cfg.split_train,
