@@ -19,6 +19,16 @@ half, SAC-m) come from the base recipe's verify.
 ``--variants`` picks from :data:`VARIANTS` (default: all); ``--extra``
 adds named variants: ``--extra="best:--test=model --num_uaps=3"``.
 The base work directory is only read.
+
+experiments/results/ablate_cifar10_cpu.{md,json} came from the command above
+(base: experiments/cifar10_cpu.flags) with these combinations added, chosen
+after the single-flag rows:
+  --extra="noUAP+temp0.05:--num_uaps=0 --enc_temperature=0.05"
+  --extra="xi_half+temp0.05:--uap_xi=0.0196 --enc_temperature=0.05"
+  --extra="noUAP+K40:--num_uaps=0 --fp_k=40"
+  --extra="noUAP+model_test:--num_uaps=0 --test=model"
+experiments/results/ablate_quickstart_mnist5k.{md,json}: base = a run of
+experiments/quickstart.flags, all single-flag variants.
 """
 
 from __future__ import annotations
