@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.stages import report as report_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The first stage each overridable flag changes; everything before it is
 # reused from the base run.
@@ -260,16 +261,9 @@ def summarise(verify_json: dict) -> dict:
   median = ranked[(len(ranked) - 1) // 2] if ranked else None
   lko = {k: f.get("auc_held_out") for k, f in verify_json["protocols"]["leave_kind_out"].items()}
   return {
-      "auc": rnd["auc"],
-      "tpr_at_1pct_fpr": rnd["tpr_at_1pct_fpr"],
-      "tpr_at_5pct_fpr": rnd["tpr_at_5pct_fpr"],
-      "accused_independents": rnd["accused_independents"],
-      "num_independents": rnd["num_independents"],
-      "detected_piracy": rnd["detected_piracy"],
-      "num_piracy": rnd["num_piracy"],
+      **report_stage.headline(rnd),
       "median_views_for_9999": median,
       "piracy_reaching_9999": len(reached),
-      "test": rnd["method"], "alpha": rnd["alpha"],
       "leave_kind_out_auc": lko,
       "leave_kind_out_accused": {
           k: f["held_out_verdicts"]["pirated"]

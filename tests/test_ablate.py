@@ -69,7 +69,7 @@ def _fake_verify(auc_all):
   return {"protocols": {"random": {
       "auc": {"prune": auc_all, "all": auc_all}, "tpr_at_1pct_fpr": 0.5,
       "tpr_at_5pct_fpr": 0.6, "accused_independents": 1, "num_independents": 4,
-      "detected_piracy": 2, "num_piracy": 3, "method": "welch", "alpha": 1e-4,
+      "detected_piracy": 2, "num_piracy": 3, "method": "welch", "alpha": 1e-4, "num_views": 20,
       "suspects": suspects},
       "leave_kind_out": {"independent_seed": fold, "prune": {"family": "piracy", "error": "x"}}},
       "references": {"sac_m": {"auc": {"all": 0.7}, "tpr_at_1pct_fpr": 0.1,

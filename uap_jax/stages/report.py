@@ -31,6 +31,23 @@ SUSPECT_FIELDS = ("name", "kind", "family", "arch", "test_accuracy", "agreement"
                   "similarity_mean", "p_value", "confidence", "verdict", "views_for_9999")
 
 
+HEADLINE_FIELDS = ("auc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "accused_independents",
+                   "num_independents", "detected_piracy", "num_piracy", "alpha",
+                   "num_views")
+
+
+def headline(evaluation: dict) -> dict:
+  """The summary figures of one :func:`uap_jax.verify.evaluate` result.
+
+  Args:
+    evaluation: e.g. ``verify.json["protocols"]["random"]``.
+
+  Returns:
+    AUC per kind, TPR at 1 % / 5 % FPR, verdict counts, test, alpha, views.
+  """
+  return dict({k: evaluation[k] for k in HEADLINE_FIELDS}, test=evaluation["method"])
+
+
 def build_results(ctx: RunContext) -> dict:
   wd = ctx.workdir
   ver = wd.read_json("verify.json")
@@ -45,14 +62,7 @@ def build_results(ctx: RunContext) -> dict:
       "victim": wd.read_json("victim.json"),
       "uap": uap,
       "suspects": suspects,
-      "auc": rnd["auc"],
-      "tpr_at_1pct_fpr": rnd["tpr_at_1pct_fpr"],
-      "tpr_at_5pct_fpr": rnd["tpr_at_5pct_fpr"],
-      "accused_independents": rnd["accused_independents"],
-      "num_independents": rnd["num_independents"],
-      "detected_piracy": rnd["detected_piracy"],
-      "num_piracy": rnd["num_piracy"],
-      "test": rnd["method"], "alpha": rnd["alpha"], "num_views": rnd["num_views"],
+      **headline(rnd),
       "victim_self": ver["victim_self"],
       "leave_kind_out": ver["protocols"]["leave_kind_out"],
       "other_tests": ver["other_tests"],
