@@ -24,6 +24,7 @@ from uap_jax import verify
 from uap_jax.context import RunContext
 from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
+from uap_jax.stages import verify as verify_stage
 
 # Scores in auc_per_kind.png (report.md tabulates every reference).
 PLOTTED_SCORES = ("encoder", "raw_cosine", "raw_cosine_clean_only", "sac_m")
@@ -213,7 +214,7 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
   # Confidence as views accumulate, one suspect per kind.
   fps, meta, _ = fp_stage.load(ctx)
   enc, split = encoder_stage.load(ctx)
-  victim = next(i for i, m in enumerate(meta) if m.get("family") == "victim")
+  victim = verify_stage.victim_index(meta)
   sims = verify.similarities(enc, fps, fps[victim])
   reference = sims[split["calib"]]
   index = {m["name"]: i for i, m in enumerate(meta)}

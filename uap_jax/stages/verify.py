@@ -44,7 +44,7 @@ SAC_SAMPLES = sac.DEFAULT_NUM_SAMPLES
 ERROR_SAMPLES = 500
 
 
-def _victim_index(meta: list[dict]) -> int:
+def victim_index(meta: list[dict]) -> int:
   for i, m in enumerate(meta):
     if m.get("family") == "victim" or m.get("kind") == "victim":
       return i
@@ -135,7 +135,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   n_mix, n_w = len(x_mix), min(SAC_SAMPLES, len(wrong))
   mix, err = slice(0, n_mix), slice(n_mix, n_mix + n_w)
-  victim = _victim_index(meta)
+  victim = victim_index(meta)
   scores = {
       "sac_m": sac.scores_from_outputs(probs[:, mix], probs[victim, mix]),
       "sac_w": sac.scores_from_outputs(probs[:, err], probs[victim, err]),
@@ -161,7 +161,7 @@ def evaluate_zoo(ctx: RunContext) -> dict:
   cfg = ctx.cfg
   fps, meta, _ = fp_stage.load(ctx)
   enc, split = encoder_stage.load(ctx)
-  victim = _victim_index(meta)
+  victim = victim_index(meta)
   num_uaps = len(uap_stage.load_uaps(ctx))
   sims = verify.similarities(enc, fps, fps[victim])
   random = _evaluate(ctx, sims, meta, split["eval"], split["calib"], cfg.test)
@@ -220,7 +220,7 @@ def verify_external(ctx: RunContext, path: str) -> dict:
   cfg = ctx.cfg
   fps, meta, points = fp_stage.load(ctx)
   enc, split = encoder_stage.load(ctx)
-  victim = _victim_index(meta)
+  victim = victim_index(meta)
   reference = verify.similarities(enc, fps[split["calib"]], fps[victim])
   if path.endswith(".npz"):
     manifest = ctx.workdir.path("queries.json")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import logging
 
 from uap_jax import checkpoint
+from uap_jax import models
 from uap_jax import stack as stack_lib
 from uap_jax import train
 from uap_jax.context import RunContext
@@ -37,8 +37,7 @@ def run(ctx: RunContext) -> dict:
       desc="victim")
   seconds = time.time() - start
   checkpoint.save_stack(ctx.workdir.checkpoint_dir("victim"), victim)
-  n_params = int(sum(np.prod(x.shape[1:]) for x in
-                     __import__("jax").tree.leaves(victim.params)))
+  n_params = models.param_count(victim.model(0))
   summary = {
       "arch": cfg.victim_arch, "width": cfg.width, "dataset": cfg.dataset,
       "num_classes": data.num_classes, "image_shape": list(data.image_shape),
