@@ -52,19 +52,12 @@ from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top,
 from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.stages import report as report_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The first stage each overridable flag changes; everything before it is
-# reused from the base run.
-FIRST_STAGE = {
-    **{k: "uap" for k in ("uap_method", "uap_p", "uap_xi", "uap_delta",
-                          "uap_max_passes", "uap_samples", "num_uaps")},
-    **{k: "fingerprint" for k in ("fp_k", "fp_v", "fp_rule", "fp_mode")},
-    **{k: "encoder" for k in ("enc_hidden", "enc_embed", "enc_temperature",
-                              "enc_steps", "enc_lr", "split_train", "split_calib")},
-    **{k: "verify" for k in ("n_views", "alpha", "test")},
-}
+# The first stage each overridable flag changes (from the Config fields'
+# stage metadata); everything before it is reused from the base run.
+RUN_STAGES = ("uap", "fingerprint", "encoder", "verify")
+FIRST_STAGE = {k: v for k, v in config_lib.FIRST_STAGE.items() if v in RUN_STAGES}
 FLAGS_IGNORED = ("strategy",)
 REUSABLE = ("victim", "zoo", "uap", "fingerprint", "encoder")
-RUN_STAGES = ("uap", "fingerprint", "encoder", "verify")
 
 # Files and checkpoints each stage leaves in a work directory.
 ARTEFACTS = {

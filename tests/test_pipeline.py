@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,6 +73,31 @@ def test_rerun_resumes_and_skips_finished_stages(tiny_run):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stderr.count("already done") == len(config_lib.STAGES)
   assert os.path.getmtime(os.path.join(workdir, "victim.json")) == before
+
+
+def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  # A copy: the module's other tests keep the original settings.
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy, symlinks=True)
+  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--n_views=3"],
+               timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stderr.count("already done") == config_lib.STAGES.index("verify")
+  assert "settings changed since it ran (n_views: 4 -> 3)" in proc.stderr
+  with open(os.path.join(copy, "verify.json")) as f:
+    assert json.load(f)["victim_self"]["views_used"] == 3
+
+
+def test_stage_settings_hold_their_own_and_earlier_stages_only():
+  cfg = config_lib.Config()
+  zoo = cfg.stage_settings("zoo")
+  assert {"seed", "victim_arch", "zoo_count", "query_budget"} <= set(zoo)
+  assert not {"uap_xi", "fp_k", "enc_temperature", "test"} & set(zoo)
+  assert not {"workdir", "stages", "strategy", "suspect"} & set(cfg.stage_settings("report"))
+  assert set(cfg.stage_settings("report")) == set(config_lib.FIRST_STAGE)
+  with pytest.raises(ValueError, match="Unknown stage"):
+    cfg.stage_settings("zooo")
 
 
 def test_black_box_and_checkpoint_suspects_agree(tiny_run):

@@ -1,9 +1,12 @@
 """Every setting of a run, in one dataclass; absl flags are generated from it.
 
 A field's type says how its flag parses (lists are comma-separated) and its
-``help`` metadata is the flag's help text. ``Config.validate`` checks ranges
-and names before any long work starts. The config of a run is saved as
-``WORKDIR/config.json``.
+``help`` metadata is the flag's help text, and its ``stage`` metadata the
+first stage whose output the setting changes (none for settings that only
+steer how a run executes: work directory, devices, processes). A finished
+stage records the settings it depends on, so a rerun with other values redoes
+it and the stages after it. ``Config.validate`` checks ranges and names before
+any long work starts. The config of a run is saved as ``WORKDIR/config.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Config:
   workdir: str = _f("runs/quickstart", "Directory holding every artefact of the run.")
   stages: list = _f(list(STAGES), "Comma list of stages to run, in pipeline order.")
   overwrite: bool = _f(False, "Recompute the requested stages even if finished.")
-  seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.")
+  seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.", stage="victim")
   strategy: str = _f("auto", "Model-axis strategy: auto|vmap|map|loop|shard.")
   mesh: str = _f("", "Device mesh for --strategy=shard: models:N[,data:M] (empty: all local devices on models).")
   distributed: str = _f("auto", "Multi-process run: auto (start when flags or a launcher say so) | true | false.")
@@ -43,58 +46,58 @@ class Config:
   process_id: int = _f(-1, "This process, 0..N-1 (-1: detected).")
   share_mode: str = _f("contiguous", "How suspects are shared among processes: contiguous | strided.")
   # Data.
-  dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).")
+  dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).", stage="victim")
   data_dir: str = _f("", "tfds data_dir for tfds:NAME data sets.")
-  victim_frac: float = _f(0.4, "Fraction of the training set for the victim.")
-  attacker_frac: float = _f(0.3, "Fraction for the attacker's query data.")
-  independent_frac: float = _f(0.3, "Fraction for independent trainers (disjoint data).")
-  augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.")
+  victim_frac: float = _f(0.4, "Fraction of the training set for the victim.", stage="victim")
+  attacker_frac: float = _f(0.3, "Fraction for the attacker's query data.", stage="victim")
+  independent_frac: float = _f(0.3, "Fraction for independent trainers (disjoint data).", stage="victim")
+  augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.", stage="victim")
   # Victim.
-  victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models).")
-  width: float = _f(1.0, "Channel width multiplier of every model.")
-  epochs: float = _f(8, "Victim training epochs.")
-  batch_size: int = _f(128, "Training batch size.")
-  optimizer: str = _f("sgd", "sgd (momentum 0.9, nesterov) | adam.")
-  lr: float = _f(0.05, "Peak learning rate (cosine schedule).")
-  weight_decay: float = _f(5e-4, "Weight decay.")
+  victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models).", stage="victim")
+  width: float = _f(1.0, "Channel width multiplier of every model.", stage="victim")
+  epochs: float = _f(8, "Victim training epochs.", stage="victim")
+  batch_size: int = _f(128, "Training batch size.", stage="victim")
+  optimizer: str = _f("sgd", "sgd (momentum 0.9, nesterov) | adam.", stage="victim")
+  lr: float = _f(0.05, "Peak learning rate (cosine schedule).", stage="victim")
+  weight_decay: float = _f(5e-4, "Weight decay.", stage="victim")
   # Zoo.
-  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.")
-  zoo_count: int = _f(2, "Models per kind (per kind and architecture list entry: spread round-robin).")
-  zoo_counts: list = _f([], "Per-kind overrides, e.g. extract_soft:4,prune:6.")
-  zoo_archs: list = _f(["mlp"], "Architectures for kinds that may differ from the victim's (extract_*, distill, independent_arch).")
-  zoo_epochs: float = _f(6, "Epochs for models trained from scratch (extraction, distillation, independents).")
-  finetune_epochs: float = _f(2, "Epochs of fine-tuning (finetune_*, prune, adv_train).")
-  finetune_lrs: list = _f([0.01, 0.001], "Learning rates cycled over fine-tuned copies.")
-  prune_ratios: list = _f([0.2, 0.5, 0.8], "Global magnitude pruning ratios cycled over pruned copies.")
-  query_budget: int = _f(0, "Attacker queries per extracted model (0: all attacker data x epochs).")
-  extract_rounds: int = _f(2, "extract_adv: rounds of adding the substitute's adversarial examples.")
-  adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.")
-  distill_temperature: float = _f(4.0, "Distillation temperature.")
+  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.", stage="zoo")
+  zoo_count: int = _f(2, "Models per kind (per kind and architecture list entry: spread round-robin).", stage="zoo")
+  zoo_counts: list = _f([], "Per-kind overrides, e.g. extract_soft:4,prune:6.", stage="zoo")
+  zoo_archs: list = _f(["mlp"], "Architectures for kinds that may differ from the victim's (extract_*, distill, independent_arch).", stage="zoo")
+  zoo_epochs: float = _f(6, "Epochs for models trained from scratch (extraction, distillation, independents).", stage="zoo")
+  finetune_epochs: float = _f(2, "Epochs of fine-tuning (finetune_*, prune, adv_train).", stage="zoo")
+  finetune_lrs: list = _f([0.01, 0.001], "Learning rates cycled over fine-tuned copies.", stage="zoo")
+  prune_ratios: list = _f([0.2, 0.5, 0.8], "Global magnitude pruning ratios cycled over pruned copies.", stage="zoo")
+  query_budget: int = _f(0, "Attacker queries per extracted model (0: all attacker data x epochs).", stage="zoo")
+  extract_rounds: int = _f(2, "extract_adv: rounds of adding the substitute's adversarial examples.", stage="zoo")
+  adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.", stage="zoo")
+  distill_temperature: float = _f(4.0, "Distillation temperature.", stage="zoo")
   # UAP.
-  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.")
-  uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.")
-  uap_xi: float = _f(0.1, "UAP radius in pixel units of [0, 1] images.")
-  uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.")
-  uap_max_passes: int = _f(5, "Most passes over the UAP data.")
-  uap_samples: int = _f(1000, "Victim training images used to compute the UAP.")
-  num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint; 0: no UAP, fingerprints of clean outputs only (an ablation).")
+  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.", stage="uap")
+  uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.", stage="uap")
+  uap_xi: float = _f(0.1, "UAP radius in pixel units of [0, 1] images.", stage="uap")
+  uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.", stage="uap")
+  uap_max_passes: int = _f(5, "Most passes over the UAP data.", stage="uap")
+  uap_samples: int = _f(1000, "Victim training images used to compute the UAP.", stage="uap")
+  num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint; 0: no UAP, fingerprints of clean outputs only (an ablation).", stage="uap")
   # Fingerprints.
-  fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).")
-  fp_v: int = _f(40, "Views per model (neighbours per cluster V).")
-  fp_rule: str = _f("kmeans", "Point rule: kmeans | margin | random.")
-  fp_mode: str = _f("probs", "Suspect outputs used: probs | logits | labels.")
+  fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).", stage="fingerprint")
+  fp_v: int = _f(40, "Views per model (neighbours per cluster V).", stage="fingerprint")
+  fp_rule: str = _f("kmeans", "Point rule: kmeans | margin | random.", stage="fingerprint")
+  fp_mode: str = _f("probs", "Suspect outputs used: probs | logits | labels.", stage="fingerprint")
   # Encoder.
-  enc_hidden: int = _f(50, "Encoder hidden width.")
-  enc_embed: int = _f(20, "Encoder embedding size.")
-  enc_temperature: float = _f(0.2, "Supervised contrastive temperature.")
-  enc_steps: int = _f(500, "Encoder training steps.")
-  enc_lr: float = _f(1e-3, "Encoder Adam learning rate.")
-  split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.")
-  split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.")
+  enc_hidden: int = _f(50, "Encoder hidden width.", stage="encoder")
+  enc_embed: int = _f(20, "Encoder embedding size.", stage="encoder")
+  enc_temperature: float = _f(0.2, "Supervised contrastive temperature.", stage="encoder")
+  enc_steps: int = _f(500, "Encoder training steps.", stage="encoder")
+  enc_lr: float = _f(1e-3, "Encoder Adam learning rate.", stage="encoder")
+  split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.", stage="encoder")
+  split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.", stage="encoder")
   # Verification.
-  n_views: int = _f(20, "Suspect views per verdict.")
-  alpha: float = _f(1e-4, "Significance level of the piracy test.")
-  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | empirical (rank among reference models).")
+  n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
+  alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
+  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | empirical (rank among reference models).", stage="verify")
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -175,6 +178,28 @@ class Config:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  def stage_settings(self, stage: str) -> dict[str, Any]:
+    """The settings a stage's output depends on: its own and earlier stages'.
+
+    Args:
+      stage: a name in :data:`STAGES`.
+
+    Returns:
+      ``{field: value}`` for every field whose first stage is ``stage`` or
+      an earlier one.
+    """
+    if stage not in STAGES:
+      raise ValueError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
+    upto = STAGES[:STAGES.index(stage) + 1]
+    return {name: getattr(self, name) for name, first in FIRST_STAGE.items()
+            if first in upto}
+
+
+# The first stage each setting changes (fields with ``stage`` metadata).
+FIRST_STAGE: dict[str, str] = {
+    f.name: f.metadata["stage"] for f in dataclasses.fields(Config)
+    if "stage" in f.metadata}
 
 
 def define_flags(flags_module, flag_values=None) -> None:

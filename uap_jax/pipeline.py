@@ -2,13 +2,17 @@
 
 A stage is finished when ``WORKDIR/stages/STAGE.json`` exists; it is written
 last, after the stage saved its artefacts, so an interrupted stage reruns.
-Rerunning a finished stage (``--overwrite``) invalidates the stages after it.
+The marker records the settings the stage depends on
+(:meth:`Config.stage_settings`): a rerun with other values redoes the stage.
+Rerunning a finished stage (settings changed, or ``--overwrite``) invalidates
+the stages after it.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 
 from absl import logging
@@ -65,18 +69,25 @@ def run(cfg: Config) -> dict[str, dict]:
       # Judging one outside suspect is a query, not a step of the run.
       results[stage] = importlib.import_module("uap_jax.stages.verify").run(ctx)
       continue
+    settings = _as_json(cfg.stage_settings(stage))
     if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
-      logging.info("Stage %s: already done in %s (use --overwrite to redo).",
-                   stage, workdir.root)
-      results[stage] = {"skipped": True}
-      continue
+      changed = _changed_settings(workdir, stage, settings)
+      if not changed:
+        logging.info("Stage %s: already done in %s (use --overwrite to redo).",
+                     stage, workdir.root)
+        results[stage] = {"skipped": True}
+        continue
+      logging.info("Stage %s: settings changed since it ran (%s); redoing it "
+                   "and the stages after it.", stage,
+                   ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     module = importlib.import_module(f"uap_jax.stages.{stage}")
     logging.info("Stage %s: starting.", stage)
     workdir.clear_stage(stage)
     start = time.time()
     summary = module.run(ctx) or {}
     seconds = time.time() - start
-    workdir.mark_done(stage, {"seconds": seconds, "summary": summary})
+    workdir.mark_done(stage, {"seconds": seconds, "summary": summary,
+                              "settings": settings})
     logging.info("Stage %s: done in %.1f s.", stage, seconds)
     results[stage] = summary
     # Later stages built on the old artefacts of this one must be redone.
@@ -85,6 +96,25 @@ def run(cfg: Config) -> dict[str, dict]:
       if later not in cfg.stages:
         workdir.clear_stage(later)
   return results
+
+
+def _as_json(settings: dict) -> dict:
+  """Settings as a JSON round trip gives them back (lists, floats, strings)."""
+  return json.loads(json.dumps(settings))
+
+
+def _changed_settings(workdir: Workdir, stage: str, settings: dict) -> dict:
+  """``{field: (then, now)}`` for settings that differ from the stage's marker.
+
+  Markers written before settings were recorded count as unchanged.
+  """
+  recorded = workdir.read_json(os.path.join("stages", f"{stage}.json")).get("settings")
+  if recorded is None:
+    return {}
+  # Only settings the marker knows: a setting added to Config later keeps, at
+  # its default, the behaviour the stage ran with.
+  return {k: (recorded[k], v) for k, v in settings.items()
+          if k in recorded and recorded[k] != v}
 
 
 def stage_seconds(workdir: Workdir) -> dict[str, float]:
