@@ -99,6 +99,7 @@ VARIANTS: dict[str, Overrides] = {
     "enc_temp_0.5": _const("--enc_temperature=0.5"),
     "test_welch": _const("--test=welch"),
     "test_model": _const("--test=model"),
+    "test_model_z": _const("--test=model_z"),
     "test_empirical": _const("--test=empirical"),
 }
 

@@ -146,7 +146,7 @@ def test_welch_is_scipy_and_victim_itself_is_confident():
   p = verify.p_value(itself, reference)
   assert p == pytest.approx(stats.ttest_ind(
       itself, reference.ravel(), equal_var=False, alternative="greater").pvalue)
-  for method in ("welch", "model"):
+  for method in ("welch", "model", "model_z"):
     result = verify.verify_suspect(itself, reference, method=method)
     assert result["confidence"] > 0.9999
     assert result["verdict"] == "pirated"
@@ -169,6 +169,24 @@ def test_model_test_holds_its_level_where_welch_does_not():
   # draws and accuses far more than 5 %; the model-level test does not.
   assert accused["model"] / trials < 0.09
   assert accused["welch"] / trials > 0.25
+
+
+def test_model_z_is_the_model_test_on_fisher_z_and_holds_its_level():
+  rng = np.random.default_rng(3)
+  # Cosines whose Fisher z follows the random-effects model: H0 holds.
+  accused, trials = 0, 0
+  for _ in range(10):
+    reference = np.tanh(random_effects(rng, 20, 40))
+    for sims in np.tanh(random_effects(rng, 50, 20)):
+      trials += 1
+      p = verify.p_value(sims, reference, "model_z")
+      assert p == pytest.approx(verify.p_value(
+          np.arctanh(sims), np.arctanh(reference), "model"))
+      accused += p < 0.05
+  assert accused / trials < 0.09
+  # Cosines of exactly +-1 stay finite.
+  assert np.all(np.isfinite(verify.fisher_z([-1.0, 1.0])))
+  assert verify.p_value(np.ones(5), reference, "model_z") < 1e-4
 
 
 def test_p_value_monotone_in_the_suspect_mean():

@@ -97,7 +97,7 @@ class Config:
   # Verification.
   n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
-  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | empirical (rank among reference models).", stage="verify")
+  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | model_z (model on Fisher z = artanh of the similarities) | empirical (rank among reference models).", stage="verify")
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -157,8 +157,9 @@ class Config:
       raise ValueError(f"--fp_rule must be kmeans, margin or random, got {self.fp_rule!r}.")
     if self.fp_mode not in ("probs", "logits", "labels"):
       raise ValueError(f"--fp_mode must be probs, logits or labels, got {self.fp_mode!r}.")
-    if self.test not in ("welch", "model", "empirical"):
-      raise ValueError(f"--test must be welch, model or empirical, got {self.test!r}.")
+    from uap_jax import verify  # pylint: disable=g-import-not-at-top
+    if self.test not in verify.METHODS:
+      raise ValueError(f"--test must be one of {', '.join(verify.METHODS)}, got {self.test!r}.")
     if not (self.split_train > 0 and self.split_calib > 0 and self.split_train + self.split_calib < 1):
       raise ValueError("--split_train and --split_calib must be > 0 with a sum < 1.")
     if self.adv_eps < 0:

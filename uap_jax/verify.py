@@ -28,6 +28,13 @@ never trained on, shape ``(R, V)`` (R models, V views). Tests
   shrink only the within-model part, so confidence is capped by how far the
   suspect sits from the spread of independent MODELS, which is the question
   asked.
+* ``model_z``: the ``model`` test on Fisher's z = artanh(similarity).
+  Cosines crowd against 1 for the victim's copies, where their spread
+  shrinks, and independents' cosines spread wide below: the test's normal
+  model of the reference then fits neither tail. artanh, the classic
+  variance-stabilising map for correlations, stretches the end near 1, so a
+  copy far from the independents in z counts as far; the reference spread is
+  estimated in z as well.
 * ``empirical``: rank of the suspect's n-view mean among the reference
   models' n-view means, ``p = (1 + #{ref >= s}) / (R + 1)``: no
   distributional assumption, but ``p >= 1 / (R + 1)``.
@@ -50,7 +57,9 @@ from scipy import stats
 from uap_jax import encoder as encoder_lib
 from uap_jax import metrics
 
-METHODS = ("welch", "model", "empirical")
+METHODS = ("welch", "model", "model_z", "empirical")
+# Cosines are clipped this far inside (-1, 1) before artanh.
+FISHER_Z_CLIP = 1e-6
 PAIRINGS = ("mean", "per_view")
 POSITIVE_FAMILIES = ("piracy",)
 NEGATIVE_FAMILY = "independent"
@@ -159,7 +168,8 @@ def p_value(sims, reference, method: str = "welch") -> float:
     sims: ``(n,)`` the suspect's similarities, n >= 2.
     reference: ``(R, V)`` calibration independents' similarities (``welch``
       also takes a flat ``(N,)``).
-    method: ``welch``, ``model`` or ``empirical`` (module docstring).
+    method: ``welch``, ``model``, ``model_z`` or ``empirical`` (module
+      docstring).
 
   Returns:
     The p-value in [0, 1].
@@ -169,7 +179,15 @@ def p_value(sims, reference, method: str = "welch") -> float:
   return _p_value(sims, reference, method)
 
 
+def fisher_z(sims) -> np.ndarray:
+  """Fisher's z = artanh(cosine), cosines clipped into (-1, 1) first."""
+  bound = 1.0 - FISHER_Z_CLIP
+  return np.arctanh(np.clip(np.asarray(sims, np.float64), -bound, bound))
+
+
 def _p_value(sims: np.ndarray, reference: np.ndarray, method: str) -> float:
+  if method == "model_z":
+    sims, reference, method = fisher_z(sims), fisher_z(reference), "model"
   n = sims.size
   s = sims.mean()
   if method == "welch":

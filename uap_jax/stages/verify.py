@@ -35,7 +35,7 @@ from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
 from uap_jax.stages import uap as uap_stage
 
-TESTS = ("welch", "model", "empirical")
+TESTS = verify.METHODS
 # SAC-m reference: CutMix-ed inputs from the victim's training part. SAC's
 # paper uses on the order of 100 samples; the matrix costs N^2 only.
 SAC_SAMPLES = sac.DEFAULT_NUM_SAMPLES
