@@ -125,3 +125,22 @@ def test_agreement_scores_count_top1_matches_with_the_victim():
   np.testing.assert_array_equal(scores["agreement_uap"], np.ones((m, v)))
   no_uap = verify_stage.agreement_scores(outs[:, :, :, :1].reshape(m, v, -1), 0, 0, c)
   assert set(no_uap) == {"agreement_clean"}
+
+
+def test_auc_per_kind_plot_draws_the_named_rows_and_refuses_unknown_ones(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "plot_auc_per_kind", os.path.join(REPO, "experiments", "plot_auc_per_kind.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  table = tmp_path / "t.json"
+  table.write_text(json.dumps({"variants": {
+      "paper": {"auc": {"all": 0.9, "prune": 1.0, "extract_soft": 0.8}},
+      "ref:sac_m": {"auc": {"all": 0.5, "prune": 1.0, "extract_soft": 0.2}},
+      "broken": {"error": "ValueError"}}}))
+  rows = module.load_rows(str(table), ["paper", "ref:sac_m"])
+  assert rows["paper"]["extract_soft"] == 0.8
+  with pytest.raises(ValueError, match="broken"):
+    module.load_rows(str(table), ["broken"])
+  out = tmp_path / "auc.png"
+  module.plot([("t", rows)], str(out))
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
