@@ -89,9 +89,9 @@ def test_plan_seeds_archs_and_hparams_derive_from_the_config():
   assert by_kind["independent_data"][0].part == "independent"
   assert by_kind["independent_seed"][0].part == "victim"
   assert by_kind["extract_hard"][0].part == "attacker"
-  only = zoo_lib.plan_zoo(dataclasses.replace(cfg, zoo_kinds=["distill"],
-                                              zoo_counts=["prune:2"]))
-  assert {p.kind for p in only} == {"distill"}
+  narrowed = dataclasses.replace(cfg, zoo_kinds=["distill"], zoo_counts=["prune:2"])
+  assert narrowed.kind_counts() == {"distill": 3}
+  assert {p.kind for p in zoo_lib.plan_zoo(narrowed)} == {"distill"}
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -166,7 +166,11 @@ class Config:
       raise ValueError(f"--adv_eps must be >= 0, got {self.adv_eps}.")
 
   def kind_counts(self) -> dict[str, int]:
-    """Models per kind after --zoo_counts overrides."""
+    """Models per kind of --zoo_kinds after --zoo_counts overrides.
+
+    An override of a kind outside --zoo_kinds is checked but adds no kind,
+    so a flagfile's counts hold when --zoo_kinds narrows a run.
+    """
     counts = {k: self.zoo_count for k in self.zoo_kinds}
     for item in self.zoo_counts:
       kind, _, n = str(item).partition(":")
@@ -174,7 +178,8 @@ class Config:
         raise ValueError(f"--zoo_counts entry {item!r}: use KIND:N with KIND in {', '.join(KINDS)}.")
       if int(n) < 0:
         raise ValueError(f"--zoo_counts entry {item!r}: the count must be >= 0.")
-      counts[kind] = int(n)
+      if kind in counts:
+        counts[kind] = int(n)
     return counts
 
   def to_json(self) -> str:

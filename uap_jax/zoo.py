@@ -278,8 +278,6 @@ def plan_zoo(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
   victim_arch = victim_arch or cfg.victim_arch
   plans = []
   for kind, count in cfg.kind_counts().items():
-    if kind not in cfg.zoo_kinds:  # --zoo_counts overrides counts, adds no kind
-      continue
     archs = archs_of_kind(kind, victim_arch, cfg.zoo_archs)
     for arch in archs:
       index = [i for i in range(count) if archs[i % len(archs)] == arch]
