@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from uap_jax import checkpoint
@@ -31,6 +32,56 @@ def test_stack_equals_models_trained_one_by_one(digits_arrays, strategy):
     a = stack_lib.predict(stacked.select([i]), x[:50])
     b = stack_lib.predict(alone, x[:50])
     np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+
+
+def test_per_model_rates_train_as_each_model_alone_and_share_one_compile(digits_arrays):
+  x, y = digits_arrays
+  part = np.arange(0, 320)
+  rates = [0.1, 0.01]
+  stacked, _ = train.train_stack(_digits_stack([3, 5]), x, [part, part], CFG, lrs=rates,
+                                 labels=[y[part]] * 2, strategy="loop")
+  programs = train._lifted_step.cache_info().currsize
+  for i, (seed, lr) in enumerate(zip([3, 5], rates)):
+    # Another rate and another schedule length: still the same program.
+    cfg = dataclasses.replace(CFG, lr=lr)
+    alone, _ = train.train_stack(_digits_stack([seed]), x, [part], cfg,
+                                 labels=[y[part]], strategy="loop")
+    np.testing.assert_allclose(stack_lib.predict(stacked.select([i]), x[:50]),
+                               stack_lib.predict(alone, x[:50]), atol=2e-4, rtol=2e-4)
+  assert train._lifted_step.cache_info().currsize == programs
+  with pytest.raises(ValueError, match="lrs must hold 2 rates"):
+    train.train_stack(_digits_stack([3, 5]), x, [part, part], CFG, lrs=[0.1],
+                      labels=[y[part]] * 2)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_one_step_is_optax_sgd_or_adamw(optimizer):
+  # The step scales optax's update direction itself (so that rate and decay
+  # are arguments); one step must still be optax.sgd / optax.adamw's.
+  stack = _digits_stack([0])
+  params = jax.tree.map(lambda v: v[0], stack.params)
+  rest = jax.tree.map(lambda v: v[0], stack.rest)
+  x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
+  y = np.arange(16) % 10
+  lr, wd = 0.1, 0.01
+  kind = train.StepKind(optimizer, "labels", False, False, 1)
+  step = train.make_step(stack.graphdef, kind)
+  direction = train.update_direction(optimizer)
+  ones = jax.tree.map(np.ones_like, params)
+  hyper = {"lr": lr, "weight_decay": wd, "temperature": 1.0, "adv_eps": 0.0}
+  state = (params, rest, direction.init(params), ones)
+  for _ in range(2):
+    state, _ = step(state, x, y, jax.random.key(2), hyper, ones, ())
+  ref = (optax.adamw(lr, weight_decay=wd) if optimizer == "adam" else optax.chain(
+      optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9, nesterov=True)))
+  ref_params, opt_state = params, ref.init(params)
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      stack_lib.train_logits_fn(stack.graphdef)(p, rest, x)[0], y).mean()
+  for _ in range(2):
+    updates, opt_state = ref.update(jax.grad(loss)(ref_params), opt_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+  for a, b in zip(jax.tree.leaves(state[0]), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_training_learns(digits_arrays):

@@ -22,6 +22,7 @@ kept at zero, and PGD adversarial training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -77,18 +78,31 @@ class TrainConfig:
       raise ValueError(f"adv_eps must be >= 0, got {self.adv_eps}.")
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-  """SGD+momentum or Adam with weight decay and a (warmup-)cosine schedule."""
-  if cfg.schedule == "cosine":
-    warmup = int(cfg.warmup_epochs / cfg.epochs * total_steps)
-    lr = (optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total_steps)
-          if warmup else optax.cosine_decay_schedule(cfg.lr, total_steps))
-  else:
-    lr = cfg.lr
-  if cfg.optimizer == "adam":
-    return optax.adamw(lr, weight_decay=cfg.weight_decay)
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(lr, momentum=0.9, nesterov=True))
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+  """The learning-rate shape, peak 1: (warmup-)cosine or constant.
+
+  The step multiplies it by each model's own peak rate, so models with other
+  rates share one compiled step.
+  """
+  if cfg.schedule == "constant":
+    return optax.constant_schedule(1.0)
+  warmup = int(cfg.warmup_epochs / cfg.epochs * total_steps)
+  if warmup:
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps)
+  return optax.cosine_decay_schedule(1.0, total_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def update_direction(optimizer: str) -> optax.GradientTransformation:
+  """SGD's Nesterov momentum (0.9) or Adam's scaling, before rate and decay.
+
+  The step adds weight decay (to the gradient for SGD, to the direction for
+  Adam, as optax.adamw) and scales by minus the learning rate, so a step is
+  that of ``optax.sgd``/``optax.adamw`` while rate and decay stay arguments.
+  """
+  if optimizer == "adam":
+    return optax.scale_by_adam()
+  return optax.trace(decay=0.9, nesterov=True)
 
 
 def head_mask(params: PyTree) -> PyTree:
@@ -152,59 +166,99 @@ def _pgd_linf(loss_of_x, x, key, eps, steps):
   return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x_adv))
 
 
-def make_step(graphdef, tx: optax.GradientTransformation, cfg: TrainConfig,
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+  """What a training step's program depends on; every other setting is an
+  argument, so stacks that agree on these share one compile."""
+  optimizer: str
+  target: str
+  augment: bool
+  adversarial: bool
+  adv_steps: int
+
+  @classmethod
+  def of(cls, cfg: TrainConfig) -> "StepKind":
+    return cls(cfg.optimizer, cfg.target, cfg.augment, cfg.adv_eps > 0, cfg.adv_steps)
+
+
+def make_step(graphdef, kind: StepKind,
               teacher_logits_fn: Callable | None = None) -> Callable:
   """The pure training step of ONE model.
 
   Args:
     graphdef: the student's module structure.
-    tx: optimiser.
-    cfg: training configuration (target mode, augmentation, adversary).
+    kind: optimiser, target mode, augmentation, adversary on or off.
     teacher_logits_fn: ``(teacher_variables, x) -> logits`` for teacher modes.
 
   Returns:
-    ``step(state, x, y, key, teacher_variables) -> (state, metrics)`` where
-    ``state = (params, rest, opt_state, mask)``, ``x`` is a float batch in
-    [0, 1], ``y`` integer labels (``labels``) or probabilities (``soft``).
+    ``step(state, x, y, key, hyper, trainable, teacher_variables) -> (state,
+    metrics)`` where ``state = (params, rest, opt_state, mask)``, ``x`` is a
+    float batch in [0, 1], ``y`` integer labels (``labels``) or
+    probabilities (``soft``), ``hyper`` holds this step's scalars ``lr``,
+    ``weight_decay``, ``temperature`` (distill) and ``adv_eps``, and
+    ``trainable`` is 1 where parameters train, 0 where frozen.
   """
   train_fn = stack_lib.train_logits_fn(graphdef)
   eval_fn = stack_lib.eval_logits_fn(graphdef)
+  tx = update_direction(kind.optimizer)
+  distill = kind.target == "distill"
 
-  def loss_fn(params, rest, x, target):
+  def loss_fn(params, rest, x, target, temperature):
     logits, new_rest = train_fn(params, rest, x)
     if target.ndim == logits.ndim - 1:  # integer labels
       target = jax.nn.one_hot(target, logits.shape[-1])
-    logp = jax.nn.log_softmax(logits / (cfg.temperature if cfg.target == "distill" else 1.0))
+    logp = jax.nn.log_softmax(logits / temperature if distill else logits)
     loss = -jnp.mean(jnp.sum(target * logp, -1))
-    if cfg.target == "distill":
-      loss = loss * cfg.temperature ** 2
+    if distill:
+      loss = loss * temperature ** 2
     return loss, (logits, new_rest)
 
-  def step(state, x, y, key, teacher_variables):
+  def step(state, x, y, key, hyper, trainable, teacher_variables):
     params, rest, opt_state, mask = state
     k_aug, k_adv = jax.random.split(key)
-    if cfg.augment:
+    if kind.augment:
       x = augment_batch(x, k_aug)
-    if cfg.target in ("labels", "soft"):
+    if kind.target in ("labels", "soft"):
       target = y
     else:
-      target = teacher_targets(cfg.target, teacher_logits_fn(teacher_variables, x),
-                               cfg.temperature)
-    if cfg.adv_eps > 0:
+      target = teacher_targets(kind.target, teacher_logits_fn(teacher_variables, x),
+                               hyper["temperature"])
+    if kind.adversarial:
       # The attack sees the model in eval mode: BatchNorm statistics are
       # updated once per step by the training pass, not by every PGD step.
       x = _pgd_linf(lambda xa: _soft_ce(eval_fn((params, rest), xa), target), x, k_adv,
-                    cfg.adv_eps, cfg.adv_steps)
+                    hyper["adv_eps"], kind.adv_steps)
     (loss, (logits, new_rest)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, rest, x, target)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    params = jax.tree.map(lambda p, m: p * m, params, mask)
+        loss_fn, has_aux=True)(params, rest, x, target, hyper["temperature"])
+    wd = hyper["weight_decay"]
+    if kind.optimizer == "sgd":
+      grads = jax.tree.map(lambda g, p: g + wd * p, grads, params)
+    direction, opt_state = tx.update(grads, opt_state, params)
+    if kind.optimizer == "adam":
+      direction = jax.tree.map(lambda u, p: u + wd * p, direction, params)
+    params = jax.tree.map(lambda p, u, t, m: (p - hyper["lr"] * t * u) * m,
+                          params, direction, trainable, mask)
     labels = target if target.ndim == 1 else jnp.argmax(target, -1)
     agree = jnp.mean(jnp.argmax(logits, -1) == labels)
     return (params, new_rest, opt_state, mask), {"loss": loss, "accuracy": agree}
 
   return step
+
+
+@functools.lru_cache(maxsize=None)
+def _lifted_step(graphdef, kind: StepKind, teacher_logits_fn, strategy: str):
+  # Cached: the jitted function is the same object for every stack of this
+  # architecture and step kind, so it compiles once per batch shape.
+  return engine.over_models(make_step(graphdef, kind, teacher_logits_fn), strategy,
+                            in_axes=(0, 0, 0, 0, 0, None, None), purpose="train")
+
+
+@functools.lru_cache(maxsize=None)
+def _lifted_init(optimizer: str, strategy: str):
+  return engine.over_models(update_direction(optimizer).init, strategy, purpose="train")
+
+
+_step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
 def magnitude_mask(params: PyTree, ratio: float) -> PyTree:
@@ -234,6 +288,7 @@ def train_stack(
     index: list[np.ndarray],
     cfg: TrainConfig,
     *,
+    lrs: list[float] | None = None,
     labels: list[np.ndarray] | None = None,
     teacher: tuple[Callable, PyTree] | None = None,
     masks: PyTree | None = None,
@@ -249,6 +304,8 @@ def train_stack(
     x_pool: images, uint8 ``(N, H, W, C)``, shared by all models.
     index: per model, the indices into ``x_pool`` of its training data.
     cfg: training configuration.
+    lrs: per model, its peak learning rate (default ``cfg.lr`` for all):
+      copies fine-tuned at several rates train in one stack.
     labels: per model, targets aligned with ``index``: int labels for
       ``labels`` or ``(n_k, C)`` probabilities for ``soft``.
     teacher: ``(logits_fn, variables)`` of the teacher for teacher modes.
@@ -282,16 +339,23 @@ def train_stack(
   n_max = max(len(ix) for ix in index)
   steps_per_epoch = max(1, math.ceil(n_max / cfg.batch_size))
   total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-  tx = make_optimizer(cfg, total)
-  if cfg.train_last_only:
-    tx = optax.multi_transform({True: tx, False: optax.set_to_zero()},
-                               head_mask(jax.tree.map(lambda v: v[0], stack.params)))
+  lrs = [cfg.lr] * k if lrs is None else [float(v) for v in lrs]
+  if len(lrs) != k or not all(v > 0 for v in lrs):
+    raise ValueError(f"lrs must hold {k} rates > 0 (one per model), got {lrs}.")
+  schedule = np.asarray(jax.vmap(lr_schedule(cfg, total))(jnp.arange(total)))
+  peak = jnp.asarray(lrs, jnp.float32)
+  per_model = lambda v: jnp.full((k,), v, jnp.float32)
+  fixed = {"weight_decay": per_model(cfg.weight_decay),
+           "temperature": per_model(cfg.temperature), "adv_eps": per_model(cfg.adv_eps)}
+  first = jax.tree.map(lambda v: v[0], stack.params)
+  trainable = (jax.tree.map(lambda h, p: jnp.full_like(p, h), head_mask(first), first)
+               if cfg.train_last_only else jax.tree.map(jnp.ones_like, first))
   if masks is None:
     masks = jax.tree.map(jnp.ones_like, stack.params)
-  opt_state = engine.over_models(tx.init, strategy)(stack.params)
+  strategy = engine.resolve(strategy, "train")
+  opt_state = _lifted_init(cfg.optimizer, strategy)(stack.params)
   state = (stack.params, stack.rest, opt_state, masks)
-  step = engine.over_models(make_step(stack.graphdef, tx, cfg, teacher_fn), strategy,
-                            in_axes=(0, 0, 0, 0, None))
+  step = _lifted_step(stack.graphdef, StepKind.of(cfg), teacher_fn, strategy)
 
   # Batch order and augmentation follow each model's own seed, not its
   # position, so a model trains the same alone or inside any stack.
@@ -300,7 +364,6 @@ def train_stack(
               for s, ix in zip(model_seeds, index)]
   model_keys = jnp.stack([jax.random.fold_in(jax.random.key(seed), s)
                           for s in model_seeds])
-  step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
   history = {"step": [], "loss": [], "accuracy": []}
   start = time.time()
   for t in range(total):
@@ -312,8 +375,9 @@ def train_stack(
         batch_y.append(labels[i][sel])
     x = stack_lib.to_float(np.stack(batch_x))
     y = jnp.asarray(np.stack(batch_y)) if labels is not None else jnp.zeros((k, cfg.batch_size), jnp.int32)
-    keys = step_keys(model_keys, t)
-    state, metrics = step(state, x, y, keys, teacher_vars)
+    keys = _step_keys(model_keys, t)
+    hyper = {"lr": peak * schedule[t], **fixed}
+    state, metrics = step(state, x, y, keys, hyper, trainable, teacher_vars)
     if (t + 1) % cfg.log_every == 0 or t + 1 == total:
       loss = np.asarray(metrics["loss"])
       acc = np.asarray(metrics["accuracy"])

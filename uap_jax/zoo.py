@@ -577,26 +577,13 @@ def train_plan(plan: StackPlan, victim: stack_lib.Stack, x_pool: np.ndarray,
                                m["hparams"]["ratio"]) for i, m in enumerate(meta)])
       student = dataclasses.replace(
           student, params=jax.tree.map(lambda p, q: p * q, student.params, masks))
-    # Copies at different learning rates train as sub-stacks (a TrainConfig
-    # holds one lr) and are joined back in plan order.
-    groups: dict[float, list[int]] = {}
-    for i, m in enumerate(meta):
-      groups.setdefault(m["hparams"]["lr"], []).append(i)
-    trained, order = [], []
-    for lr, members in groups.items():
-      tc = _train_config(cfg, augment=augment, epochs=cfg.finetune_epochs, lr=lr,
-                         train_last_only=kind == "finetune_last",
-                         adv_eps=cfg.adv_eps if kind == "adv_train" else 0.0)
-      sub = student.select(members)
-      sub_masks = engine.take_models(masks, members) if masks is not None else None
-      sub, hist = fit(sub, x_pool, [idx] * len(members), tc,
-                      labels=[y_pool[idx]] * len(members), masks=sub_masks,
-                      seed=seed)
-      steps += hist["steps"]
-      trained.append(sub)
-      order.extend(members)
-    student = stack_lib.concat(trained) if len(trained) > 1 else trained[0]
-    student = student.select([order.index(i) for i in range(len(order))])
+    tc = _train_config(cfg, augment=augment, epochs=cfg.finetune_epochs,
+                       train_last_only=kind == "finetune_last",
+                       adv_eps=cfg.adv_eps if kind == "adv_train" else 0.0)
+    student, hist = fit(student, x_pool, [idx] * len(meta), tc,
+                        lrs=[m["hparams"]["lr"] for m in meta],
+                        labels=[y_pool[idx]] * len(meta), masks=masks, seed=seed)
+    steps += hist["steps"]
 
   elif kind in EXTRACTION_KINDS or kind == "distill":
     student = stack_lib.create(plan.arch, list(plan.seeds), meta=meta, **arch_kwargs)
