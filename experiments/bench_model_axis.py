@@ -29,8 +29,6 @@ table and JSON record):
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import sys
 import time
@@ -39,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_common  # experiments/bench_common.py, beside this script
 from uap_jax import engine
 from uap_jax import stack as stack_lib
 
@@ -222,17 +221,13 @@ def main(argv):
   result = dict(
       benchmark="model_axis_inference", backend=backend,
       device_kind=jax.devices()[0].device_kind,
-      devices=jax.local_device_count(), machine=platform.processor() or platform.machine(),
+      devices=jax.local_device_count(), machine=bench_common.machine(),
       batch_images=int(x.shape[0]), image=[h, w, c], points=k, views=v,
       widths=widths, auto=auto, matmul_gflops=peak, rows=rows,
       max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      command=" ".join([sys.executable] + sys.argv))
+      command=bench_common.command())
   if args.out:
-    import os  # pylint: disable=g-import-not-at-top
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    bench_common.write_json(args.out, result)
   return result
 
 

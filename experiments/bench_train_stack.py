@@ -33,12 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+import bench_common  # experiments/bench_common.py, beside this script
 import numpy as np
 
 
@@ -176,15 +176,12 @@ def main(argv):
           f"{(s / r['seconds']) if s else float('nan'):6.2f}x "
           f"{r['max_rss_mb']:8.0f} {r.get('peak_mb_over_baseline', float('nan')):8.0f}")
   result = dict(benchmark="train_stack", backend=jax.default_backend(), auto=auto,
-                machine=platform.processor() or platform.machine(),
+                machine=bench_common.machine(),
                 k=args.k, steps=args.steps, batch=args.batch, image=image,
                 width=args.width, rows=rows,
-                command=" ".join([sys.executable] + sys.argv))
+                command=bench_common.command())
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    bench_common.write_json(args.out, result)
   return result
 
 

@@ -23,7 +23,6 @@ Prints a table and writes JSON (machine, settings, one row per run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import bench_common  # experiments/bench_common.py, beside this script
 from uap_jax import attacks
 from uap_jax import stack as stack_lib
 from uap_jax.attacks import universal
@@ -230,10 +230,8 @@ def main():
     results["datasets"][name] = info
     results["rows"].extend(rows)
   results["total_seconds"] = time.time() - start
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=1)
-  print(f"wrote {args.out} ({results['total_seconds']:.0f} s)")
+  print(f"total {results['total_seconds']:.0f} s")
+  bench_common.write_json(args.out, results)
 
 
 if __name__ == "__main__":
