@@ -80,13 +80,16 @@ def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_p
   # A copy: the module's other tests keep the original settings.
   copy = str(tmp_path / "run")
   shutil.copytree(workdir, copy, symlinks=True)
-  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--n_views=3"],
+  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--uap_xi=0.25"],
                timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stderr.count("already done") == config_lib.STAGES.index("verify")
-  assert "settings changed since it ran (n_views: 4 -> 3)" in proc.stderr
-  with open(os.path.join(copy, "verify.json")) as f:
-    assert json.load(f)["victim_self"]["views_used"] == 3
+  assert proc.stderr.count("already done") == config_lib.STAGES.index("uap")
+  assert "settings changed since it ran (uap_xi: 0.2 -> 0.25)" in proc.stderr
+  # The stages after it saved over their earlier checkpoints.
+  with open(os.path.join(copy, "uap.json")) as f:
+    assert json.load(f)["xi"] == 0.25
+  for name in ("uap", "fingerprints", "encoder"):
+    assert checkpoint.exists(os.path.join(copy, "checkpoints", name)), name
 
 
 def test_stage_settings_hold_their_own_and_earlier_stages_only():

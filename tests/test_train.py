@@ -137,6 +137,14 @@ def test_checkpoint_round_trip(tmp_path, digits_arrays):
   r = checkpoint.load_stack(str(tmp_path / "s"))
   assert r.meta == s.meta and r.arch == "lenet5"
   np.testing.assert_array_equal(stack_lib.predict(s, x[:20]), stack_lib.predict(r, x[:20]))
+  # A rerun saves again in the same directory; the newest save is restored.
+  s.meta[0]["note"] = "second"
+  checkpoint.save_stack(str(tmp_path / "s"), s)
+  assert checkpoint.load_stack(str(tmp_path / "s")).meta[0]["note"] == "second"
+  checkpoint.save_arrays(str(tmp_path / "a"), {"v": np.zeros(3)}, {"n": 1})
+  checkpoint.save_arrays(str(tmp_path / "a"), {"v": np.ones(3)}, {"n": 2})
+  tree, meta = checkpoint.load_arrays(str(tmp_path / "a"))
+  assert meta["n"] == 2 and tree["v"].tolist() == [1, 1, 1]
 
 
 def test_checkpoint_errors(tmp_path):

@@ -51,19 +51,29 @@ def _jsonable(value):
   return value
 
 
-def save_stack(directory: str, stack: stack_lib.Stack, step: int = 0) -> None:
+def _next_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
+  # A rerun of a stage saves after what is there: orbax refuses to write a
+  # step twice, and the previous step stays good until the new one is whole.
+  if step is not None:
+    return step
+  latest = mngr.latest_step()
+  return 0 if latest is None else latest + 1
+
+
+def save_stack(directory: str, stack: stack_lib.Stack, step: int | None = None) -> None:
   """Saves a stack (state and metadata) as checkpoint ``step``.
 
   Args:
     directory: the stack's checkpoint directory (created if missing).
     stack: the models.
-    step: step number; the newest step is what :func:`load_stack` restores.
+    step: step number (default: one after the newest, 0 in a new
+      directory); the newest step is what :func:`load_stack` restores.
   """
   meta = _jsonable({"arch": stack.arch, "arch_kwargs": stack.arch_kwargs,
                     "models": stack.meta})
   state = {"params": stack.params, "rest": stack.rest}
   with _manager(directory, create=True) as mngr:
-    mngr.save(step, args=ocp.args.Composite(
+    mngr.save(_next_step(mngr, step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
               force=True)
     mngr.wait_until_finished()
@@ -117,10 +127,13 @@ def load_stack(directory: str) -> stack_lib.Stack:
 
 
 def save_arrays(directory: str, tree: PyTree, meta: dict | None = None,
-                step: int = 0) -> None:
-  """Saves any pytree of arrays (UAPs, fingerprints, encoder) plus JSON meta."""
+                step: int | None = None) -> None:
+  """Saves any pytree of arrays (UAPs, fingerprints, encoder) plus JSON meta.
+
+  ``step`` as in :func:`save_stack`.
+  """
   with _manager(directory, create=True) as mngr:
-    mngr.save(step, args=ocp.args.Composite(
+    mngr.save(_next_step(mngr, step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
         meta=ocp.args.JsonSave(_jsonable(meta or {}))), force=True)
     mngr.wait_until_finished()
