@@ -1,5 +1,6 @@
 """The command line end to end on tiny settings, resuming, and its error paths."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -188,3 +189,20 @@ def test_every_experiment_flagfile_is_valid_and_documented(flagfile):
   with open(path) as f:
     assert f.readline().startswith("#"), "a flagfile opens with comments saying what it runs"
   config_lib.parse([f"--flagfile={path}"]).validate()
+
+
+def test_protocol_table_reads_a_finished_run(tiny_run):
+  workdir, _ = tiny_run
+  spec = importlib.util.spec_from_file_location(
+      "protocol_table", os.path.join(REPO, "experiments", "protocol_table.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  row = module.run_row(workdir)
+  with open(os.path.join(workdir, "report", "results.json")) as f:
+    res = json.load(f)
+  assert row["auc_all"] == round(res["auc"]["all"], 3)
+  assert row["detected"] == f"{res['detected_piracy']}/{res['num_piracy']}"
+  assert row["wall_minutes"] > 0
+  assert module.markdown([row]).count("\n") == 3
+  with pytest.raises(FileNotFoundError, match="finish the run"):
+    module.run_row(os.path.dirname(workdir))
