@@ -17,20 +17,15 @@ wall time of all stages. Writes OUT.md and OUT.json (default: print only).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import statistics
 import sys
-
-from absl import app
-from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_OUT = flags.DEFINE_string("out", None, "Output prefix: writes OUT.md and OUT.json.")
 
 COLUMNS = (
     ("run", "run"), ("victim acc.", "victim_accuracy"),
@@ -111,20 +106,21 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
-    raise app.UsageError("Give one or more finished run directories.")
-  rows = [run_row(w) for w in workdirs]
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("workdirs", nargs="+", help="Finished run directories.")
+  parser.add_argument("--out", help="Output prefix: writes OUT.md and OUT.json.")
+  args = parser.parse_args(argv)
+  rows = [run_row(w) for w in args.workdirs]
   table = markdown(rows)
   print(table)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value + ".md", "w") as f:
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
       f.write(table)
-    with open(_OUT.value + ".json", "w") as f:
-      json.dump({"runs": rows, "workdirs": workdirs}, f, indent=2)
+    with open(args.out + ".json", "w") as f:
+      json.dump({"runs": rows, "workdirs": args.workdirs}, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main(sys.argv[1:])
