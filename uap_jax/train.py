@@ -149,6 +149,7 @@ def teacher_targets(target: str, teacher_logits: jax.Array,
 
 
 def _soft_ce(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean cross-entropy against integer labels or target distributions."""
   if target.ndim == logits.ndim - 1:
     target = jax.nn.one_hot(target, logits.shape[-1])
   return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits), -1))
@@ -205,12 +206,10 @@ def make_step(graphdef, kind: StepKind,
 
   def loss_fn(params, rest, x, target, temperature):
     logits, new_rest = train_fn(params, rest, x)
-    if target.ndim == logits.ndim - 1:  # integer labels
-      target = jax.nn.one_hot(target, logits.shape[-1])
-    logp = jax.nn.log_softmax(logits / temperature if distill else logits)
-    loss = -jnp.mean(jnp.sum(target * logp, -1))
     if distill:
-      loss = loss * temperature ** 2
+      loss = _soft_ce(logits / temperature, target) * temperature ** 2
+    else:
+      loss = _soft_ce(logits, target)
     return loss, (logits, new_rest)
 
   def step(state, x, y, key, hyper, trainable, teacher_variables):

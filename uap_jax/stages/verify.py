@@ -29,7 +29,6 @@ from uap_jax import fingerprint as fp_lib
 from uap_jax import sac
 from uap_jax import stack as stack_lib
 from uap_jax import verify
-from uap_jax import zoo as zoo_lib
 from uap_jax.context import RunContext
 from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
@@ -116,7 +115,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
     Per reference, :func:`uap_jax.sac.evaluate_scores`'s dict.
   """
   cfg, data = ctx.cfg, ctx.data
-  stacks = [ctx.victim] + list(zoo_lib.load_zoo(ctx))
+  stacks = fp_stage.all_stacks(ctx)
   names = [m["name"] for s in stacks for m in s.meta]
   if names != [m["name"] for m in meta]:
     raise ValueError(
