@@ -12,6 +12,8 @@ group per piracy kind plus "all", one bar per row (a recipe or a reference):
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -19,7 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uap_jax.stages import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TABLES = flags.DEFINE_list("tables", None, "Ablation JSON files, one panel each.")
 _TITLES = flags.DEFINE_list("titles", [], "Panel titles (default: the files' names).")
@@ -56,16 +61,10 @@ def plot(panels: list[tuple[str, dict[str, dict[str, float]]]], out: str) -> Non
   fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
   for ax, (title, rows) in zip(axes[:, 0], panels):
     kinds = sorted({k for r in rows.values() for k in r if k != "all"}) + ["all"]
-    width = 0.8 / len(rows)
-    for j, (name, auc) in enumerate(rows.items()):
-      ax.bar(np.arange(len(kinds)) + (j - (len(rows) - 1) / 2) * width,
-             [auc.get(k, np.nan) for k in kinds], width, label=name)
+    # The target line first, so that auc_bars' legend lists it too.
     ax.axhline(0.99, color="k", linestyle=":", linewidth=1, label="target 0.99")
-    ax.set_xticks(np.arange(len(kinds)), kinds, rotation=20, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("ROC-AUC")
+    report.auc_bars(ax, rows, kinds)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)

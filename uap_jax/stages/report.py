@@ -140,6 +140,24 @@ def markdown(res: dict) -> str:
   return "\n".join(out)
 
 
+def auc_bars(ax, scores: dict[str, dict], kinds: list[str]) -> None:
+  """Grouped bars of ROC-AUC: one group per kind, one bar per score.
+
+  Args:
+    ax: a matplotlib Axes.
+    scores: ``{score name: {kind: AUC or None}}``, in legend order.
+    kinds: the kinds (x groups), in order.
+  """
+  width = 0.8 / max(len(scores), 1)
+  for j, (name, auc) in enumerate(scores.items()):
+    vals = [np.nan if auc.get(k) is None else auc[k] for k in kinds]
+    ax.bar(np.arange(len(kinds)) + (j - (len(scores) - 1) / 2) * width, vals, width,
+           label=name)
+  ax.set_xticks(range(len(kinds)), kinds, rotation=35, ha="right", fontsize=8)
+  ax.set(ylim=(0, 1.02), ylabel="ROC-AUC (piracy kind vs independents)")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 def plots(ctx: RunContext, res: dict) -> list[str]:
   """roc.png, similarity.png, auc_per_kind.png, confidence_vs_views.png."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -196,16 +214,9 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
   cols = {k: a for k, a in auc_columns(res).items() if k in PLOTTED_SCORES}
   kinds_auc = [k for k in res["auc"] if k != "all"] + ["all"]
   fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(kinds_auc) + 3.5), 4.5))
-  width = 0.8 / max(len(cols), 1)
-  for j, (name, auc) in enumerate(cols.items()):
-    vals = [np.nan if auc.get(k) is None else auc[k] for k in kinds_auc]
-    ax.bar(np.arange(len(kinds_auc)) + (j - (len(cols) - 1) / 2) * width, vals, width,
-           label=name)
+  auc_bars(ax, cols, kinds_auc)
   ax.axhline(0.5, color="k", lw=0.8, ls=":")
-  ax.set_xticks(range(len(kinds_auc)), kinds_auc, rotation=35, ha="right", fontsize=8)
-  ax.set(ylim=(0, 1.02), ylabel="ROC-AUC (piracy kind vs independents)",
-         title="AUC per piracy kind: encoder (paper) vs references")
-  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  ax.set(title="AUC per piracy kind: encoder (paper) vs references")
   fig.tight_layout()
   written.append(ctx.workdir.path("report", "auc_per_kind.png"))
   fig.savefig(written[-1], dpi=120)
