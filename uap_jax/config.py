@@ -102,7 +102,7 @@ class Config:
 
   def validate(self) -> None:
     """Raises ValueError naming the flag and the fix for any bad setting."""
-    from uap_jax import engine, models  # pylint: disable=g-import-not-at-top
+    from uap_jax import engine, zoo  # pylint: disable=g-import-not-at-top
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
@@ -121,19 +121,9 @@ class Config:
           "be > 0 and their sum <= 1.")
     if self.augment not in ("auto", "true", "false"):
       raise ValueError(f"--augment must be auto, true or false, got {self.augment!r}.")
-    for arch in [self.victim_arch, *self.zoo_archs]:
-      models.check_arch(arch)
-    unknown = [k for k in self.zoo_kinds if k not in KINDS]
-    if unknown:
-      raise ValueError(f"--zoo_kinds: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}.")
-    self.kind_counts()  # validates --zoo_counts
-    if self.zoo_count < 0:
-      raise ValueError(f"--zoo_count must be >= 0, got {self.zoo_count}.")
-    for r in self.prune_ratios:
-      if not 0 <= float(r) < 1:
-        raise ValueError(f"--prune_ratios: {r} is outside [0, 1).")
-    for name in ("epochs", "zoo_epochs", "finetune_epochs", "lr", "uap_xi", "enc_lr",
-                 "enc_temperature", "distill_temperature", "width"):
+    # Architectures, kinds, counts and every other zoo setting.
+    zoo.check_config(self)
+    for name in ("epochs", "lr", "uap_xi", "enc_lr", "enc_temperature", "width"):
       if not getattr(self, name) > 0:
         raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
     for name in ("batch_size", "fp_k", "fp_v", "n_views", "enc_steps", "uap_max_passes",

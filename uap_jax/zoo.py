@@ -96,8 +96,8 @@ def family_of(kind: str) -> str:
 
 def _check_kind(kind: str) -> None:
   if kind not in KINDS:
-    raise ValueError(f"Unknown zoo kind {kind!r}; choose from {', '.join(KINDS)} "
-                     "(--zoo_kinds).")
+    raise ValueError(f"Unknown kind {kind!r} (--zoo_kinds); choose from "
+                     f"{', '.join(KINDS)}.")
 
 
 def model_seed(run_seed: int, kind: str, arch: str, index: int) -> int:
@@ -235,10 +235,7 @@ def check_config(cfg: Config) -> None:
     models.check_arch(arch)
   if cfg.zoo_count < 0:
     raise ValueError(f"--zoo_count must be >= 0, got {cfg.zoo_count}.")
-  counts = cfg.kind_counts()
-  for kind, n in counts.items():
-    if n < 0:
-      raise ValueError(f"--zoo_counts: the count of {kind} must be >= 0, got {n}.")
+  counts = cfg.kind_counts()  # also checks --zoo_counts
   if not cfg.prune_ratios and counts.get("prune", 0):
     raise ValueError("--prune_ratios is empty but prune models are asked for: "
                      "give ratios such as 0.2,0.5,0.8.")
