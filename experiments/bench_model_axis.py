@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import bench_common  # experiments/bench_common.py, beside this script
-from uap_jax import engine
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import engine
+from uap_jax.runtime import stack as stack_lib
 
 CPU_WIDTHS = "mlp:1,small_cnn:0.25,resnet20:0.25"
 ACCEL_WIDTHS = "mlp:1,small_cnn:1,resnet20:1"

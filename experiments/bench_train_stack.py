@@ -63,8 +63,9 @@ def parse_args(argv):
 def run_child(spec: dict) -> dict:
   """Trains as ``spec`` says, in this process; returns timings and memory."""
   import jax  # pylint: disable=g-import-not-at-top
-  from uap_jax import engine, train  # pylint: disable=g-import-not-at-top
-  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax import train
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
 
   h, w, c = spec["image"]
   k, steps, batch = spec["k"], spec["steps"], spec["batch"]
@@ -137,7 +138,7 @@ def main(argv):
     return None
   image = [int(s) for s in args.image.split(",")]
   import jax  # pylint: disable=g-import-not-at-top
-  from uap_jax import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
   auto = engine.resolve("auto", purpose="train")
   variants = args.variants.split(",")
   rows = []

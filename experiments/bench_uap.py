@@ -35,7 +35,7 @@ from flax import nnx
 
 import bench_common  # experiments/bench_common.py, beside this script
 from uap_jax import attacks
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.attacks import universal
 
 DATASETS = {

@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from uap_jax.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COLUMNS = (
     ("run", "run"), ("victim acc.", "victim_accuracy"),

@@ -9,7 +9,7 @@ import pytest
 
 from uap_jax import config as config_lib
 from uap_jax import fingerprint as fp_lib
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.stages import fingerprint as fp_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,8 +14,8 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 from uap_jax import attacks
-from uap_jax import engine
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import engine
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.attacks import common
 from uap_jax.models.mlp import MLP
 

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from uap_jax import blackbox
+from uap_jax.fingerprint import blackbox
 from uap_jax import fingerprint
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 
 NUM_CLASSES = 4
 IMAGE_SHAPE = (5, 5, 1)

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from uap_jax import distributed
+from uap_jax.runtime import distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SKIP_EXIT = 3  # a worker found no usable CPU collectives
@@ -112,7 +112,7 @@ def test_single_process_without_cluster_environment(monkeypatch):
 
 
 def _tiny_stack_and_images():
-  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
   s = stack_lib.create("mlp", list(range(NUM_SUSPECTS)), num_classes=4,
                        image_shape=(8, 8, 1), width=0.25)
   x = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
@@ -122,7 +122,7 @@ def _tiny_stack_and_images():
 def _worker(process_id: int, port: int, out_dir: str) -> None:
   """One of the two processes: predict its share, gather on process 0."""
   import jax  # pylint: disable=g-import-not-at-top
-  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
   if not hasattr(jax.config, "jax_cpu_collectives_implementation"):
     print("this jax build has no jax_cpu_collectives_implementation option")
     sys.exit(SKIP_EXIT)
@@ -197,7 +197,7 @@ def test_two_processes_split_the_suspects(two_process_run):
 
 @pytest.mark.parametrize("mode", distributed.SHARE_MODES)
 def test_gathered_equals_single_process(two_process_run, mode):
-  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
   s, x = _tiny_stack_and_images()
   expected = stack_lib.predict(s, x, strategy="loop", output="probs")
   got = np.load(two_process_run / "gathered.npz")[mode]

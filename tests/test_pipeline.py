@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from uap_jax import checkpoint
+from uap_jax.runtime import checkpoint
 from uap_jax import config as config_lib
 from uap_jax import pipeline
 
@@ -112,7 +112,7 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
   # Answer the exported queries with the victim itself, as an API would.
   stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
   with np.load(os.path.join(workdir, "queries.npz")) as q:
-    from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+    from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
     probs = stack_lib.predict(stack, q["queries"], output="probs")[0]
   answers = os.path.join(workdir, "victim_answers.npz")
   np.savez(answers, outputs=probs)

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
-from uap_jax import sac
-from uap_jax import stack as stack_lib
+from uap_jax.verify import sac
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 
 CFG = train.TrainConfig(epochs=6, batch_size=64, lr=0.05, log_every=1000)

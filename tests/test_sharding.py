@@ -33,7 +33,7 @@ TOL = 2e-5
     (" models : * , data:1 ", 4, {"models": 4, "data": 1}),
 ])
 def test_parse_mesh_spec(spec, n, expected):
-  from uap_jax import sharding  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   sizes = sharding.parse_mesh_spec(spec, n)
   assert sizes == expected
   assert list(sizes)[0] == "models"
@@ -50,14 +50,14 @@ def test_parse_mesh_spec(spec, n, expected):
     ("models,data:3", 8, "do not divide"),
 ])
 def test_parse_mesh_spec_errors_name_problem_and_fix(spec, n, message):
-  from uap_jax import sharding  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=message):
     sharding.parse_mesh_spec(spec, n)
 
 
 def test_pad_models_repeats_last_model_and_pads_keys():
   import jax  # pylint: disable=g-import-not-at-top
-  from uap_jax import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
   tree = {"w": np.arange(5.0)[:, None] * np.ones((5, 2)),
           "key": jax.random.split(jax.random.key(0), 5)}
   padded, k = engine.pad_models(tree, 4)
@@ -70,7 +70,7 @@ def test_pad_models_repeats_last_model_and_pads_keys():
 
 
 def test_default_strategy_is_concrete_for_each_purpose():
-  from uap_jax import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
   for backend in ("cpu", None):
     for purpose in engine.PURPOSES:
       assert engine.default_strategy(backend, purpose) in engine.STRATEGIES[1:]
@@ -84,7 +84,8 @@ def test_default_strategy_is_concrete_for_each_purpose():
 
 
 def test_shard_needs_its_mesh_axis():
-  from uap_jax import engine, sharding  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import sharding
   import jax  # pylint: disable=g-import-not-at-top
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), ("batch",))
   f = engine.over_models(lambda w, x: w * x, "shard", mesh=mesh)
@@ -100,8 +101,10 @@ def test_shard_needs_its_mesh_axis():
 def _child_checks() -> dict:
   """Runs in the 8-device child; returns max |shard - loop| per check."""
   import jax  # pylint: disable=g-import-not-at-top
-  from uap_jax import engine, sharding, train  # pylint: disable=g-import-not-at-top
-  from uap_jax import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import sharding
+  from uap_jax import train
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
 
   def distinct_stack(arch, k):
     # Building k models eagerly is slow on 8 host devices; scale the weights

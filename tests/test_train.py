@@ -7,9 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from uap_jax import checkpoint
-from uap_jax import engine
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import engine
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 
 CFG = train.TrainConfig(epochs=1, batch_size=32, lr=0.05, log_every=1000)

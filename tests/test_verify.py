@@ -8,11 +8,11 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk_metrics
 
-from uap_jax import blackbox
-from uap_jax import encoder as encoder_lib
+from uap_jax.fingerprint import blackbox
+from uap_jax.verify import encoder as encoder_lib
 from uap_jax import fingerprint
-from uap_jax import metrics
-from uap_jax import stack as stack_lib
+from uap_jax.verify import metrics
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import verify
 
 NUM_CLASSES = 4

@@ -102,7 +102,8 @@ class Config:
 
   def validate(self) -> None:
     """Raises ValueError naming the flag and the fix for any bad setting."""
-    from uap_jax import engine, zoo  # pylint: disable=g-import-not-at-top
+    from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+    from uap_jax import zoo
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")

@@ -17,11 +17,11 @@ import time
 
 from absl import logging
 
-from uap_jax import distributed
-from uap_jax import sharding
+from uap_jax.runtime import distributed
+from uap_jax.runtime import sharding
 from uap_jax.config import Config, STAGES
-from uap_jax.context import RunContext
-from uap_jax.workdir import Workdir
+from uap_jax.runtime.context import RunContext
+from uap_jax.runtime.workdir import Workdir
 
 # Settings that change what earlier stages produced: a rerun in the same
 # work directory with other values would mix incompatible artefacts.

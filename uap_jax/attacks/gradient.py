@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from uap_jax import engine
+from uap_jax.runtime import engine
 from uap_jax.attacks import common
 
 PyTree = Any
@@ -159,7 +159,7 @@ def pgd_stack(logits_fn: common.LogitsFn, variables: PyTree, x: jax.Array,
     y: shared ``(N,)`` labels, or ``None`` for each model's own predictions.
     key: model ``i`` uses ``jax.random.split(key, K)[i]``.
     eps, step_size, num_steps, p, random_start, targeted: as in :func:`pgd`.
-    strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
+    strategy: model-axis strategy of :func:`uap_jax.runtime.engine.over_models`.
 
   Returns:
     ``(K, N, H, W, C)`` adversarial images, one batch per model.

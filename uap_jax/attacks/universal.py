@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from uap_jax import engine
+from uap_jax.runtime import engine
 from uap_jax.attacks import common
 from uap_jax.attacks.deepfool import deepfool_kernel
 from uap_jax.attacks.deepfool import into_box
@@ -409,7 +409,7 @@ def uap_stack(logits_fn: common.LogitsFn, variables: PyTree, x: jax.Array, *,
     variables: stacked variables, leading model axis K.
     x: ``(N, H, W, C)`` images in [0, 1], shared by all models.
     key: model ``i`` uses ``jax.random.split(key, K)[i]``.
-    strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
+    strategy: model-axis strategy of :func:`uap_jax.runtime.engine.over_models`.
     **kwargs: the keyword arguments of :func:`uap` (xi, p, delta, ...).
 
   Returns:
@@ -523,7 +523,7 @@ def sgd_uap_stack(logits_fn: common.LogitsFn, variables: PyTree, x: jax.Array,
     kappa, optimizer, eval_batch_size: as in :func:`sgd_uap`.
     variables: stacked variables, leading model axis K.
     key: model ``i`` uses ``jax.random.split(key, K)[i]``.
-    strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
+    strategy: model-axis strategy of :func:`uap_jax.runtime.engine.over_models`.
 
   Returns:
     A :class:`UAPResult` whose fields have a leading model axis K.
@@ -597,7 +597,7 @@ def transfer_matrix(logits_fn: common.LogitsFn, variables: PyTree,
     x: ``(N, H, W, C)`` images in [0, 1].
     uaps: ``(K_uap, H, W, C)`` perturbations, e.g. ``uap_stack(...).v``.
     batch_size: inputs per forward pass.
-    strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
+    strategy: model-axis strategy of :func:`uap_jax.runtime.engine.over_models`.
 
   Returns:
     ``(K_uap, K_models)`` float32: entry ``[i, j]`` is the fooling rate of UAP

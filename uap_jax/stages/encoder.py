@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from uap_jax import checkpoint
-from uap_jax import encoder as encoder_lib
+from uap_jax.runtime import checkpoint
+from uap_jax.verify import encoder as encoder_lib
 from uap_jax import verify
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 from uap_jax.stages import fingerprint as fp_stage
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from uap_jax import blackbox
-from uap_jax.context import RunContext
+from uap_jax.fingerprint import blackbox
+from uap_jax.runtime.context import RunContext
 from uap_jax.stages import fingerprint as fp_stage
 from uap_jax.stages import uap as uap_stage
 

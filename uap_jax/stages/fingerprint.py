@@ -8,12 +8,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from uap_jax import checkpoint
-from uap_jax import distributed
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import distributed
 from uap_jax import fingerprint as fp_lib
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import zoo as zoo_lib
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 from uap_jax.stages import uap as uap_stage
 
 

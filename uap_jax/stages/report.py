@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from uap_jax import metrics
+from uap_jax.verify import metrics
 from uap_jax import pipeline
 from uap_jax import verify
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
 from uap_jax.stages import verify as verify_stage

@@ -9,9 +9,9 @@ import numpy as np
 from absl import logging
 
 from uap_jax import attacks
-from uap_jax import checkpoint
-from uap_jax import stack as stack_lib
-from uap_jax.context import RunContext
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import stack as stack_lib
+from uap_jax.runtime.context import RunContext
 
 
 def load_uaps(ctx: RunContext) -> np.ndarray:

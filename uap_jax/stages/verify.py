@@ -6,7 +6,7 @@ each kind, an encoder and a calibration set that never saw it) — plus
 encoder-free references: raw fingerprint cosine with and without the UAP
 half, top-1 agreement with the victim on clean and on UAP-perturbed points,
 SAC-m- and SAC-w-style sample-correlation fingerprints and the agreement on
-the victim's mistakes (:mod:`uap_jax.sac`), all scored on the same suspects with the same calibration independents.
+the victim's mistakes (:mod:`uap_jax.verify.sac`), all scored on the same suspects with the same calibration independents.
 Writes ``verify.json``.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
@@ -23,13 +23,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from uap_jax import blackbox
-from uap_jax import checkpoint
+from uap_jax.fingerprint import blackbox
+from uap_jax.runtime import checkpoint
 from uap_jax import fingerprint as fp_lib
-from uap_jax import sac
-from uap_jax import stack as stack_lib
+from uap_jax.verify import sac
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import verify
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 from uap_jax.stages import encoder as encoder_stage
 from uap_jax.stages import fingerprint as fp_stage
 from uap_jax.stages import uap as uap_stage
@@ -102,7 +102,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
   Every model of ``meta`` (the victim and the zoo, in fingerprint order) is
   scored; the evaluation suspects are ``split["eval"]`` and the reference
   the calibration independents ``split["calib"]``. One score per model, so
-  accusations use :func:`uap_jax.sac.prediction_p_value` at ``--alpha``.
+  accusations use :func:`uap_jax.verify.sac.prediction_p_value` at ``--alpha``.
 
   * ``sac_m``: correlation matrix of softmax outputs on CutMix-ed victim
     training images, -L1 distance to the victim's (SAC-m).
@@ -112,7 +112,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
     model repeats the victim's top-1 (its mistakes).
 
   Returns:
-    Per reference, :func:`uap_jax.sac.evaluate_scores`'s dict.
+    Per reference, :func:`uap_jax.verify.sac.evaluate_scores`'s dict.
   """
   cfg, data = ctx.cfg, ctx.data
   stacks = fp_stage.all_stacks(ctx)

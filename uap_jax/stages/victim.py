@@ -6,11 +6,11 @@ import time
 
 from absl import logging
 
-from uap_jax import checkpoint
+from uap_jax.runtime import checkpoint
 from uap_jax import models
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 
 
 def train_config(ctx: RunContext, **overrides) -> train.TrainConfig:

@@ -15,9 +15,9 @@ import time
 
 from absl import logging
 
-from uap_jax import checkpoint
+from uap_jax.runtime import checkpoint
 from uap_jax import zoo as zoo_lib
-from uap_jax.context import RunContext
+from uap_jax.runtime.context import RunContext
 
 
 def run(ctx: RunContext) -> dict:

@@ -54,8 +54,8 @@ from absl import logging
 import numpy as np
 from scipy import stats
 
-from uap_jax import encoder as encoder_lib
-from uap_jax import metrics
+from uap_jax.verify import encoder as encoder_lib
+from uap_jax.verify import metrics
 
 METHODS = ("welch", "model", "model_z", "empirical")
 # Cosines are clipped this far inside (-1, 1) before artanh.

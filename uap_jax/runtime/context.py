@@ -12,11 +12,11 @@ import os
 import numpy as np
 from absl import logging
 
-from uap_jax import checkpoint
+from uap_jax.runtime import checkpoint
 from uap_jax import data as data_lib
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.config import Config
-from uap_jax.workdir import Workdir
+from uap_jax.runtime.workdir import Workdir
 
 PARTS = ("victim", "attacker", "independent")
 

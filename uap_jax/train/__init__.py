@@ -3,7 +3,7 @@
 Each model of a stack has its own seed, its own data part (indices into one
 shared image pool) and its own targets. The per-model step is a pure function
 ``step(state, x, y, key, teacher) -> (state, metrics)``; the engine lifts it
-over the model axis (vmap / lax.map / loop / shard, see :mod:`uap_jax.engine`).
+over the model axis (vmap / lax.map / loop / shard, see :mod:`uap_jax.runtime.engine`).
 
 Targets (``TrainConfig.target``):
 
@@ -33,8 +33,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from uap_jax import engine
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import engine
+from uap_jax.runtime import stack as stack_lib
 
 PyTree = Any
 TARGETS = ("labels", "soft", "teacher_soft", "teacher_hard", "distill")

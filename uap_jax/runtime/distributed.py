@@ -6,7 +6,7 @@ program (``python -m uap_jax.main --flagfile=...``, started by the scripts in
 
 1. takes its share of the suspects (:func:`share_indices` / :func:`my_share`),
 2. computes on its LOCAL devices only (any model-axis strategy, including
-   ``shard`` over a local mesh, see :mod:`uap_jax.sharding`),
+   ``shard`` over a local mesh, see :mod:`uap_jax.runtime.sharding`),
 3. sends its results to process 0 (:func:`gather_to_process0`), which alone
    writes outputs to the work directory.
 
@@ -138,7 +138,7 @@ def initialize(coordinator_address: str | None = None,
   except RuntimeError as e:
     if "before any JAX" in str(e):
       raise RuntimeError(
-          "uap_jax.distributed.initialize ran after JAX was already used (e.g. "
+          "uap_jax.runtime.distributed.initialize ran after JAX was already used (e.g. "
           "jax.devices() or engine.resolve('auto')); call it first thing in "
           "main, before config validation and before building any model.") from e
     raise
@@ -310,7 +310,7 @@ def map_suspects(fn: Callable[[Any], PyTree], suspects: Any, *,
   Args:
     fn: ``fn(sub_stack) -> pytree`` of arrays with a leading model axis (e.g.
       ``lambda s: fingerprint.fingerprints(s, points, uaps)``).
-    suspects: a :class:`uap_jax.stack.Stack` (anything with ``size`` and
+    suspects: a :class:`uap_jax.runtime.stack.Stack` (anything with ``size`` and
       ``select(indices)``).
     mode: share mode of :func:`share_indices`.
     everywhere: return the result on every process.

@@ -54,10 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from uap_jax import checkpoint
-from uap_jax import engine
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import engine
 from uap_jax import models
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 from uap_jax.config import Config, INDEPENDENT_KINDS, KINDS, PIRACY_KINDS
 
@@ -791,7 +791,7 @@ def load_zoo(ctx) -> list[stack_lib.Stack]:
   """Restores every stack of the zoo written by the ``zoo`` stage.
 
   Args:
-    ctx: the run's :class:`uap_jax.context.RunContext`.
+    ctx: the run's :class:`uap_jax.runtime.context.RunContext`.
 
   Returns:
     The stacks in ``zoo.json`` order; each model's meta holds its name,

@@ -15,7 +15,7 @@ every remaining device. The empty spec (or ``"auto"``) is all local devices on
 ``--mesh`` flag).
 
 Meshes hold local devices only: in a multi-host run every process works on its
-own share of suspects (:mod:`uap_jax.distributed`), so no computation spans
+own share of suspects (:mod:`uap_jax.runtime.distributed`), so no computation spans
 hosts and no array has to be global.
 """
 

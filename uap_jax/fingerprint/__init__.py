@@ -15,7 +15,7 @@ a view gives ``D = K * (1 + U) * C`` numbers laid out as ``(K, 1 + U, C)``.
 
 Query images are quantised to uint8 pixel levels by default, because a
 black-box suspect can only be sent 8-bit images (see
-:mod:`uap_jax.blackbox`): the fingerprint of a checkpoint and the fingerprint
+:mod:`uap_jax.fingerprint.blackbox`): the fingerprint of a checkpoint and the fingerprint
 from the same model's recorded answers then see identical inputs.
 """
 
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uap_jax import engine
+from uap_jax.runtime import engine
 
 PyTree = Any
 
@@ -290,14 +290,14 @@ def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
   """Fingerprints of every model of a stack, all views in one compiled call.
 
   Args:
-    model: a :class:`uap_jax.stack.Stack`, or a pair ``(logits_fn,
+    model: a :class:`uap_jax.runtime.stack.Stack`, or a pair ``(logits_fn,
       variables)`` where ``logits_fn(variables, x)`` is ONE model's forward
       pass and ``variables`` carries a leading model axis of size M.
     x_points: ``(K, V, H, W, C)`` points, float in [0, 1] or uint8.
     uaps: ``(U, H, W, C)`` UAPs of the victim (or one ``(H, W, C)``).
     mode: ``probs`` (softmax, the paper), ``logits``, or ``labels`` (one-hot
       of the top-1: what a label-only suspect reveals).
-    strategy: model-axis strategy of :func:`uap_jax.engine.over_models`.
+    strategy: model-axis strategy of :func:`uap_jax.runtime.engine.over_models`.
     quantize: query with uint8-rounded images (see :func:`query_images`).
     images_per_batch: most query images per model in one forward pass
       inside the compiled call (whole views: at least one view, ``(1 + U) *
@@ -317,7 +317,7 @@ def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
     logits_fn, variables = model
   else:
     raise ValueError(
-        "model must be a uap_jax.stack.Stack or a pair (logits_fn, variables) "
+        "model must be a uap_jax.runtime.stack.Stack or a pair (logits_fn, variables) "
         f"with a leading model axis, got {type(model).__name__}.")
   queries = query_images(x_points, uaps, quantize=quantize)
   if images_per_batch is not None and images_per_batch < 1:
@@ -385,7 +385,7 @@ def fingerprints_from_outputs(clean: np.ndarray | jax.Array,
     raise ValueError(
         f"clean must be (V, K, C) and perturbed (U, V, K, C) with the same V, "
         f"K, C; got {clean.shape} and {perturbed.shape}. Load them with "
-        "uap_jax.blackbox.load_recorded_outputs.")
+        "uap_jax.fingerprint.blackbox.load_recorded_outputs.")
   stacked = np.concatenate([clean[None], perturbed], axis=0).astype(np.float32)
   if not np.all(np.isfinite(stacked)):
     raise ValueError("Recorded outputs contain NaN or inf.")

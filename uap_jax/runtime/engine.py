@@ -15,7 +15,7 @@ measurement (``experiments/bench_model_axis.py``):
   (compiled once); outputs are stacked. On CPU, vmap over conv nets was 2-4x
   slower than this.
 * ``shard``: the model axis is split over the devices of a mesh
-  (:mod:`uap_jax.sharding`, the ``--mesh`` flag) with ``jax.shard_map``;
+  (:mod:`uap_jax.runtime.sharding`, the ``--mesh`` flag) with ``jax.shard_map``;
   inside each device shard the models run with ``vmap``. A stack that does
   not divide the mesh is padded and the outputs sliced back; inference can
   also split its batch over a ``data`` mesh axis (``data_split``).
@@ -169,7 +169,7 @@ def over_models(
     in_axes: per positional argument, 0 (per model) or None (shared). By
       default the first argument is per model and the others are shared.
     mesh: device mesh for ``shard``; by default the mesh installed with
-      :func:`uap_jax.sharding.set_default_mesh` (the ``--mesh`` flag), else
+      :func:`uap_jax.runtime.sharding.set_default_mesh` (the ``--mesh`` flag), else
       all local devices on ``models``. Resolved at call time.
     axis_name: mesh axis that the model axis is split over for ``shard``.
     donate_argnums: buffers the jitted function may reuse (training state).
@@ -253,7 +253,7 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
              data_axis_name):
   """The ``shard`` strategy (see :func:`over_models`)."""
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from uap_jax import sharding  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   compiled_per_mesh = {}
 
   def build(active_mesh, axes, split, model_axes):
@@ -280,7 +280,7 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
       raise ValueError(
           f"strategy 'shard' needs a mesh axis {axis_name!r}; the mesh has "
           f"{tuple(active_mesh.shape)}. Build it with "
-          "uap_jax.sharding.make_mesh('models:N[,data:M]').")
+          "uap_jax.runtime.sharding.make_mesh('models:N[,data:M]').")
     axes = axes_for(len(args))
     n_models = sharding.axis_size(active_mesh, axis_name)
     n_data = sharding.axis_size(active_mesh, data_axis_name)

@@ -4,7 +4,7 @@ A :class:`Stack` holds one ``nnx.GraphDef`` (the architecture, shared) and
 the models' variables as pytrees whose leaves have a leading axis of size K:
 ``params`` (trainable ``nnx.Param``) and ``rest`` (BatchNorm statistics).
 The pure function :func:`Stack.logits_fn` maps ``(variables, x)`` of ONE
-model to logits; :mod:`uap_jax.engine` lifts it over the model axis.
+model to logits; :mod:`uap_jax.runtime.engine` lifts it over the model axis.
 Attacks and fingerprints use the same ``logits_fn(variables, x)`` convention,
 with ``variables = (params, rest)``.
 """
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from uap_jax import engine
+from uap_jax.runtime import engine
 from uap_jax import models
 
 PyTree = Any
@@ -169,7 +169,7 @@ def predict(stack: Stack, x: np.ndarray, *, batch_size: int = 500,
     stack: the models.
     x: images, uint8 (0-255) or float in [0, 1], shape ``(N, H, W, C)``.
     batch_size: inputs per compiled call.
-    strategy: model-axis strategy (see :mod:`uap_jax.engine`).
+    strategy: model-axis strategy (see :mod:`uap_jax.runtime.engine`).
     output: ``logits`` or ``probs``.
 
   Returns:

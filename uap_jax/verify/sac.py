@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from uap_jax import metrics
-from uap_jax import stack as stack_lib
+from uap_jax.verify import metrics
+from uap_jax.runtime import stack as stack_lib
 
 METRICS = ("cosine", "pearson")
 DISTANCES = ("l1", "l2")

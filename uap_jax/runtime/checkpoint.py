@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from uap_jax import models
-from uap_jax import stack as stack_lib
+from uap_jax.runtime import stack as stack_lib
 
 PyTree = Any
 
