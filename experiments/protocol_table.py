@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 COLUMNS = (
@@ -93,7 +93,7 @@ def run_row(workdir: str) -> dict:
       "lko_accused": ", ".join(
           f"{k.removeprefix('independent_')} {f['held_out_verdicts']['pirated']}/"
           f"{sum(f['held_out_verdicts'].values())}" for k, f in sorted(lko_ind.items())),
-      "wall_minutes": round(sum(pipeline.stage_seconds(Workdir(workdir)).values()) / 60, 1),
+      "wall_minutes": round(sum(Workdir(workdir).stage_seconds(config_lib.STAGES).values()) / 60, 1),
   }
 
 

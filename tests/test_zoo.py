@@ -127,10 +127,10 @@ def test_every_kind_differs_from_the_victim_and_piracy_agrees(built_zoo):
   entries = info["models"]
   assert sorted({e["kind"] for e in entries}) == sorted(KINDS)
   assert set(info["seconds_per_kind"]) == set(KINDS)
-  victim = ctx.victim
+  victim = ctx.artifacts.victim
   victim_params = jax.tree.leaves(zoo_lib.single_variables(victim)[0])
   num_classes = ctx.data.num_classes
-  stacks = zoo_lib.load_zoo(ctx)
+  stacks = ctx.artifacts.zoo
   assert [m["name"] for s in stacks for m in s.meta] == [e["name"] for e in entries]
   for s in stacks:
     # Recomputed from the restored weights, not read from the metadata.
@@ -152,7 +152,7 @@ def test_every_kind_differs_from_the_victim_and_piracy_agrees(built_zoo):
 
 def test_pruning_leaves_the_asked_fraction_of_zeros(built_zoo):
   ctx, _ = built_zoo
-  (pruned,) = [s for s in zoo_lib.load_zoo(ctx) if s.meta[0]["kind"] == "prune"]
+  (pruned,) = [s for s in ctx.artifacts.zoo if s.meta[0]["kind"] == "prune"]
   assert [m["hparams"]["ratio"] for m in pruned.meta] == [0.3, 0.7]
   for i, m in enumerate(pruned.meta):
     params = jax.tree.map(lambda a, i=i: a[i], pruned.params)
@@ -181,7 +181,7 @@ def test_hard_label_student_ignores_the_victims_confidence(built_zoo):
   """Sharpening the victim (logits x 3: same top-1, other probabilities)
   leaves a hard-label copy unchanged, bit for bit."""
   ctx, _ = built_zoo
-  victim = ctx.victim
+  victim = ctx.artifacts.victim
   sharp = dataclasses.replace(victim, params=jax.tree_util.tree_map_with_path(
       lambda p, a: a * 3.0 if any(getattr(k, "key", None) == "head" for k in p) else a,
       victim.params))
@@ -260,7 +260,7 @@ def test_partial_zoo_resumes_only_the_missing_stack(built_zoo, monkeypatch):
   cfg = dataclasses.replace(ctx.cfg, distill_temperature=2 * ctx.cfg.distill_temperature)
   summary = zoo_stage.run(RunContext(cfg, Workdir(cfg.workdir)))
   assert summary["stacks_trained"] == [gone]
-  (distilled,) = [s for s in zoo_lib.load_zoo(ctx) if s.meta[0]["kind"] == "distill"]
+  (distilled,) = [s for s in ctx.artifacts.zoo if s.meta[0]["kind"] == "distill"]
   assert distilled.meta[0]["hparams"]["T"] == cfg.distill_temperature
 
 

@@ -21,6 +21,15 @@ PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
                 "finetune_all", "prune", "adv_train", "distill")
 INDEPENDENT_KINDS = ("independent_seed", "independent_arch", "independent_data")
 KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
+# The choices of the other flags; the library takes its lists from here.
+STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
+DISTRIBUTED_MODES = ("auto", "true", "false")
+SHARE_MODES = ("contiguous", "strided")
+UAP_METHODS = ("deepfool", "pipelined", "sequential", "sgd")
+UAP_NORMS = ("2", "inf")
+POINT_RULES = ("kmeans", "margin", "random")
+FP_MODES = ("probs", "logits", "labels")
+TESTS = ("welch", "model", "model_z", "empirical")
 
 
 def _f(default: Any, help: str, **kw):  # pylint: disable=redefined-builtin

@@ -116,12 +116,3 @@ def _changed_settings(workdir: Workdir, stage: str, settings: dict) -> dict:
   return {k: (recorded[k], v) for k, v in settings.items()
           if k in recorded and recorded[k] != v}
 
-
-def stage_seconds(workdir: Workdir) -> dict[str, float]:
-  """Seconds each finished stage took (from its marker)."""
-  out = {}
-  for stage in STAGES:
-    if workdir.stage_done(stage):
-      with open(workdir.path("stages", f"{stage}.json")) as f:
-        out[stage] = float(json.load(f)["seconds"])
-  return out

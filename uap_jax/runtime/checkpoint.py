@@ -24,10 +24,18 @@ PyTree = Any
 
 
 def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
+  # Arrays here are host arrays, whole on every process: each process reads
+  # on its own, and only the main one writes (see runtime.workdir), so orbax
+  # must not wait at barriers for the others.
+  me = jax.process_index()
+  if create:  # orbax will not create it with active_processes set
+    os.makedirs(directory, exist_ok=True)
   return ocp.CheckpointManager(
       os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=2, create=create, enable_async_checkpointing=False),
+          max_to_keep=2, create=False, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=me, active_processes={me})),
       item_names=("state", "meta"))
 
 

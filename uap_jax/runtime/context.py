@@ -1,7 +1,8 @@
-"""What the stages of one run share: config, work directory, data, victim.
+"""What the stages of one run share: config, work directory, data, artefacts.
 
-Loaded lazily and cached, so a stage asks for ``ctx.data`` or ``ctx.victim``
-and gets it from memory, from the work directory, or (data) from its source.
+Loaded lazily and cached, so a stage asks for ``ctx.data`` or
+``ctx.artifacts.victim`` and gets it from memory, from the work directory,
+or (data) from its source.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import os
 import numpy as np
 from absl import logging
 
-from uap_jax.runtime import checkpoint
 from uap_jax import data as data_lib
-from uap_jax.runtime import stack as stack_lib
 from uap_jax.config import Config
+from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.workdir import Workdir
-
-PARTS = ("victim", "attacker", "independent")
 
 
 class RunContext:
@@ -27,6 +25,7 @@ class RunContext:
   def __init__(self, cfg: Config, workdir: Workdir):
     self.cfg = cfg
     self.workdir = workdir
+    self.artifacts = Artifacts(workdir)
 
   @functools.cached_property
   def data(self) -> data_lib.Dataset:
@@ -49,7 +48,8 @@ class RunContext:
     fractions = {"victim": self.cfg.victim_frac, "attacker": self.cfg.attacker_frac,
                  "independent": self.cfg.independent_frac}
     parts = data_lib.partition(self.data.y_train, fractions, self.cfg.seed)
-    data_lib.save_partition(path, parts)
+    if self.workdir.is_writer:  # the one write of a run outside Workdir's methods
+      data_lib.save_partition(path, parts)
     logging.info("Partition: %s", {k: len(v) for k, v in parts.items()})
     return parts
 
@@ -65,8 +65,3 @@ class RunContext:
     return dict(num_classes=self.data.num_classes, image_shape=tuple(self.data.image_shape),
                 width=self.cfg.width, mean=tuple(map(float, mean)),
                 std=tuple(map(float, std)))
-
-  @functools.cached_property
-  def victim(self) -> stack_lib.Stack:
-    """The victim as a stack of one model."""
-    return checkpoint.load_stack(self.workdir.checkpoint_dir("victim"))

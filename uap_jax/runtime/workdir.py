@@ -11,6 +11,10 @@ Layout (all under ``--workdir``)::
 
 JSON files are written to a temporary name and renamed, so an interrupted
 write never leaves half a file.
+
+In a multi-process run only the main process writes: every write of a run
+goes through a :class:`Workdir`, and on the other processes its writing
+methods do nothing (they return the path they would have written).
 """
 
 from __future__ import annotations
@@ -21,13 +25,31 @@ import shutil
 import tempfile
 from typing import Any
 
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import distributed
+
 
 class Workdir:
   """Paths and atomic JSON I/O inside one run directory."""
 
-  def __init__(self, root: str):
+  def __init__(self, root: str, writer: bool | None = None):
+    """Opens (and, on the writing process, creates) a run directory.
+
+    Args:
+      root: the directory.
+      writer: whether this process writes; default: it is the main process.
+    """
     self.root = os.path.abspath(root)
-    os.makedirs(self.root, exist_ok=True)
+    self._writer = writer
+    if self.is_writer:
+      os.makedirs(self.root, exist_ok=True)
+
+  @property
+  def is_writer(self) -> bool:
+    """True on the one process that writes the run's files."""
+    if self._writer is None:
+      return distributed.is_main_process()
+    return self._writer
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -38,6 +60,8 @@ class Workdir:
   def write_json(self, name: str, obj: Any) -> str:
     """Writes ``obj`` as indented JSON at ``name`` (relative), atomically."""
     target = self.path(name)
+    if not self.is_writer:
+      return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -48,11 +72,35 @@ class Workdir:
 
   def write_text(self, name: str, text: str) -> str:
     target = self.path(name)
+    if not self.is_writer:
+      return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
       f.write(text)
     os.replace(tmp, target)
+    return target
+
+  def save_stack(self, name: str, stack) -> str:
+    """Saves a stack as the checkpoint ``checkpoints/NAME``."""
+    directory = self.checkpoint_dir(name)
+    if self.is_writer:
+      checkpoint.save_stack(directory, stack)
+    return directory
+
+  def save_arrays(self, name: str, tree: Any, meta: dict | None = None) -> str:
+    """Saves an array pytree and JSON metadata as ``checkpoints/NAME``."""
+    directory = self.checkpoint_dir(name)
+    if self.is_writer:
+      checkpoint.save_arrays(directory, tree, meta)
+    return directory
+
+  def save_figure(self, name: str, fig, **kwargs) -> str:
+    """Saves a matplotlib figure at ``name`` (relative)."""
+    target = self.path(name)
+    if self.is_writer:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      fig.savefig(target, **kwargs)
     return target
 
   def read_json(self, name: str) -> Any:
@@ -77,12 +125,17 @@ class Workdir:
     self.write_json(os.path.join("stages", f"{stage}.json"), info)
 
   def clear_stage(self, stage: str) -> None:
-    marker = self.path("stages", f"{stage}.json")
-    if os.path.exists(marker):
-      os.remove(marker)
+    self.remove(os.path.join("stages", f"{stage}.json"))
+
+  def stage_seconds(self, stages) -> dict[str, float]:
+    """Seconds each finished stage of ``stages`` took (from its marker)."""
+    return {stage: float(self.read_json(os.path.join("stages", f"{stage}.json"))["seconds"])
+            for stage in stages if self.stage_done(stage)}
 
   def remove(self, name: str) -> None:
     target = self.path(name)
+    if not self.is_writer:
+      return
     if os.path.isdir(target):
       shutil.rmtree(target)
     elif os.path.exists(target):

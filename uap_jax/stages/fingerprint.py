@@ -8,13 +8,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from uap_jax.runtime import checkpoint
 from uap_jax.runtime import distributed
 from uap_jax import fingerprint as fp_lib
 from uap_jax.runtime import stack as stack_lib
-from uap_jax import zoo as zoo_lib
 from uap_jax.runtime.context import RunContext
-from uap_jax.stages import uap as uap_stage
+from uap_jax.runtime.artifacts import Fingerprints
 
 
 def choose_points(ctx: RunContext) -> np.ndarray:
@@ -25,21 +23,10 @@ def choose_points(ctx: RunContext) -> np.ndarray:
     raise ValueError(
         f"--fp_k * --fp_v = {cfg.fp_k * cfg.fp_v} points exceed the victim's "
         f"{len(part)} training images; lower --fp_k or --fp_v.")
-  logits = stack_lib.predict(ctx.victim, data.x_train[part], strategy=cfg.strategy)[0]
+  logits = stack_lib.predict(ctx.artifacts.victim, data.x_train[part],
+                             strategy=cfg.strategy)[0]
   local = fp_lib.select_points(logits, cfg.fp_k, cfg.fp_v, rule=cfg.fp_rule, seed=cfg.seed)
   return part[local]
-
-
-def load(ctx: RunContext) -> tuple[np.ndarray, list[dict], dict]:
-  """Saved fingerprints ``(M, V, D)``, model metadata, and point data."""
-  tree, meta = checkpoint.load_arrays(ctx.workdir.checkpoint_dir("fingerprints"))
-  return np.asarray(tree["fingerprints"]), meta["models"], {
-      "points": np.asarray(tree["points"]), "mode": meta["mode"]}
-
-
-def all_stacks(ctx: RunContext) -> list[stack_lib.Stack]:
-  """The victim (first) and every zoo stack."""
-  return [ctx.victim] + list(zoo_lib.load_zoo(ctx))
 
 
 def stack_fingerprints(s: stack_lib.Stack, x_points: np.ndarray, uaps: np.ndarray,
@@ -62,12 +49,12 @@ def stack_fingerprints(s: stack_lib.Stack, x_points: np.ndarray, uaps: np.ndarra
 
 def run(ctx: RunContext) -> dict:
   cfg, data = ctx.cfg, ctx.data
-  uaps = uap_stage.load_uaps(ctx)
+  uaps = ctx.artifacts.uaps
   start = time.time()
   points = choose_points(ctx)
   x_points = data.x_train[points]
   fps, meta, timings = [], [], []
-  for s in all_stacks(ctx):
+  for s in ctx.artifacts.all_stacks():
     t0 = time.time()
     # Each process fingerprints its share of the stack; all get the whole.
     fps.append(np.asarray(distributed.map_suspects(
@@ -81,15 +68,13 @@ def run(ctx: RunContext) -> dict:
   if not np.isfinite(fps).all():
     raise ValueError("Fingerprints contain NaN or inf: a model produced non-finite "
                      "outputs; check the zoo's training (learning rates).")
-  checkpoint.save_arrays(ctx.workdir.checkpoint_dir("fingerprints"),
-                         {"fingerprints": fps, "points": points},
-                         {"models": meta, "mode": cfg.fp_mode, "K": cfg.fp_k,
-                          "V": cfg.fp_v, "rule": cfg.fp_rule})
+  info = {"K": cfg.fp_k, "V": cfg.fp_v, "rule": cfg.fp_rule}
   summary = {"K": cfg.fp_k, "V": cfg.fp_v, "rule": cfg.fp_rule, "mode": cfg.fp_mode,
              "num_uaps": int(len(uaps)), "dim": int(fps.shape[-1]),
              "models": len(meta), "seconds": time.time() - start, "per_stack": timings,
              "per_model": diagnostics(fps, meta, len(uaps), data.num_classes)}
-  ctx.workdir.write_json("fingerprints.json", summary)
+  ctx.artifacts.save_fingerprints(Fingerprints(fps, meta, points, cfg.fp_mode),
+                                  info, summary)
   return {k: summary[k] for k in ("K", "V", "dim", "models", "seconds")}
 
 

@@ -19,12 +19,9 @@ import numpy as np
 from absl import logging
 
 from uap_jax.verify import metrics
-from uap_jax import pipeline
+from uap_jax import config as config_lib
 from uap_jax import verify
 from uap_jax.runtime.context import RunContext
-from uap_jax.stages import encoder as encoder_stage
-from uap_jax.stages import fingerprint as fp_stage
-from uap_jax.stages import verify as verify_stage
 
 # Scores in auc_per_kind.png (report.md tabulates every reference).
 PLOTTED_SCORES = ("encoder", "raw_cosine", "raw_cosine_clean_only", "sac_m")
@@ -50,17 +47,17 @@ def headline(evaluation: dict) -> dict:
 
 
 def build_results(ctx: RunContext) -> dict:
-  wd = ctx.workdir
-  ver = wd.read_json("verify.json")
+  art = ctx.artifacts
+  ver = art.verification()
   rnd = ver["protocols"]["random"]
-  uap = {k: v for k, v in wd.read_json("uap.json").items() if k != "uaps"}
+  uap = {k: v for k, v in art.uap_summary().items() if k != "uaps"}
   suspects = []
   for row in rnd["suspects"]:
     row = dict(row, views_for_9999=row.get("views_for_target"))
     suspects.append({k: row.get(k) for k in SUSPECT_FIELDS})
   return {
       "dataset": ctx.cfg.dataset,
-      "victim": wd.read_json("victim.json"),
+      "victim": art.victim_summary(),
       "uap": uap,
       "suspects": suspects,
       **headline(rnd),
@@ -68,7 +65,7 @@ def build_results(ctx: RunContext) -> dict:
       "leave_kind_out": ver["protocols"]["leave_kind_out"],
       "other_tests": ver["other_tests"],
       "references": ver["references"],
-      "seconds": pipeline.stage_seconds(wd),
+      "seconds": ctx.workdir.stage_seconds(config_lib.STAGES),
   }
 
 
@@ -183,8 +180,7 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
          title="ROC per piracy kind")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  written.append(ctx.workdir.path("report", "roc.png"))
-  fig.savefig(written[-1], dpi=120)
+  written.append(ctx.workdir.save_figure("report/roc.png", fig, dpi=120))
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -206,8 +202,7 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
          "(red: piracy, blue: independent)")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  written.append(ctx.workdir.path("report", "similarity.png"))
-  fig.savefig(written[-1], dpi=120)
+  written.append(ctx.workdir.save_figure("report/similarity.png", fig, dpi=120))
   plt.close(fig)
 
   # AUC per kind: the paper's recipe against the encoder-free references.
@@ -218,17 +213,14 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
   ax.axhline(0.5, color="k", lw=0.8, ls=":")
   ax.set(title="AUC per piracy kind: encoder (paper) vs references")
   fig.tight_layout()
-  written.append(ctx.workdir.path("report", "auc_per_kind.png"))
-  fig.savefig(written[-1], dpi=120)
+  written.append(ctx.workdir.save_figure("report/auc_per_kind.png", fig, dpi=120))
   plt.close(fig)
 
-  # Confidence as views accumulate, one suspect per kind.
-  fps, meta, _ = fp_stage.load(ctx)
-  enc, split = encoder_stage.load(ctx)
-  victim = verify_stage.victim_index(meta)
-  sims = verify.similarities(enc, fps, fps[victim])
-  reference = sims[split["calib"]]
-  index = {m["name"]: i for i, m in enumerate(meta)}
+  # Confidence as views accumulate, one suspect per kind, from the
+  # similarities the verify stage computed.
+  sims = ctx.artifacts.similarities()
+  reference = sims[ctx.artifacts.split()["calib"]]
+  index = {m["name"]: i for i, m in enumerate(ctx.artifacts.fingerprints.models)}
   fig, ax = plt.subplots(figsize=(6, 4.5))
   seen = set()
   for r in rows:
@@ -246,8 +238,7 @@ def plots(ctx: RunContext, res: dict) -> list[str]:
          title=f"Confidence vs views ({res['test']} test)")
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  written.append(ctx.workdir.path("report", "confidence_vs_views.png"))
-  fig.savefig(written[-1], dpi=120)
+  written.append(ctx.workdir.save_figure("report/confidence_vs_views.png", fig, dpi=120))
   plt.close(fig)
   return written
 

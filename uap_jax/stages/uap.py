@@ -9,18 +9,8 @@ import numpy as np
 from absl import logging
 
 from uap_jax import attacks
-from uap_jax.runtime import checkpoint
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
-
-
-def load_uaps(ctx: RunContext) -> np.ndarray:
-  """The saved UAPs, ``(U, H, W, C)`` in pixel units of [0, 1]."""
-  tree, meta = checkpoint.load_arrays(ctx.workdir.checkpoint_dir("uap"))
-  uaps = np.asarray(tree["uaps"], np.float32)
-  # orbax cannot save a zero-size array: no UAP is saved as one zero
-  # placeholder with num_uaps = 0.
-  return uaps[:int(meta.get("num_uaps", len(uaps)))]
 
 
 def run(ctx: RunContext) -> dict:
@@ -29,7 +19,7 @@ def run(ctx: RunContext) -> dict:
   ``--num_uaps=0`` saves an empty set: the no-UAP ablation (clean outputs).
   """
   cfg, data = ctx.cfg, ctx.data
-  victim = ctx.victim
+  victim = ctx.artifacts.victim
   logits_fn = victim.logits_fn
   variables = jax.tree.map(lambda a: a[0], victim.variables)
   rng = np.random.default_rng([cfg.seed, 7])
@@ -74,9 +64,7 @@ def run(ctx: RunContext) -> dict:
       "passes": [r["passes"] for r in rows],
       "seconds": float(sum(r["seconds"] for r in rows)), "uaps": rows,
   }
-  checkpoint.save_arrays(ctx.workdir.checkpoint_dir("uap"), {"uaps": np.stack(uaps)},
-                         {k: v for k, v in summary.items() if k != "uaps"})
-  ctx.workdir.write_json("uap.json", summary)
+  ctx.artifacts.save_uaps(np.stack(uaps), summary)
   return {k: summary[k] for k in ("algorithm", "fooling_rate_train", "fooling_rate_test")}
 
 
@@ -86,9 +74,6 @@ def _save_no_uap(ctx: RunContext, image_shape: tuple[int, ...]) -> dict:
              "delta": None, "max_passes": 0, "train_samples": 0,
              "fooling_rate_train": None, "fooling_rate_test": None, "passes": [],
              "seconds": 0.0, "uaps": []}
-  checkpoint.save_arrays(ctx.workdir.checkpoint_dir("uap"),
-                         {"uaps": np.zeros((1, *image_shape), np.float32)},
-                         {k: v for k, v in summary.items() if k != "uaps"})
-  ctx.workdir.write_json("uap.json", summary)
+  ctx.artifacts.save_uaps(np.zeros((0, *image_shape), np.float32), summary)
   logging.info("No UAP (--num_uaps=0): fingerprints of clean outputs only.")
   return {k: summary[k] for k in ("algorithm", "fooling_rate_train", "fooling_rate_test")}

@@ -30,9 +30,7 @@ from uap_jax.verify import sac
 from uap_jax.runtime import stack as stack_lib
 from uap_jax import verify
 from uap_jax.runtime.context import RunContext
-from uap_jax.stages import encoder as encoder_stage
-from uap_jax.stages import fingerprint as fp_stage
-from uap_jax.stages import uap as uap_stage
+from uap_jax.verify import encoder as encoder_lib
 
 TESTS = verify.METHODS
 # SAC-m reference: CutMix-ed inputs from the victim's training part. SAC's
@@ -41,13 +39,6 @@ SAC_SAMPLES = sac.DEFAULT_NUM_SAMPLES
 # Misclassified victim training images for error_agreement (more samples
 # make the agreement fraction less noisy; SAC-w uses the first SAC_SAMPLES).
 ERROR_SAMPLES = 500
-
-
-def victim_index(meta: list[dict]) -> int:
-  for i, m in enumerate(meta):
-    if m.get("family") == "victim" or m.get("kind") == "victim":
-      return i
-  raise ValueError("The fingerprints hold no victim; rerun the fingerprint stage.")
 
 
 def raw_similarities(fps: np.ndarray, victim: int, clean_only: bool = False,
@@ -96,7 +87,8 @@ def _brief(result: dict) -> dict:
                                  "detected_piracy", "num_piracy")}
 
 
-def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[str, dict]:
+def sample_references(ctx: RunContext, meta: list[dict], victim: int,
+                      split: dict) -> dict[str, dict]:
   """SAC-style one-number-per-model references, evaluated like the others.
 
   Every model of ``meta`` (the victim and the zoo, in fingerprint order) is
@@ -115,7 +107,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
     Per reference, :func:`uap_jax.verify.sac.evaluate_scores`'s dict.
   """
   cfg, data = ctx.cfg, ctx.data
-  stacks = fp_stage.all_stacks(ctx)
+  stacks = ctx.artifacts.all_stacks()
   names = [m["name"] for s in stacks for m in s.meta]
   if names != [m["name"] for m in meta]:
     raise ValueError(
@@ -125,7 +117,7 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
   key = jax.random.fold_in(jax.random.key(cfg.seed), 4242)
   x_mix = np.asarray(sac.cutmix_inputs(data.x_train[part], SAC_SAMPLES,
                                        jax.random.fold_in(key, 0)))
-  victim_logits = stack_lib.predict(ctx.victim, data.x_train[part], strategy=cfg.strategy)[0]
+  victim_logits = stack_lib.predict(stacks[0], data.x_train[part], strategy=cfg.strategy)[0]
   wrong = sac.misclassified_indices(data.y_train[part], victim_logits, ERROR_SAMPLES,
                                     jax.random.fold_in(key, 1))
   x_wrong = np.asarray(stack_lib.to_float(data.x_train[part[wrong]]))
@@ -134,7 +126,6 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   n_mix, n_w = len(x_mix), min(SAC_SAMPLES, len(wrong))
   mix, err = slice(0, n_mix), slice(n_mix, n_mix + n_w)
-  victim = victim_index(meta)
   scores = {
       "sac_m": sac.scores_from_outputs(probs[:, mix], probs[victim, mix]),
       "sac_w": sac.scores_from_outputs(probs[:, err], probs[victim, err]),
@@ -156,12 +147,18 @@ def sample_references(ctx: RunContext, meta: list[dict], split: dict) -> dict[st
   return out
 
 
-def evaluate_zoo(ctx: RunContext) -> dict:
+def _saved_encoder(ctx: RunContext) -> encoder_lib.TrainedEncoder:
+  state, config, history = ctx.artifacts.encoder()
+  return encoder_lib.TrainedEncoder(state=state, config=config, history=history)
+
+
+def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
+  """Every protocol on the zoo; also the ``(M, V)`` similarities to the victim."""
   cfg = ctx.cfg
-  fps, meta, _ = fp_stage.load(ctx)
-  enc, split = encoder_stage.load(ctx)
-  victim = victim_index(meta)
-  num_uaps = len(uap_stage.load_uaps(ctx))
+  fp = ctx.artifacts.fingerprints
+  fps, meta, victim = fp.fps, fp.models, fp.victim_index
+  enc, split = _saved_encoder(ctx), ctx.artifacts.split()
+  num_uaps = len(ctx.artifacts.uaps)
   sims = verify.similarities(enc, fps, fps[victim])
   random = _evaluate(ctx, sims, meta, split["eval"], split["calib"], cfg.test)
   other_tests = {}
@@ -177,7 +174,7 @@ def evaluate_zoo(ctx: RunContext) -> dict:
     references[name] = _brief(_evaluate(ctx, raw, meta, split["eval"], split["calib"], cfg.test))
   for name, score in agreement_scores(fps, victim, num_uaps, ctx.data.num_classes).items():
     references[name] = _brief(_evaluate(ctx, score, meta, split["eval"], split["calib"], cfg.test))
-  references.update(sample_references(ctx, meta, split))
+  references.update(sample_references(ctx, meta, victim, split))
 
   folds = {}
   for fold in verify.leave_kind_out_splits(meta, seed=cfg.seed, train_frac=cfg.split_train,
@@ -185,7 +182,8 @@ def evaluate_zoo(ctx: RunContext) -> dict:
     kind = fold["held_out_kind"]
     logging.info("Leave-kind-out: %s (%d train, %d calib, %d eval)", kind,
                  len(fold["train"]), len(fold["calib"]), len(fold["eval"]))
-    fold_enc = encoder_stage.train_on(ctx, fps, meta, fold["train"])
+    # Each fold's encoder has the saved encoder's settings.
+    fold_enc = verify.train_encoder(fps, meta, fold["train"], enc.config)
     fold_sims = verify.similarities(fold_enc, fps, fps[victim])
     try:
       result = _evaluate(ctx, fold_sims, meta, fold["eval"], fold["calib"], cfg.test)
@@ -211,18 +209,18 @@ def evaluate_zoo(ctx: RunContext) -> dict:
           "other_tests": other_tests, "references": references,
           "victim_self": verify.verify_suspect(sims[victim], sims[split["calib"]],
                                                num_views=cfg.n_views, method=cfg.test,
-                                               alpha=cfg.alpha)}
+                                               alpha=cfg.alpha)}, sims
 
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
   cfg = ctx.cfg
-  fps, meta, points = fp_stage.load(ctx)
-  enc, split = encoder_stage.load(ctx)
-  victim = victim_index(meta)
+  fp = ctx.artifacts.fingerprints
+  fps, victim = fp.fps, fp.victim_index
+  enc, split = _saved_encoder(ctx), ctx.artifacts.split()
   reference = verify.similarities(enc, fps[split["calib"]], fps[victim])
   if path.endswith(".npz"):
-    manifest = ctx.workdir.path("queries.json")
+    manifest = ctx.artifacts.queries_manifest_path
     if not os.path.exists(manifest):
       raise FileNotFoundError(
           f"{manifest} is missing: run --stages=export_queries, have the suspect "
@@ -230,7 +228,7 @@ def verify_external(ctx: RunContext, path: str) -> dict:
     clean, perturbed = blackbox.load_recorded_outputs(path, manifest)
     names = [os.path.splitext(os.path.basename(path))[0]]
     suspect_fps = np.asarray(fp_lib.fingerprints_from_outputs(
-        clean, perturbed, mode=points["mode"]))[None]
+        clean, perturbed, mode=fp.mode))[None]
   else:
     suspect = checkpoint.load_stack(path)
     if suspect.num_classes != ctx.data.num_classes:
@@ -239,8 +237,8 @@ def verify_external(ctx: RunContext, path: str) -> dict:
           f"has {ctx.data.num_classes}: it cannot answer the same task.")
     names = suspect.names
     suspect_fps = np.asarray(fp_lib.fingerprints(
-        suspect, ctx.data.x_train[points["points"]], uap_stage.load_uaps(ctx),
-        mode=points["mode"], strategy=cfg.strategy))
+        suspect, ctx.data.x_train[fp.points], ctx.artifacts.uaps,
+        mode=fp.mode, strategy=cfg.strategy))
   sims = verify.similarities(enc, suspect_fps, fps[victim])
   verdicts = []
   for name, s in zip(names, sims):
@@ -251,7 +249,7 @@ def verify_external(ctx: RunContext, path: str) -> dict:
                  v["verdict"], v["p_value"], v["confidence"], v["views_used"])
   out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
   stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-  ctx.workdir.write_json(os.path.join("verdicts", f"{stem}.json"), out)
+  ctx.artifacts.save_verdicts(stem, out)
   return out
 
 
@@ -259,8 +257,8 @@ def run(ctx: RunContext) -> dict:
   if ctx.cfg.suspect:
     out = verify_external(ctx, ctx.cfg.suspect)
     return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]]}
-  result = evaluate_zoo(ctx)
-  ctx.workdir.write_json("verify.json", result)
+  result, sims = evaluate_zoo(ctx)
+  ctx.artifacts.save_verification(result, sims)
   r = result["protocols"]["random"]
   logging.info("Random split: AUC %s, TPR@1%%FPR %s, %d/%d independents accused",
                r["auc"], r["tpr_at_1pct_fpr"], r["accused_independents"], r["num_independents"])

@@ -6,20 +6,10 @@ import time
 
 from absl import logging
 
-from uap_jax.runtime import checkpoint
 from uap_jax import models
-from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
-
-
-def train_config(ctx: RunContext, **overrides) -> train.TrainConfig:
-  """The run's training settings (victim defaults), with overrides."""
-  cfg = ctx.cfg
-  base = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-              lr=cfg.lr, weight_decay=cfg.weight_decay, augment=ctx.augment)
-  base.update(overrides)
-  return train.TrainConfig(**base)
 
 
 def run(ctx: RunContext) -> dict:
@@ -30,13 +20,15 @@ def run(ctx: RunContext) -> dict:
       cfg.victim_arch, [cfg.seed],
       meta=[{"name": "victim", "kind": "victim", "family": "victim", "parent": None,
              "part": "victim"}], **ctx.arch_kwargs())
+  config = train.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             optimizer=cfg.optimizer, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay, augment=ctx.augment)
   start = time.time()
   victim, history = train.train_stack(
-      victim, data.x_train, [part], train_config(ctx), labels=[data.y_train[part]],
+      victim, data.x_train, [part], config, labels=[data.y_train[part]],
       seed=cfg.seed, strategy=cfg.strategy, eval_data=(data.x_test, data.y_test),
       desc="victim")
   seconds = time.time() - start
-  checkpoint.save_stack(ctx.workdir.checkpoint_dir("victim"), victim)
   n_params = models.param_count(victim.model(0))
   summary = {
       "arch": cfg.victim_arch, "width": cfg.width, "dataset": cfg.dataset,
@@ -46,7 +38,7 @@ def run(ctx: RunContext) -> dict:
       "parameters": n_params, "epochs": cfg.epochs, "train_seconds": seconds,
       "examples_per_second": history["examples_per_second"],
   }
-  ctx.workdir.write_json("victim.json", summary)
+  ctx.artifacts.save_victim(victim, summary)
   logging.info("Victim %s: test accuracy %.4f, %d parameters, %.1f s", cfg.victim_arch,
                summary["test_accuracy"], n_params, seconds)
   return summary

@@ -10,12 +10,10 @@ kind; logs the accuracy / agreement table.
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import logging
 
-from uap_jax.runtime import checkpoint
 from uap_jax import zoo as zoo_lib
 from uap_jax.runtime.context import RunContext
 
@@ -33,13 +31,12 @@ def run(ctx: RunContext) -> dict:
   cfg = ctx.cfg
   # Every check before any training: settings, then the victim.
   zoo_lib.check_config(cfg)
-  victim_dir = ctx.workdir.checkpoint_dir("victim")
-  if not checkpoint.exists(victim_dir):
+  if not ctx.artifacts.has_victim():
     raise ValueError(
-        f"The zoo needs a victim, and {ctx.workdir.root} has none ({victim_dir} "
-        "holds no checkpoint): run --stages=victim,zoo, or point --workdir at a "
-        "run with a trained victim.")
-  victim = ctx.victim
+        f"The zoo needs a victim, and {ctx.workdir.root} has none "
+        f"({ctx.workdir.checkpoint_dir('victim')} holds no checkpoint): run "
+        "--stages=victim,zoo, or point --workdir at a run with a trained victim.")
+  victim = ctx.artifacts.victim
   plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch)
   digest = zoo_lib.victim_digest(victim)
   data, parts = ctx.data, ctx.parts
@@ -47,11 +44,10 @@ def run(ctx: RunContext) -> dict:
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
   trained_keys, reused_keys = [], []
   for plan in plans:
-    directory = ctx.workdir.checkpoint_dir(plan.checkpoint_name)
     saved = None
-    if checkpoint.exists(directory) and not cfg.overwrite:
+    if not cfg.overwrite:
       try:
-        saved = checkpoint.load_meta(directory)["models"]
+        saved = ctx.artifacts.zoo_stack_meta(plan.checkpoint_name)
       except ValueError as e:
         logging.warning("Zoo stack %s is unreadable (%s); retraining it.", plan.key, e)
       if saved is not None and not zoo_lib.plan_matches(plan, saved, digest):
@@ -63,7 +59,7 @@ def run(ctx: RunContext) -> dict:
       seconds = float(saved[0].get("train_seconds", 0.0))
       cpu_seconds = float(saved[0].get("train_cpu_seconds", 0.0))
       reused_keys.append(plan.key)
-      logging.info("Zoo stack %s: already trained, reusing %s.", plan.key, directory)
+      logging.info("Zoo stack %s: already trained, reusing it.", plan.key)
     else:
       logging.info("Zoo stack %s: training %d model(s) on the %s part.", plan.key,
                    len(plan.names), plan.part)
@@ -75,10 +71,7 @@ def run(ctx: RunContext) -> dict:
       for m in student.meta:
         m["victim_digest"] = digest
         m["checkpoint"] = plan.checkpoint_name
-      # A stale stack (other plan, other victim, --overwrite) is replaced:
-      # orbax does not write over an existing step.
-      ctx.workdir.remove(os.path.join("checkpoints", plan.checkpoint_name))
-      checkpoint.save_stack(directory, student)
+      ctx.artifacts.save_zoo_stack(plan.checkpoint_name, student)
       models_meta = student.meta
       seconds, cpu_seconds = info["seconds"], info["cpu_seconds"]
       trained_keys.append(plan.key)
@@ -93,7 +86,7 @@ def run(ctx: RunContext) -> dict:
 
   per_kind = zoo_lib.kind_summary(entries) if entries else {}
   faithfulness = zoo_lib.extraction_faithfulness(entries)
-  ctx.workdir.write_json("zoo.json", {
+  ctx.artifacts.save_zoo({
       "models": entries, "stacks": stacks, "seconds_per_kind": kind_seconds,
       "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind, "extraction_faithfulness": faithfulness,
       "victim_digest": digest})

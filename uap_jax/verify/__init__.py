@@ -335,6 +335,24 @@ def encoder_labels(meta: Sequence[dict]) -> np.ndarray:
                   np.int32)
 
 
+def train_encoder(fingerprints: np.ndarray, meta: Sequence[dict], train_idx,
+                  config: dict) -> encoder_lib.TrainedEncoder:
+  """Trains an encoder on the models ``train_idx`` of a zoo only.
+
+  Args:
+    fingerprints: ``(M, V, D)`` fingerprints of every model.
+    meta: per model its metadata (``family``).
+    train_idx: the models that train it (victim, piracy, independents).
+    config: an :func:`uap_jax.verify.encoder.make_config` config.
+
+  Returns:
+    The trained encoder.
+  """
+  train_idx = np.asarray(train_idx)
+  labels = encoder_labels([meta[i] for i in train_idx])
+  return encoder_lib.train(np.asarray(fingerprints)[train_idx], labels, config)
+
+
 def _interleave(indices: list[int], meta: Sequence[dict],
                 rng: np.random.Generator) -> list[int]:
   """Shuffles within each kind, then deals kinds round-robin.

@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from uap_jax.runtime import checkpoint
 from uap_jax.runtime import engine
 from uap_jax import models
 from uap_jax.runtime import stack as stack_lib
@@ -785,26 +784,3 @@ def extraction_faithfulness(entries: list[dict]) -> dict | None:
     out[f"{key[0]}__{key[1]}"] = {"mean": float(np.mean(agr)),
                                   "faithful": bool(np.mean(agr) > np.max(same_data))}
   return out
-
-
-def load_zoo(ctx) -> list[stack_lib.Stack]:
-  """Restores every stack of the zoo written by the ``zoo`` stage.
-
-  Args:
-    ctx: the run's :class:`uap_jax.runtime.context.RunContext`.
-
-  Returns:
-    The stacks in ``zoo.json`` order; each model's meta holds its name,
-    kind, family, parent, arch, part, seed, hparams, test_accuracy and
-    agreement.
-
-  Raises:
-    FileNotFoundError: the zoo stage has not run in this work directory.
-  """
-  if not ctx.workdir.exists("zoo.json"):
-    raise FileNotFoundError(
-        f"{ctx.workdir.path('zoo.json')} is missing: run the zoo stage first "
-        "(--stages=zoo) in this --workdir.")
-  info = ctx.workdir.read_json("zoo.json")
-  return [checkpoint.load_stack(ctx.workdir.checkpoint_dir(s["checkpoint"]))
-          for s in info["stacks"]]

@@ -1,0 +1,56 @@
+"""How a fingerprint view is laid out, and its inverse.
+
+One view of a model's fingerprint is ``D = K * (1 + U) * C`` numbers: for
+each of the K points (in cluster order) the model's C outputs on the clean
+point, then on the point plus each of the U UAPs. ``U = 0`` (no UAP) leaves
+the clean outputs only. Everything that reads parts of a fingerprint goes
+through :func:`split` rather than reshaping by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def join(outputs):
+  """``(..., V, K, 1 + U, C)`` outputs -> ``(..., V, D)`` fingerprints.
+
+  Works on numpy and jax arrays alike.
+  """
+  return outputs.reshape(outputs.shape[:-3] + (-1,))
+
+
+def split(fingerprints, num_uaps: int, num_classes: int):
+  """``(..., V, D)`` fingerprints -> ``(..., V, K, 1 + U, C)`` outputs.
+
+  Args:
+    fingerprints: fingerprints of one or more models.
+    num_uaps: U, the UAPs they were made with (0: clean outputs only).
+    num_classes: C.
+
+  Returns:
+    The same numbers, with axis ``-2`` 0 for the clean point and ``u`` for
+    the point plus UAP ``u - 1``.
+  """
+  if num_uaps < 0 or num_classes < 1:
+    raise ValueError(f"Need num_uaps >= 0 and num_classes >= 1, got {num_uaps} "
+                     f"and {num_classes}.")
+  d = fingerprints.shape[-1]
+  per_point = (1 + num_uaps) * num_classes
+  if d % per_point:
+    raise ValueError(
+        f"A fingerprint of length {d} is not K * (1 + U) * C with U = {num_uaps} "
+        f"UAPs and C = {num_classes} classes: these fingerprints were made with "
+        "other settings.")
+  return fingerprints.reshape(fingerprints.shape[:-1] + (d // per_point, 1 + num_uaps,
+                                                          num_classes))
+
+
+def clean_only(fingerprints, num_uaps: int, num_classes: int):
+  """The clean half of fingerprints, ``(..., V, K * C)`` (as with ``U = 0``)."""
+  return join(split(fingerprints, num_uaps, num_classes)[..., :1, :])
+
+
+def top1(fingerprints, num_uaps: int, num_classes: int) -> np.ndarray:
+  """Top-1 class of every output, ``(..., V, K, 1 + U)``."""
+  return np.asarray(split(fingerprints, num_uaps, num_classes)).argmax(-1)

@@ -1,0 +1,205 @@
+"""The artefacts of a run: each saved and loaded here, and only here.
+
+Stages receive what earlier stages made from :class:`Artifacts` and hand
+what they make back to it; no stage reads another stage's files, so the
+file layout of a work directory is written down once, below.
+
+======================  =========================================  ==========
+artefact                files under ``--workdir``                  made by
+======================  =========================================  ==========
+victim                  ``checkpoints/victim``, ``victim.json``    victim
+zoo                     ``checkpoints/zoo/KIND__ARCH``, ``zoo.json``  zoo
+UAPs                    ``checkpoints/uap``, ``uap.json``          uap
+fingerprints + points   ``checkpoints/fingerprints``,              fingerprint
+                        ``fingerprints.json``
+split + encoder         ``split.json``, ``checkpoints/encoder``,   encoder
+                        ``encoder.json``
+verification            ``verify.json``, ``checkpoints/similarities``  verify
+queries                 ``queries.npz``, ``queries.json``          export_queries
+======================  =========================================  ==========
+
+Every write goes through the :class:`~uap_jax.runtime.workdir.Workdir`, which
+is where "only the main process writes" is enforced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from uap_jax.runtime import checkpoint
+from uap_jax.runtime import stack as stack_lib
+from uap_jax.runtime.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprints:
+  """What the fingerprint stage saves.
+
+  Attributes:
+    fps: ``(M, V, D)`` fingerprints of the victim and every zoo model.
+    models: per model its metadata (name, kind, family, arch, ...).
+    points: ``(K, V)`` indices into the training images of the points.
+    mode: the outputs used (``probs``, ``logits``, ``labels``).
+  """
+  fps: np.ndarray
+  models: list[dict]
+  points: np.ndarray
+  mode: str
+
+  @property
+  def victim_index(self) -> int:
+    """Index of the victim among :attr:`models`."""
+    for i, m in enumerate(self.models):
+      if m.get("family") == "victim" or m.get("kind") == "victim":
+        return i
+    raise ValueError("The fingerprints hold no victim; rerun the fingerprint stage.")
+
+
+class Artifacts:
+  """Loads and saves the artefacts of one work directory (cached loads)."""
+
+  def __init__(self, workdir: Workdir):
+    self.workdir = workdir
+
+  # Victim.
+
+  @functools.cached_property
+  def victim(self) -> stack_lib.Stack:
+    """The victim as a stack of one model."""
+    return checkpoint.load_stack(self.workdir.checkpoint_dir("victim"))
+
+  def has_victim(self) -> bool:
+    return checkpoint.exists(self.workdir.checkpoint_dir("victim"))
+
+  def save_victim(self, victim: stack_lib.Stack, summary: dict) -> None:
+    self.workdir.save_stack("victim", victim)
+    self.workdir.write_json("victim.json", summary)
+    self.__dict__.pop("victim", None)
+
+  def victim_summary(self) -> dict:
+    return self.workdir.read_json("victim.json")
+
+  # Zoo.
+
+  def zoo_stack_meta(self, name: str) -> list[dict] | None:
+    """Per-model metadata of a saved zoo stack, None when there is none.
+
+    Raises:
+      ValueError: the stack's checkpoint is unreadable.
+    """
+    directory = self.workdir.checkpoint_dir(name)
+    if not checkpoint.exists(directory):
+      return None
+    return checkpoint.load_meta(directory)["models"]
+
+  def save_zoo_stack(self, name: str, stack: stack_lib.Stack) -> None:
+    # A stale stack (other plan, other victim, --overwrite) is replaced:
+    # orbax does not write over an existing step.
+    self.workdir.remove(os.path.join("checkpoints", name))
+    self.workdir.save_stack(name, stack)
+
+  def save_zoo(self, summary: dict) -> None:
+    self.workdir.write_json("zoo.json", summary)
+    self.__dict__.pop("zoo", None)
+
+  @functools.cached_property
+  def zoo(self) -> list[stack_lib.Stack]:
+    """Every zoo stack, in ``zoo.json`` order."""
+    if not self.workdir.exists("zoo.json"):
+      raise FileNotFoundError(
+          f"{self.workdir.path('zoo.json')} is missing: run the zoo stage first "
+          "(--stages=zoo) in this --workdir.")
+    info = self.workdir.read_json("zoo.json")
+    return [checkpoint.load_stack(self.workdir.checkpoint_dir(s["checkpoint"]))
+            for s in info["stacks"]]
+
+  def all_stacks(self) -> list[stack_lib.Stack]:
+    """The victim (first) and every zoo stack: the models fingerprinted."""
+    return [self.victim] + list(self.zoo)
+
+  # UAPs.
+
+  @functools.cached_property
+  def uaps(self) -> np.ndarray:
+    """The saved UAPs, ``(U, H, W, C)`` in pixel units of [0, 1] (U may be 0)."""
+    tree, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("uap"))
+    uaps = np.asarray(tree["uaps"], np.float32)
+    # orbax cannot save a zero-size array: no UAP is saved as one zero
+    # placeholder with num_uaps = 0.
+    return uaps[:int(meta.get("num_uaps", len(uaps)))]
+
+  def save_uaps(self, uaps: np.ndarray, summary: dict) -> None:
+    uaps = np.asarray(uaps, np.float32)
+    stored = uaps if len(uaps) else np.zeros((1,) + uaps.shape[1:], np.float32)
+    self.workdir.save_arrays("uap", {"uaps": stored},
+                             {k: v for k, v in summary.items() if k != "uaps"})
+    self.workdir.write_json("uap.json", summary)
+    self.__dict__.pop("uaps", None)
+
+  def uap_summary(self) -> dict:
+    return self.workdir.read_json("uap.json")
+
+  # Fingerprints.
+
+  @functools.cached_property
+  def fingerprints(self) -> Fingerprints:
+    tree, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("fingerprints"))
+    return Fingerprints(fps=np.asarray(tree["fingerprints"]), models=meta["models"],
+                        points=np.asarray(tree["points"]), mode=meta["mode"])
+
+  def save_fingerprints(self, fp: Fingerprints, info: dict, summary: dict) -> None:
+    self.workdir.save_arrays("fingerprints", {"fingerprints": fp.fps, "points": fp.points},
+                             {"models": fp.models, "mode": fp.mode, **info})
+    self.workdir.write_json("fingerprints.json", summary)
+    self.__dict__.pop("fingerprints", None)
+
+  # Split and encoder.
+
+  def split(self) -> dict:
+    return self.workdir.read_json("split.json")
+
+  def save_split(self, split: dict) -> None:
+    self.workdir.write_json("split.json", split)
+
+  def encoder(self) -> tuple[dict, dict, np.ndarray]:
+    """``(state, config, history)`` of the saved encoder."""
+    state, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("encoder"))
+    return state["state"], meta["config"], np.asarray(state["history"])
+
+  def save_encoder(self, state: Any, config: dict, history: np.ndarray,
+                   summary: dict) -> None:
+    self.workdir.save_arrays("encoder", {"state": state, "history": np.asarray(history)},
+                             {"config": config})
+    self.workdir.write_json("encoder.json", summary)
+
+  # Verification.
+
+  def verification(self) -> dict:
+    return self.workdir.read_json("verify.json")
+
+  def similarities(self) -> np.ndarray:
+    """``(M, V)`` encoder similarities of every fingerprinted model to the victim."""
+    tree, _ = checkpoint.load_arrays(self.workdir.checkpoint_dir("similarities"))
+    return np.asarray(tree["similarities"])
+
+  def save_verification(self, result: dict, similarities: np.ndarray) -> None:
+    self.workdir.save_arrays("similarities", {"similarities": np.asarray(similarities)})
+    self.workdir.write_json("verify.json", result)
+
+  def save_verdicts(self, name: str, verdicts: dict) -> str:
+    return self.workdir.write_json(os.path.join("verdicts", f"{name}.json"), verdicts)
+
+  # Black-box queries.
+
+  @property
+  def queries_path(self) -> str:
+    return self.workdir.path("queries.npz")
+
+  @property
+  def queries_manifest_path(self) -> str:
+    return self.workdir.path("queries.json")
