@@ -258,9 +258,10 @@ def test_partial_zoo_resumes_only_the_missing_stack(built_zoo, monkeypatch):
   assert summary["stacks_trained"] == [] and not recorder.calls
   # A changed setting retrains (and overwrites) only the stacks it concerns.
   cfg = dataclasses.replace(ctx.cfg, distill_temperature=2 * ctx.cfg.distill_temperature)
-  summary = zoo_stage.run(RunContext(cfg, Workdir(cfg.workdir)))
+  rerun = RunContext(cfg, Workdir(cfg.workdir))
+  summary = zoo_stage.run(rerun)
   assert summary["stacks_trained"] == [gone]
-  (distilled,) = [s for s in ctx.artifacts.zoo if s.meta[0]["kind"] == "distill"]
+  (distilled,) = [s for s in rerun.artifacts.zoo if s.meta[0]["kind"] == "distill"]
   assert distilled.meta[0]["hparams"]["T"] == cfg.distill_temperature
 
 
