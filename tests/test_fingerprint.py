@@ -2,12 +2,17 @@
 
 import json
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uap_jax.fingerprint import blackbox
+from uap_jax import config
 from uap_jax import fingerprint
+from uap_jax.fingerprint import blackbox
+from uap_jax.fingerprint import diagnostics
+from uap_jax.fingerprint import layout
 from uap_jax.runtime import stack as stack_lib
 
 NUM_CLASSES = 4
@@ -169,7 +174,7 @@ def test_quantisation_is_a_uint8_grid(points_and_uaps):
 @pytest.mark.parametrize("x_shape, uap_shape, match", [
     ((K, V) + IMAGE_SHAPE[:2], (U,) + IMAGE_SHAPE, "x_points must be"),
     ((K, V) + IMAGE_SHAPE, (U, 6, 5, 1), "uaps must be"),
-    ((K, V) + IMAGE_SHAPE, (0,) + IMAGE_SHAPE, "empty"),
+    ((K, V) + IMAGE_SHAPE, (0, 6, 5, 1), "uaps must be"),
 ])
 def test_fingerprint_bad_shapes(models, x_shape, uap_shape, match):
   with pytest.raises(ValueError, match=match):
@@ -189,6 +194,96 @@ def test_fingerprint_bad_values_mode_and_model(models, points_and_uaps):
     fingerprint.fingerprints(models.params, x_points, uaps)
   with pytest.raises(ValueError, match="images_per_batch"):
     fingerprint.fingerprints(models, x_points, uaps, images_per_batch=0)
+
+
+@pytest.mark.parametrize("mode", fingerprint.MODES)
+def test_no_uaps_gives_the_clean_half(models, points_and_uaps, mode):
+  x_points, uaps = points_and_uaps
+  none = np.zeros((0,) + IMAGE_SHAPE, np.float32)
+  clean = np.asarray(fingerprint.fingerprints(models, x_points, none, mode=mode))
+  chex.assert_shape(clean, (3, V, K * NUM_CLASSES))
+  one = np.asarray(fingerprint.fingerprints(models, x_points, uaps[:1], mode=mode))
+  chex.assert_trees_all_close(clean, layout.clean_only(one, 1, NUM_CLASSES),
+                              atol=1e-6)
+  # The clean half does not depend on the UAPs, however many.
+  two = np.asarray(fingerprint.fingerprints(models, x_points, uaps, mode=mode))
+  chex.assert_trees_all_close(clean, layout.clean_only(two, U, NUM_CLASSES),
+                              atol=1e-6)
+  assert not np.allclose(layout.split(two, U, NUM_CLASSES)[..., 0, :],
+                         layout.split(two, U, NUM_CLASSES)[..., 1, :])
+
+
+def test_modes_and_point_rules_are_the_config_choices():
+  assert fingerprint.MODES == config.FP_MODES
+  assert fingerprint.POINT_RULES == config.POINT_RULES
+  assert not hasattr(fingerprint, "OUTPUT_KINDS")
+
+
+def test_layout_split_inverts_join():
+  outputs = np.random.default_rng(0).normal(size=(2, V, K, 1 + U, NUM_CLASSES))
+  fps = layout.join(outputs)
+  chex.assert_shape(fps, (2, V, K * (1 + U) * NUM_CLASSES))
+  np.testing.assert_array_equal(layout.split(fps, U, NUM_CLASSES), outputs)
+  # Point i, view j of the fingerprint is where split puts it.
+  np.testing.assert_array_equal(
+      fps[1, 2, (1 * (1 + U) + 2) * NUM_CLASSES:][:NUM_CLASSES], outputs[1, 2, 1, 2])
+  np.testing.assert_array_equal(layout.top1(fps, U, NUM_CLASSES),
+                                outputs.argmax(-1))
+  np.testing.assert_array_equal(layout.clean_only(fps, U, NUM_CLASSES),
+                                layout.join(outputs[..., :1, :]))
+  clean = layout.clean_only(fps, U, NUM_CLASSES)
+  np.testing.assert_array_equal(layout.split(clean, 0, NUM_CLASSES),
+                                outputs[..., :1, :])
+
+
+@pytest.mark.parametrize("num_uaps, num_classes, match", [
+    (U, NUM_CLASSES + 1, "not K \\* \\(1 \\+ U\\) \\* C"),
+    (U + 2, NUM_CLASSES, "not K \\* \\(1 \\+ U\\) \\* C"),
+    (-1, NUM_CLASSES, "num_uaps >= 0"),
+])
+def test_layout_split_rejects_other_settings(num_uaps, num_classes, match):
+  fps = np.zeros((V, K * (1 + U) * NUM_CLASSES))
+  with pytest.raises(ValueError, match=match):
+    layout.split(fps, num_uaps, num_classes)
+
+
+def test_jit_equals_eager():
+  x = jax.random.normal(jax.random.key(0), (V, K, 1 + U, NUM_CLASSES))
+  join = jax.jit(layout.join)
+  split = jax.jit(layout.split, static_argnums=(1, 2))
+  chex.assert_trees_all_close(join(x), layout.join(x))
+  chex.assert_trees_all_close(split(join(x), U, NUM_CLASSES), x)
+  for mode in fingerprint.MODES:
+    features = jax.jit(fingerprint.outputs_to_features, static_argnums=1)
+    chex.assert_trees_all_close(features(x, mode),
+                                fingerprint.outputs_to_features(x, mode),
+                                atol=1e-6)
+
+
+def test_unknown_mode_in_features():
+  with pytest.raises(ValueError, match="Unknown fingerprint mode"):
+    fingerprint.outputs_to_features(jnp.zeros((2, 3)), "softmax")
+
+
+def test_diagnostics_count_what_the_uaps_do():
+  # Victim, a copy, and a model that the UAPs fool on every point; top-1
+  # classes set by hand on K = 2 points, V = 1 view, U = 1 UAP.
+  top1 = np.array([[[[0, 1], [2, 2]]],      # victim: fooled on point 0
+                   [[[0, 1], [2, 2]]],      # copy
+                   [[[0, 3], [1, 0]]]])     # other: fooled everywhere
+  fps = layout.join(np.eye(NUM_CLASSES, dtype=np.float32)[top1])
+  meta = [{"name": n, "kind": "k", "family": "f"} for n in ("v", "c", "o")]
+  rows = diagnostics.per_model(fps, meta, 1, NUM_CLASSES)
+  assert [r["name"] for r in rows] == ["v", "c", "o"]
+  assert [r["uap_fooling_rate"] for r in rows] == [0.5, 0.5, 1.0]
+  assert [r["clean_agreement"] for r in rows] == [1.0, 1.0, 0.5]
+  assert [r["perturbed_agreement"] for r in rows] == [1.0, 1.0, 0.0]
+  np.testing.assert_allclose([r["raw_cosine"] for r in rows], [1.0, 1.0, 0.25])
+  clean = layout.clean_only(fps, 1, NUM_CLASSES)
+  rows = diagnostics.per_model(clean, meta, 0, NUM_CLASSES)
+  assert rows[2]["uap_fooling_rate"] is None
+  assert rows[2]["perturbed_agreement"] is None
+  assert rows[2]["clean_agreement"] == 0.5
 
 
 # ---------------------------------------------------------------- black box
@@ -241,6 +336,21 @@ def test_recorded_outputs_equal_model_fingerprints(
                                                        mode=mode)
   from_model = fingerprint.fingerprints(models, x_points, uaps, mode=mode)[1]
   np.testing.assert_allclose(from_outputs, from_model, atol=1e-5)
+
+
+def test_black_box_without_uaps(models, points_and_uaps, tmp_path):
+  x_points, _ = points_and_uaps
+  none = np.zeros((0,) + IMAGE_SHAPE, np.float32)
+  path = str(tmp_path / "queries.npz")
+  manifest = blackbox.export_queries(path, x_points, none, num_classes=NUM_CLASSES)
+  assert (manifest["U"], manifest["num_queries"]) == (0, V * K)
+  np.savez(tmp_path / "answers.npz", outputs=answer(models, 2, path, "logits"))
+  clean, perturbed = blackbox.load_recorded_outputs(
+      str(tmp_path / "answers.npz"), manifest)
+  chex.assert_shape(perturbed, (0, V, K, NUM_CLASSES))
+  chex.assert_trees_all_close(
+      fingerprint.fingerprints_from_outputs(clean, perturbed),
+      fingerprint.fingerprints(models, x_points, none)[2], atol=1e-5)
 
 
 def test_query_id_reorders_answers(models, export, tmp_path):

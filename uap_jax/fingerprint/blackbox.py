@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from uap_jax import fingerprint
+from uap_jax.fingerprint import queries as queries_lib
 
 FORMAT = "uap_jax.queries/v1"
 ORDER = ("(1 + U, V, K) row-major: q = (u * V + j) * K + i; point i of view j; "
@@ -68,7 +68,7 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
   """
   if int(num_classes) < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-  queries = fingerprint.query_images(x_points, uaps, quantize=True)
+  queries = queries_lib.query_images(x_points, uaps, quantize=True)
   grid = queries.shape[:3]  # (1 + U, V, K)
   pixels = np.asarray(np.round(np.asarray(queries) * 255.0), np.uint8)
   pixels = pixels.reshape((-1,) + pixels.shape[3:])

@@ -15,7 +15,12 @@ import numpy as np
 def join(outputs):
   """``(..., V, K, 1 + U, C)`` outputs -> ``(..., V, D)`` fingerprints.
 
-  Works on numpy and jax arrays alike.
+  Args:
+    outputs: per point, the C outputs on the clean point, then on the point
+      plus each UAP; numpy or jax.
+
+  Returns:
+    The same numbers, ``D = K * (1 + U) * C`` per view, same array type.
   """
   return outputs.reshape(outputs.shape[:-3] + (-1,))
 
@@ -42,15 +47,33 @@ def split(fingerprints, num_uaps: int, num_classes: int):
         f"A fingerprint of length {d} is not K * (1 + U) * C with U = {num_uaps} "
         f"UAPs and C = {num_classes} classes: these fingerprints were made with "
         "other settings.")
-  return fingerprints.reshape(fingerprints.shape[:-1] + (d // per_point, 1 + num_uaps,
-                                                          num_classes))
+  return fingerprints.reshape(fingerprints.shape[:-1]
+                              + (d // per_point, 1 + num_uaps, num_classes))
 
 
 def clean_only(fingerprints, num_uaps: int, num_classes: int):
-  """The clean half of fingerprints, ``(..., V, K * C)`` (as with ``U = 0``)."""
+  """The clean outputs of fingerprints, as if made with ``U = 0``.
+
+  Args:
+    fingerprints: ``(..., V, D)`` fingerprints.
+    num_uaps: U, the UAPs they were made with.
+    num_classes: C.
+
+  Returns:
+    ``(..., V, K * C)``.
+  """
   return join(split(fingerprints, num_uaps, num_classes)[..., :1, :])
 
 
 def top1(fingerprints, num_uaps: int, num_classes: int) -> np.ndarray:
-  """Top-1 class of every output, ``(..., V, K, 1 + U)``."""
+  """Top-1 class of every output of fingerprints.
+
+  Args:
+    fingerprints: ``(..., V, D)`` fingerprints.
+    num_uaps: U, the UAPs they were made with.
+    num_classes: C.
+
+  Returns:
+    ``(..., V, K, 1 + U)`` int class indices, as numpy.
+  """
   return np.asarray(split(fingerprints, num_uaps, num_classes)).argmax(-1)
