@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 from uap_jax.verify import sac
+from uap_jax.verify import summary
 from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 
@@ -57,11 +59,34 @@ def test_cutmix_pixels_come_from_the_pair_inside_and_outside_a_box(digits):
                             sac.cutmix_inputs(pool, 20, jax.random.key(1)))
 
 
-def test_cutmix_boxes_jit_equals_eager():
-  key = jax.random.key(5)
-  eager = sac.cutmix_boxes(key, 30, 12, 9)
-  jitted = jax.jit(sac.cutmix_boxes, static_argnums=(1, 2, 3))(key, 30, 12, 9)
-  np.testing.assert_array_equal(eager, jitted)
+def pasted_box(img, base, donor):
+  """Whether img is base with one box of donor pasted in (the box's bounds
+  are where img differs from base)."""
+  rows, cols = np.nonzero((img != base).any(-1))
+  inside = np.zeros(img.shape[:2], bool)
+  inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+  return (np.array_equal(img[inside], donor[inside])
+          and np.array_equal(img[~inside], base[~inside]))
+
+
+def test_cutmix_inputs_pair_two_distinct_pool_images_used_once():
+  rng = np.random.default_rng(4)
+  pool = rng.integers(0, 256, (40, 16, 16, 1)).astype(np.uint8)
+  mixed = np.round(np.asarray(sac.cutmix_inputs(pool, 20, jax.random.key(2))) * 255)
+  chex.assert_shape(mixed, (20, 16, 16, 1))
+  used = []
+  for img in mixed:
+    # Random pixels: the two pool images that match a mix most are its pair.
+    first, second = np.argsort(-(pool == img[None]).reshape(40, -1).sum(1))[:2]
+    if np.array_equal(img, pool[first]):  # an empty box
+      used.append(first)
+      continue
+    # The larger part may come from either image.
+    assert (pasted_box(img, pool[first], pool[second])
+            or pasted_box(img, pool[second], pool[first]))
+    used += [first, second]
+  # 2 N <= P: no pool image is used twice, and a pair is two images.
+  assert len(used) == len(set(used)) > 20
 
 
 @pytest.mark.parametrize("metric", sac.METRICS)
@@ -113,7 +138,7 @@ def test_evaluate_scores_matches_sklearn_and_the_prediction_test():
   kinds = ["prune"] * 4 + ["distill"] * 4 + ["independent_seed"] * 6
   s = np.r_[rng.normal(1, 1, 8), rng.normal(0, 1, 6)]
   calib = rng.normal(0, 1, 5)
-  res = sac.evaluate_scores(s, fam, kinds, calib, alpha=0.05)
+  res = summary.evaluate_scores(s, fam, kinds, calib, alpha=0.05)
   labels = np.r_[np.ones(8), np.zeros(6)]
   assert res["auc"]["all"] == pytest.approx(sk_metrics.roc_auc_score(labels, s))
   assert res["auc"]["prune"] == pytest.approx(
@@ -153,9 +178,9 @@ def test_bad_inputs(trained, digits):
   with pytest.raises(ValueError, match="classes"):
     sac.scores([other], trained.select([0]), x[:4].astype(np.float32) / 255)
   with pytest.raises(ValueError, match=">= 3 calibration"):
-    sac.prediction_p_value(0.0, [1.0, 2.0])
+    summary.evaluate_scores([0.0], ["piracy"], ["a"], [1.0, 2.0])
   with pytest.raises(ValueError, match="one of each"):
-    sac.evaluate_scores([0.1], ["piracy", "independent"], ["a"], [0, 1, 2])
+    summary.evaluate_scores([0.1], ["piracy", "independent"], ["a"], [0, 1, 2])
 
 
 def test_misclassified_indices_and_error_agreement():

@@ -37,7 +37,12 @@ def test_metrics_equal_sklearn(seed):
   for target in (0.0, 0.01, 0.05, 0.2, 1.0):
     assert metrics.tpr_at_fpr(scores, labels, target) == pytest.approx(
         tpr[fpr <= target].max(), abs=1e-12)
-  np.testing.assert_array_equal(metrics.roc_curve(scores, labels)[0], fpr)
+  # Every distinct threshold is a point (scikit-learn drops collinear ones
+  # unless told not to).
+  fpr_all, tpr_all, _ = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
+  got_fpr, got_tpr, _ = metrics.roc_points(scores, labels)
+  np.testing.assert_allclose(got_fpr, fpr_all, atol=1e-12)
+  np.testing.assert_allclose(got_tpr, tpr_all, atol=1e-12)
 
 
 def test_metrics_bad_input():
@@ -212,6 +217,27 @@ def test_views_for_confidence_is_the_smallest():
   assert verify.views_for_confidence(reference[0], reference, 0.9999) is None
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_one_view_model_test_is_the_prediction_test(seed):
+  rng = np.random.default_rng(seed)
+  r = int(rng.integers(3, 30))
+  reference = rng.normal(rng.normal(), rng.uniform(0.1, 2.0), r)
+  for score in rng.normal(0, 2, 5):
+    # The SAC prediction test this replaces.
+    t = (score - reference.mean()) / (reference.std(ddof=1) * np.sqrt(1 + 1 / r))
+    expect = stats.t.sf(t, df=r - 1)
+    assert verify.score_p_value(score, reference) == pytest.approx(expect, rel=1e-10)
+    assert verify.p_value([score], reference[:, None], "model") == pytest.approx(
+        expect, rel=1e-10)
+  with pytest.raises(ValueError, match="R >= 3"):
+    verify.score_p_value(0.0, [1.0, 2.0])
+  with pytest.raises(ValueError, match="NaN"):
+    verify.score_p_value(np.nan, reference)
+  # Welch still needs two views of the suspect.
+  with pytest.raises(ValueError, match=">= 2 similarities"):
+    verify.p_value([0.5], reference[:, None], "welch")
+
+
 def test_decide():
   assert verify.decide(1e-5, 0.9, 0.1) == "pirated"
   assert verify.decide(0.2, 0.3, 0.1) == "inconclusive"
@@ -278,6 +304,10 @@ def test_split_bad_input():
     verify.split_models(meta, train_frac=0.8, calib_frac=0.3)
   with pytest.raises(ValueError, match="family"):
     verify.split_models(meta + [{"name": "x", "family": "stolen"}])
+  verify.check_fractions(0.5, 0.25)
+  for bad in ((0.0, 0.2), (0.5, 0.0), (0.6, 0.4), (1.2, 0.1)):
+    with pytest.raises(ValueError, match="train_frac"):
+      verify.check_fractions(*bad)
 
 
 def test_leave_kind_out_never_trains_or_calibrates_on_the_evaluated_kind():
@@ -318,6 +348,33 @@ def test_evaluate():
              for r in out["suspects"])
   with pytest.raises(ValueError, match="one of each per suspect"):
     verify.evaluate(sims, families[:-1], kinds, reference)
+
+
+def test_views_and_one_number_scores_share_one_summary():
+  rng = np.random.default_rng(5)
+  families = ["piracy"] * 7 + ["independent"] * 9
+  kinds = ["a"] * 3 + ["b"] * 4 + ["indep"] * 9
+  # Overlapping groups, so that neither AUC nor TPR is trivially 0 or 1.
+  means = np.r_[rng.normal(0.3, 0.2, 7), rng.normal(0.1, 0.2, 9)]
+  sims = means[:, None] + rng.normal(0, 0.05, (16, 20))
+  reference = random_effects(rng, 6, 20, mean=0.1, between=0.2)
+  views = verify.evaluate(sims, families, kinds, reference, num_views=20, method="model")
+  mean_sims = np.array([r["similarity_mean"] for r in views["suspects"]])
+  np.testing.assert_allclose(mean_sims, sims.mean(1))
+  scores = verify.evaluate_scores(mean_sims, families, kinds, reference.mean(1), alpha=0.01)
+  labels = np.r_[np.ones(7), np.zeros(9)]
+  assert 0.0 < views["auc"]["all"] < 1.0
+  assert views["auc"]["all"] == pytest.approx(sk_metrics.roc_auc_score(labels, mean_sims))
+  for key in ("auc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "num_piracy", "num_independents"):
+    assert views[key] == scores[key], key
+  # One-number scores: accused exactly where the one-view model test says so.
+  p = np.array([verify.score_p_value(v, reference.mean(1)) for v in mean_sims])
+  assert scores["detected_piracy"] == int((p[:7] < 0.01).sum())
+  assert scores["accused_independents"] == int((p[7:] < 0.01).sum())
+  assert [r["verdict"] for r in scores["suspects"]] == [
+      "pirated" if v < 0.01 else "not_pirated" for v in p]
+  assert verify.brief(views) == {k: views[k] for k in verify.DETECTION_FIELDS}
+  assert verify.headline(views)["test"] == "model"
 
 
 # ---------------------------------------------------------------- end to end

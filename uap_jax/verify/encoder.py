@@ -167,6 +167,18 @@ def _check_training_data(fingerprints: np.ndarray, labels: np.ndarray) -> None:
     raise ValueError("fingerprints contain NaN or inf; recompute them.")
 
 
+def _training_config(in_dim: int, config: dict | None, overrides: dict) -> dict:
+  if config is None:
+    config = make_config(in_dim, **overrides)
+  elif overrides:
+    raise ValueError("Pass either config or keyword overrides, not both.")
+  if config["in_dim"] != in_dim:
+    raise ValueError(
+        f"The encoder config expects D = {config['in_dim']} but the "
+        f"fingerprints have D = {in_dim}; build the config with make_config(D).")
+  return config
+
+
 def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[int],
           config: dict | None = None, *, log_every: int = 100,
           **overrides) -> TrainedEncoder:
@@ -186,15 +198,7 @@ def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[in
   fingerprints = np.asarray(fingerprints, np.float32)
   labels = np.asarray(labels).astype(np.int32)
   _check_training_data(fingerprints, labels)
-  if config is None:
-    config = make_config(fingerprints.shape[-1], **overrides)
-  elif overrides:
-    raise ValueError("Pass either config or keyword overrides, not both.")
-  if config["in_dim"] != fingerprints.shape[-1]:
-    raise ValueError(
-        f"The encoder config expects D = {config['in_dim']} but the "
-        f"fingerprints have D = {fingerprints.shape[-1]}; build the config "
-        "with make_config(D).")
+  config = _training_config(fingerprints.shape[-1], config, overrides)
   if log_every < 1:
     raise ValueError(f"log_every must be >= 1, got {log_every}.")
 

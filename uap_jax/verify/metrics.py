@@ -86,9 +86,3 @@ def tpr_at_fpr(scores, labels, fpr: float) -> float:
   fprs, tprs, _ = roc_points(scores, labels)
   return float(tprs[fprs <= fpr + 1e-12].max())
 
-
-def roc_curve(scores, labels):
-  """scikit-learn's ``roc_curve`` (fpr, tpr, thresholds), for plots."""
-  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
-  scores, labels = _check(scores, labels)
-  return sk_metrics.roc_curve(labels, scores)

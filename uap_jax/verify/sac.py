@@ -23,37 +23,34 @@ Steps, for every model of a stack (all pure, jit-compiled, batched):
    the mean absolute difference over the N x N entries (SAC's L1 distance
    divided by N^2) or the root mean squared difference (``l2``).
 5. Score = ``-distance`` (higher: more likely pirated), one number per
-   model. :func:`evaluate_scores` turns the scores of evaluation suspects and
-   calibration independents into the same detection figures as
-   :func:`uap_jax.verify.evaluate`.
+   model. :func:`uap_jax.verify.summary.evaluate_scores` turns the scores of
+   evaluation suspects and calibration independents into the same detection
+   figures as :func:`uap_jax.verify.summary.evaluate`.
 
 SAC-w (:func:`misclassified_indices`) takes inputs the victim misclassifies
 instead of CutMix-ed ones; :func:`error_agreement` is the plainer score on
 the same inputs (how often a model repeats the victim's top-1 there).
 
-Since SAC gives ONE number per model (no views), its test is a model-level
-one: a Gaussian prediction test against the calibration independents'
-scores, ``t = (s - mean) / (std * sqrt(1 + 1 / R))`` with ``R - 1`` degrees
-of freedom, the one-view case of :mod:`uap_jax.verify`'s ``model`` test.
-A suspect is accused when ``p < alpha`` (this is what "above the
-(1 - alpha) quantile of the independents' score distribution" means when
-that distribution is estimated from R models). ``accused_above_calib_max``
-also counts, distribution-free, the independents scoring above every
-calibration independent.
+Since SAC gives ONE number per model (no views), its test is the one-view
+case of :mod:`uap_jax.verify`'s ``model`` test
+(:func:`uap_jax.verify.tests.score_p_value`): a Gaussian prediction test
+against the calibration independents' scores, ``t = (s - mean) / (std *
+sqrt(1 + 1 / R))`` with ``R - 1`` degrees of freedom. A suspect is accused
+when ``p < alpha`` (this is what "above the (1 - alpha) quantile of the
+independents' score distribution" means when that distribution is estimated
+from R models). ``accused_above_calib_max`` also counts, distribution-free,
+the independents scoring above every calibration independent.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-from uap_jax.verify import metrics
 from uap_jax.runtime import stack as stack_lib
 
 METRICS = ("cosine", "pearson")
@@ -346,103 +343,3 @@ def scores_from_outputs(outputs: np.ndarray | jax.Array,
   ref = correlation_matrices(victim_outputs, metric)
   mats = correlation_matrices(outputs, metric)
   return -np.asarray(matrix_distance(mats, ref, distance), np.float64)
-
-
-# --------------------------------------------------------------------------
-# Model-level evaluation of one-number scores.
-
-
-def prediction_p_value(score: float, reference: np.ndarray | Sequence[float]) -> float:
-  """One-sided p of "the suspect scores higher than an independent model".
-
-  Args:
-    score: the suspect's score.
-    reference: ``(R,)`` scores of calibration independents, R >= 3.
-
-  Returns:
-    ``P(T >= t)`` with ``t = (score - mean) / (std * sqrt(1 + 1/R))``,
-    ``T ~ t(R - 1)``: a Gaussian prediction test for one new model.
-  """
-  reference = np.asarray(reference, np.float64).ravel()
-  if reference.size < 3:
-    raise ValueError(
-        f"The prediction test needs >= 3 calibration independents, got "
-        f"{reference.size}; add independents to the zoo.")
-  if not (np.all(np.isfinite(reference)) and np.isfinite(score)):
-    raise ValueError("Scores contain NaN or inf.")
-  r = reference.size
-  scale = reference.std(ddof=1) * math.sqrt(1.0 + 1.0 / r)
-  if scale == 0.0:
-    return 0.0 if score > reference.mean() else 1.0
-  return float(stats.t.sf((score - reference.mean()) / scale, df=r - 1))
-
-
-def evaluate_scores(suspect_scores: np.ndarray | Sequence[float],
-                    families: Sequence[str], kinds: Sequence[str],
-                    calib_scores: np.ndarray | Sequence[float], *,
-                    names: Sequence[str] | None = None,
-                    alpha: float = 1e-4) -> dict[str, Any]:
-  """Detection figures of one-number-per-model scores.
-
-  Args:
-    suspect_scores: ``(S,)`` score per evaluated suspect (higher: pirated).
-    families: per suspect ``piracy`` or ``independent``.
-    kinds: per suspect its kind.
-    calib_scores: ``(R,)`` scores of the calibration independents.
-    names: per suspect a name.
-    alpha: accusation level of :func:`prediction_p_value`.
-
-  Returns:
-    JSON-able dict with the keys of ``uap_jax.verify.evaluate``'s summary:
-    ``auc`` (per piracy kind and ``all``), ``tpr_at_1pct_fpr``,
-    ``tpr_at_5pct_fpr``, ``accused_independents``, ``num_independents``,
-    ``detected_piracy``, ``num_piracy`` (accusation by the prediction test
-    at alpha); plus ``accused_above_calib_max`` / ``detected_above_calib_max``
-    (score above every calibration independent), ``test``, ``alpha`` and
-    ``suspects`` (name, family, kind, score, p_value, verdict).
-  """
-  s = np.asarray(suspect_scores, np.float64).ravel()
-  calib = np.asarray(calib_scores, np.float64).ravel()
-  if not len(s) == len(families) == len(kinds):
-    raise ValueError(
-        f"Got {len(s)} scores, {len(families)} families and {len(kinds)} kinds; "
-        "pass one of each per suspect.")
-  if not 0 < alpha < 1:
-    raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
-  names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(s))]
-  fam = np.array([str(f) for f in families], dtype=object)
-  kind = np.array([str(k) for k in kinds], dtype=object)
-  pos, neg = fam == "piracy", fam == "independent"
-  p = np.array([prediction_p_value(v, calib) for v in s])
-  accused = p < alpha
-  above_max = s > calib.max()
-
-  def auc_of(mask):
-    if not mask.any() or not neg.any():
-      return None
-    keep = mask | neg
-    return metrics.roc_auc(s[keep], mask[keep].astype(int))
-
-  auc = {k: auc_of(pos & (kind == k)) for k in sorted(set(kind[pos]))}
-  auc["all"] = auc_of(pos)
-  both = bool(pos.any() and neg.any())
-  keep = pos | neg
-  tpr = {f: metrics.tpr_at_fpr(s[keep], pos[keep].astype(int), f) if both else None
-         for f in (0.01, 0.05)}
-  return {
-      "test": "prediction (model-level, one score per model)",
-      "alpha": alpha,
-      "auc": auc,
-      "tpr_at_1pct_fpr": tpr[0.01],
-      "tpr_at_5pct_fpr": tpr[0.05],
-      "accused_independents": int((accused & neg).sum()),
-      "num_independents": int(neg.sum()),
-      "detected_piracy": int((accused & pos).sum()),
-      "num_piracy": int(pos.sum()),
-      "accused_above_calib_max": int((above_max & neg).sum()),
-      "detected_above_calib_max": int((above_max & pos).sum()),
-      "calib_models": int(calib.size),
-      "suspects": [{"name": n, "family": str(f), "kind": str(k), "score": float(v),
-                    "p_value": float(pv), "verdict": "pirated" if a else "not_pirated"}
-                   for n, f, k, v, pv, a in zip(names, fam, kind, s, p, accused)],
-  }
