@@ -50,7 +50,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from uap_jax.stages import report as report_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.verify import summary  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The first stage each overridable flag changes (from the Config fields'
 # stage metadata); everything before it is reused from the base run.
@@ -234,16 +235,6 @@ def _reused_stages(base_workdir: str, start: str) -> list[str]:
 # Results.
 
 
-def _stage_seconds(workdir: str) -> dict[str, float]:
-  out = {}
-  for stage in RUN_STAGES:
-    path = os.path.join(workdir, "stages", f"{stage}.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        out[stage] = float(json.load(f)["seconds"])
-  return out
-
-
 def summarise(verify_json: dict) -> dict:
   """One table row from a verify.json."""
   rnd = verify_json["protocols"]["random"]
@@ -255,7 +246,7 @@ def summarise(verify_json: dict) -> dict:
   median = ranked[(len(ranked) - 1) // 2] if ranked else None
   lko = {k: f.get("auc_held_out") for k, f in verify_json["protocols"]["leave_kind_out"].items()}
   return {
-      **report_stage.headline(rnd),
+      **summary.headline(rnd),
       "median_views_for_9999": median,
       "piracy_reaching_9999": len(reached),
       "leave_kind_out_auc": lko,
@@ -269,16 +260,9 @@ def summarise(verify_json: dict) -> dict:
 
 def reference_rows(verify_json: dict) -> dict[str, dict]:
   """Encoder-free references of the base recipe, as table rows."""
-  out = {}
-  for name, r in verify_json.get("references", {}).items():
-    out[f"ref:{name}"] = {
-        "auc": r["auc"], "tpr_at_1pct_fpr": r["tpr_at_1pct_fpr"],
-        "tpr_at_5pct_fpr": r.get("tpr_at_5pct_fpr"),
-        "accused_independents": r["accused_independents"],
-        "num_independents": r["num_independents"],
-        "detected_piracy": r["detected_piracy"], "num_piracy": r["num_piracy"],
-        "median_views_for_9999": None, "leave_kind_out_auc": {}}
-  return out
+  return {f"ref:{name}": dict(summary.brief(r), median_views_for_9999=None,
+                              leave_kind_out_auc={})
+          for name, r in verify_json.get("references", {}).items()}
 
 
 def _fmt(v) -> str:
@@ -354,7 +338,7 @@ def run_variant(base_workdir: str, base: dict, name: str, overrides: dict[str, s
     wall = None
   with open(verify_path) as f:
     row = summarise(json.load(f))
-  seconds = _stage_seconds(workdir)
+  seconds = Workdir(workdir).stage_seconds(RUN_STAGES)
   row.update(overrides=" ".join(f"--{k}={v}" for k, v in overrides.items()),
              first_stage=start_stage, seconds=sum(seconds.values()),
              seconds_per_stage=seconds, wall_seconds=wall)

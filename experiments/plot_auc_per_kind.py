@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uap_jax.stages import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.report import plots as report_plots  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TABLES = flags.DEFINE_list("tables", None, "Ablation JSON files, one panel each.")
 _TITLES = flags.DEFINE_list("titles", [], "Panel titles (default: the files' names).")
@@ -63,7 +63,7 @@ def plot(panels: list[tuple[str, dict[str, dict[str, float]]]], out: str) -> Non
     kinds = sorted({k for r in rows.values() for k in r if k != "all"}) + ["all"]
     # The target line first, so that auc_bars' legend lists it too.
     ax.axhline(0.99, color="k", linestyle=":", linewidth=1, label="target 0.99")
-    report.auc_bars(ax, rows, kinds)
+    report_plots.auc_bars(ax, rows, kinds)
     ax.set_title(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(out, dpi=120)

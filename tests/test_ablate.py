@@ -4,12 +4,15 @@ import importlib.util
 import json
 import os
 
+import chex
 import numpy as np
 import pytest
 
 from uap_jax import config as config_lib
 from uap_jax import fingerprint as fp_lib
 from uap_jax.runtime import stack as stack_lib
+from uap_jax.runtime.workdir import Workdir
+from uap_jax.verify import references
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,6 +75,7 @@ def _fake_verify(auc_all):
       "suspects": suspects},
       "leave_kind_out": {"independent_seed": fold, "prune": {"family": "piracy", "error": "x"}}},
       "references": {"sac_m": {"auc": {"all": 0.7}, "tpr_at_1pct_fpr": 0.1,
+                               "tpr_at_5pct_fpr": 0.2,
                                "accused_independents": 0, "num_independents": 4,
                                "detected_piracy": 0, "num_piracy": 3}}}
 
@@ -85,6 +89,10 @@ def test_summary_and_table(ablate):
   assert row["leave_kind_out_accused"] == {"independent_seed": 1}
   rows = {"paper": dict(row, seconds=1.0), "broken": {"error": "ValueError: x"},
           **ablate.reference_rows(v)}
+  assert rows["ref:sac_m"] == {
+      "auc": {"all": 0.7}, "tpr_at_1pct_fpr": 0.1, "tpr_at_5pct_fpr": 0.2,
+      "accused_independents": 0, "num_independents": 4, "detected_piracy": 0, "num_piracy": 3,
+      "median_views_for_9999": None, "leave_kind_out_auc": {}}
   text = ablate.markdown(rows, "T")
   assert "| paper | (base) | 0.900 |" in text
   assert "ref:sac_m" in text and "error: ValueError" in text
@@ -107,23 +115,38 @@ def test_prepare_workdir_links_the_base(ablate, tmp_path):
   assert os.path.islink(work / "checkpoints" / "zoo" / "a")
   assert os.path.islink(work / "checkpoints" / "uap")
   assert not os.path.islink(work / "config.json")
-  assert ablate._stage_seconds(str(work)) == {"uap": 2.0}
+  assert Workdir(str(work)).stage_seconds(ablate.RUN_STAGES) == {"uap": 2.0}
 
 
 def test_agreement_scores_count_top1_matches_with_the_victim():
-  from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   m, v, k, u, c = 3, 4, 5, 1, 6
   outs = rng.random((m, v, k, 1 + u, c))
   outs[1] = outs[0]                      # a perfect copy
   outs[2, :, :, 1:] = outs[0, :, :, 1:]  # agrees only under the UAP
   outs[2, :, :, 0] = np.roll(outs[0, :, :, 0], 1, axis=-1)
-  scores = verify_stage.agreement_scores(outs.reshape(m, v, -1), 0, u, c)
+  scores = references.agreement_scores(outs.reshape(m, v, -1), 0, u, c)
   np.testing.assert_array_equal(scores["agreement_clean"][:2], np.ones((2, v)))
   np.testing.assert_array_equal(scores["agreement_clean"][2], np.zeros(v))
   np.testing.assert_array_equal(scores["agreement_uap"], np.ones((m, v)))
-  no_uap = verify_stage.agreement_scores(outs[:, :, :, :1].reshape(m, v, -1), 0, 0, c)
+  no_uap = references.agreement_scores(outs[:, :, :, :1].reshape(m, v, -1), 0, 0, c)
   assert set(no_uap) == {"agreement_clean"}
+
+
+def test_raw_cosine_of_the_clean_half_ignores_the_uap_outputs():
+  rng = np.random.default_rng(1)
+  m, v, k, u, c = 4, 3, 5, 2, 6
+  outs = rng.random((m, v, k, 1 + u, c))
+  full = references.raw_similarities(outs.reshape(m, v, -1), 0)
+  clean = references.raw_similarities(outs.reshape(m, v, -1), 0, True, u, c)
+  chex.assert_shape((full, clean), (m, v))
+  np.testing.assert_allclose(
+      clean, references.raw_similarities(outs[:, :, :, :1].reshape(m, v, -1), 0))
+  # Changing only the outputs under the UAPs moves the full score, not the clean one.
+  outs[1:, :, :, 1:] = rng.random((m - 1, v, k, u, c))
+  np.testing.assert_allclose(
+      references.raw_similarities(outs.reshape(m, v, -1), 0, True, u, c), clean)
+  assert not np.allclose(references.raw_similarities(outs.reshape(m, v, -1), 0), full)
 
 
 def test_auc_per_kind_plot_draws_the_named_rows_and_refuses_unknown_ones(tmp_path):

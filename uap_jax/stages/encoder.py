@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from uap_jax import verify
 from uap_jax.runtime.context import RunContext
 from uap_jax.verify import encoder as encoder_lib
+from uap_jax.verify import splits
 
 
 def run(ctx: RunContext) -> dict:
   cfg = ctx.cfg
   fp = ctx.artifacts.fingerprints
-  split = verify.split_models(fp.models, seed=cfg.seed, train_frac=cfg.split_train,
+  split = splits.split_models(fp.models, seed=cfg.seed, train_frac=cfg.split_train,
                               calib_frac=cfg.split_calib)
   ctx.artifacts.save_split(split)
   logging.info("Model split: %d train the encoder, %d calibrate, %d are evaluated.",
@@ -22,7 +22,7 @@ def run(ctx: RunContext) -> dict:
       fp.fps.shape[-1], hidden=(cfg.enc_hidden,), embed_dim=cfg.enc_embed,
       temperature=cfg.enc_temperature, learning_rate=cfg.enc_lr, steps=cfg.enc_steps,
       seed=cfg.seed)
-  enc = verify.train_encoder(fp.fps, fp.models, split["train"], config)
+  enc = splits.train_encoder(fp.fps, fp.models, split["train"], config)
   history = np.asarray(enc.history)
   summary = {"train_models": len(split["train"]), "calib_models": len(split["calib"]),
              "eval_models": len(split["eval"]), "steps": int(history.size),

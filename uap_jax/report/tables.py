@@ -1,0 +1,89 @@
+"""report.md: the Markdown tables of a run's results dict."""
+
+from __future__ import annotations
+
+from uap_jax.report.results import SUSPECT_FIELDS
+
+
+def _fmt(v, digits=3):
+  if v is None:
+    return "–"
+  if isinstance(v, float):
+    return f"{v:.{digits}g}" if (abs(v) < 1e-3 and v != 0) else f"{v:.{digits}f}"
+  return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def auc_columns(res: dict) -> dict[str, dict]:
+  """AUC per kind of every score: the encoder (the paper's recipe) and the references.
+
+  Args:
+    res: a results dict (:func:`uap_jax.report.results.build`).
+
+  Returns:
+    ``{score: {kind: AUC or None}}``, the encoder first.
+  """
+  return {"encoder": res["auc"], **{name: r["auc"] for name, r in res["references"].items()}}
+
+
+def _auc_table(res: dict) -> str:
+  cols = auc_columns(res)
+  kinds = [k for k in res["auc"] if k != "all"] + ["all"]
+  return _table(["kind", *cols], [[k, *[c.get(k) for c in cols.values()]] for k in kinds])
+
+
+def markdown(res: dict) -> str:
+  """report.md: the run's figures as Markdown.
+
+  Args:
+    res: a results dict (:func:`uap_jax.report.results.build`).
+
+  Returns:
+    The Markdown text: victim and UAP, detection on the random split,
+    leave-kind-out, references, other tests, suspects, seconds per stage.
+  """
+  v, u = res["victim"], res["uap"]
+  out = [f"# uap-jax report: {res['dataset']}", "",
+         f"Victim: {v['arch']} (width {v['width']}), test accuracy {v['test_accuracy']:.4f}, "
+         f"{v['parameters']} parameters, trained in {v['train_seconds']:.0f} s.", "",
+         (f"UAP: {u['algorithm']}, p = {u['p']}, xi = {u['xi']}; fooling rate on the victim "
+          f"{_fmt(u['fooling_rate_train'])} (train) / {_fmt(u['fooling_rate_test'])} (test)."
+          if u.get("num_uaps", 1) else "No UAP (--num_uaps=0): fingerprints of clean outputs only."), "",
+         f"Test: {res['test']}, alpha = {res['alpha']}, {res['num_views']} views per suspect. "
+         f"Independents accused: {res['accused_independents']} of {res['num_independents']}; "
+         f"piracy detected: {res['detected_piracy']} of {res['num_piracy']}.", "",
+         "## Detection (random split of models)", "",
+         _table(["kind", "AUC"], [[k, a] for k, a in res["auc"].items()]), "",
+         f"TPR at 1 % FPR: {_fmt(res['tpr_at_1pct_fpr'])}; at 5 % FPR: "
+         f"{_fmt(res['tpr_at_5pct_fpr'])}.", "",
+         "## Leave-kind-out (encoder and calibration never saw the kind)", "",
+         _table(["held-out kind", "family", "AUC", "TPR@1%FPR", "pirated", "inconclusive",
+                 "not pirated"],
+                [[k, f["family"], f["auc_held_out"], f["tpr_at_1pct_fpr"],
+                  f["held_out_verdicts"]["pirated"], f["held_out_verdicts"]["inconclusive"],
+                  f["held_out_verdicts"]["not_pirated"]]
+                 for k, f in res["leave_kind_out"].items() if "error" not in f]), "",
+         "## References on the same suspects (no encoder)", "",
+         _table(["score", "AUC all", "TPR@1%FPR", "independents accused"],
+                [[name, r["auc"].get("all"), r["tpr_at_1pct_fpr"],
+                  f"{r['accused_independents']}/{r['num_independents']}"]
+                 for name, r in res["references"].items()]), "",
+         "AUC per piracy kind, the same suspects and calibration models for every score "
+         "(sac_m: one score per model, accused by a model-level prediction test at alpha):", "",
+         _auc_table(res), "",
+         "## Other tests on the same similarities", "",
+         _table(["test", "AUC all", "independents accused", "piracy detected"],
+                [[name, r["auc"].get("all"), f"{r['accused_independents']}/{r['num_independents']}",
+                  f"{r['detected_piracy']}/{r['num_piracy']}"] if "error" not in r
+                 else [name, "–", r["error"], "–"]
+                 for name, r in res["other_tests"].items()]), "",
+         "## Suspects", "",
+         _table(list(SUSPECT_FIELDS), [[s[k] for k in SUSPECT_FIELDS] for s in res["suspects"]]),
+         "", "## Seconds per stage", "",
+         _table(["stage", "seconds"], [[k, s] for k, s in res["seconds"].items()]), ""]
+  return "\n".join(out)
