@@ -36,7 +36,8 @@ from flax import nnx
 import bench_common  # experiments/bench_common.py, beside this script
 from uap_jax import attacks
 from uap_jax.runtime import stack as stack_lib
-from uap_jax.attacks import universal
+from uap_jax.attacks import uap_deepfool
+from uap_jax.attacks import uap_sgd
 
 DATASETS = {
     # name: (data spec, architecture, width, p, xi)
@@ -177,20 +178,20 @@ def bench_dataset(name, args):
       cases.append(("deepfool_uap", method, b, "sum"))
   rows = []
   for algorithm, method, batch_size, aggregate in cases:
-    x, scalars, statics = universal._uap_args(  # pylint: disable=protected-access
+    x, scalars, statics = uap_deepfool.uap_args(
         victim["x_fit"], p, xi, delta, history_size, batch_size, method,
         aggregate, args.num_candidates, args.max_iter, 0.02, 2, 500)
-    for row in time_algorithm(universal._deepfool_uap, victim, x, scalars,  # pylint: disable=protected-access
-                              statics, passes_list, key):
+    for row in time_algorithm(uap_deepfool.deepfool_uap_kernel, victim, x,
+                              scalars, statics, passes_list, key):
       rows.append(dict(dataset=name, algorithm=algorithm, method=method,
                        batch_size=batch_size, aggregate=aggregate, **row))
       print_row(rows[-1])
   if not args.no_sgd:
-    x, scalars, statics = universal._sgd_args(  # pylint: disable=protected-access
+    x, scalars, statics = uap_sgd.sgd_uap_args(
         victim["x_fit"], xi, p, delta, history_size, 32, "margin", None, 0.0,
         None, 500)
-    for row in time_algorithm(universal._sgd_uap, victim, x, scalars, statics,  # pylint: disable=protected-access
-                              passes_list, key):
+    for row in time_algorithm(uap_sgd.sgd_uap_kernel, victim, x, scalars,
+                              statics, passes_list, key):
       rows.append(dict(dataset=name, algorithm="sgd_uap", method="adam_margin",
                        batch_size=32, aggregate="-", **row))
       print_row(rows[-1])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 from uap_jax import attacks
+from uap_jax import config
 from uap_jax.runtime import engine
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.attacks import common
@@ -311,10 +314,8 @@ def test_pipelined_with_one_slot_equals_minibatch_of_one():
                           **options)
   minibatch = attacks.uap(logits_fn, variables, x, method="minibatch",
                           **options)
-  for a, b in zip(pipelined, minibatch):
-    np.testing.assert_allclose(np.asarray(a, np.float64),
-                               np.asarray(b, np.float64), atol=1e-5,
-                               err_msg=f"seed {seed}")
+  print(f"seed {seed}")   # pytest shows it if the comparison fails
+  chex.assert_trees_all_close(pipelined, minibatch, atol=1e-5)
 
 
 # ------------------------------------------------------------------ stacks
@@ -388,25 +389,71 @@ def test_uap_result_fields():
   assert float(rate) == pytest.approx(float(result.fooling_rate), abs=1e-6)
 
 
-def test_compute_victim_uap_summary_is_json_ready():
-  import json  # pylint: disable=g-import-not-at-top
+# ------------------------------------------------------------- the driver
+
+
+def test_victim_uap_driver_reproduces_direct_calls_for_every_method():
   seed = fresh_seed()
   logits_fn, variables = tiny_mlp(seed)
   x, x_test = random_images(seed, N), random_images(seed + 1, N)
+  key = jax.random.key(seed)
+  print(f"seed {seed}")   # pytest shows it if a comparison fails
+  names = set()
+  for algorithm in config.UAP_METHODS:
+    options = SGD_OPTIONS if algorithm == "sgd" else UAP_OPTIONS
+    uaps, summary = attacks.compute_victim_uap(
+        logits_fn, variables, x, x_test, key=key, algorithm=algorithm,
+        p="inf", xi=0.3, num_uaps=2, **options)
+    chex.assert_shape(uaps, (2,) + SHAPE)
+    assert uaps.dtype == np.float32
+    json.dumps(summary)
+    names.add(summary["algorithm"])
+    assert summary["num_uaps"] == 2 and summary["train_samples"] == N
+    assert summary["p"] == "inf" and len(summary["uaps"]) == 2
+    for u, row in enumerate(summary["uaps"]):
+      # The documented key of UAP u: the stage's keys of every run so far.
+      direct_key = jax.random.fold_in(key, 1000 + u)
+      if algorithm == "sgd":
+        direct = attacks.sgd_uap(logits_fn, variables, x, key=direct_key,
+                                 xi=0.3, p="inf", **options)
+      else:
+        method = {"deepfool": "minibatch"}.get(algorithm, algorithm)
+        direct = attacks.uap(logits_fn, variables, x, key=direct_key, xi=0.3,
+                             p="inf", method=method, **options)
+      chex.assert_trees_all_equal(uaps[u], np.asarray(direct.v))
+      assert row["passes"] == int(direct.passes), (seed, algorithm)
+      chex.assert_trees_all_close(
+          [row["fooling_rate_train"], row["fooling_rate_test"]],
+          [float(direct.fooling_rate),
+           float(attacks.fooling_rate(logits_fn, variables, x_test, direct.v))],
+          atol=1e-6)
+  assert len(names) == len(config.UAP_METHODS), names
+
+
+def test_victim_uap_driver_with_no_uaps_gives_an_empty_set():
+  logits_fn, variables = tiny_mlp(0)
+  x = random_images(0, N)
   uaps, summary = attacks.compute_victim_uap(
-      logits_fn, variables, x, x_test, key=jax.random.key(seed), xi=0.3,
-      p="inf", num_uaps=2, **UAP_OPTIONS)
-  assert uaps.shape == (2,) + SHAPE and uaps.dtype == np.float32
-  assert np.all(np.abs(uaps) <= 0.3 + 1e-7)
-  json.dumps(summary)
-  assert summary["algorithm"] == "deepfool_uap_minibatch"
-  assert summary["train_samples"] == N and len(summary["uaps"]) == 2
-  for u, row in enumerate(summary["uaps"]):
-    rate = attacks.fooling_rate(logits_fn, variables, x_test, uaps[u])
-    assert row["fooling_rate_test"] == pytest.approx(float(rate), abs=1e-6)
-  with pytest.raises(ValueError, match="Unknown UAP algorithm"):
-    attacks.compute_victim_uap(logits_fn, variables, x, x_test,
-                               key=jax.random.key(0), xi=0.3, algorithm="x")
+      logits_fn, variables, x, x, key=jax.random.key(0), p="2", xi=0.3,
+      num_uaps=0)
+  chex.assert_shape(uaps, (0,) + SHAPE)
+  assert uaps.dtype == np.float32
+  assert summary["num_uaps"] == 0 and summary["algorithm"] == "none"
+  assert summary["p"] == "2" and summary["uaps"] == [] and summary["passes"] == []
+  assert summary["fooling_rate_train"] is None and summary["xi"] == 0.0
+
+
+def test_victim_uap_driver_rejects_bad_arguments():
+  logits_fn, variables = tiny_mlp(0)
+  x = random_images(0, 4)
+  with pytest.raises(ValueError, match="Unknown UAP algorithm") as error:
+    attacks.compute_victim_uap(logits_fn, variables, x, x,
+                               key=jax.random.key(0), xi=0.3, algorithm="minibatch")
+  for choice in config.UAP_METHODS:
+    assert repr(choice) in str(error.value), choice
+  with pytest.raises(ValueError, match="num_uaps"):
+    attacks.compute_victim_uap(logits_fn, variables, x, x,
+                               key=jax.random.key(0), xi=0.3, num_uaps=-1)
 
 
 # ------------------------------------------------------------------ errors

@@ -10,12 +10,22 @@ attacks are jit-compiled (``logits_fn`` static: pass the same function object
 to compile once per shape), written with ``lax`` loops, and take explicit
 PRNG keys.
 
-* :func:`fgsm`, :func:`pgd`, :func:`pgd_stack`: gradient attacks, L-inf / L2.
-* :func:`deepfool`: minimal perturbations, batched.
-* :func:`uap` / :func:`uap_stack`: DeepFool-UAP (minibatched or sequential).
-* :func:`sgd_uap` / :func:`sgd_uap_stack`: optax loss ascent with projection.
-* :func:`fooling_rate`, :func:`transfer_matrix`: evaluation.
-* :func:`compute_victim_uap`: a victim's UAP(s) plus the ``uap.json`` summary.
+Modules:
+
+* ``common``: argument checks, norms, projection, losses.
+* ``gradient``: :func:`fgsm`, :func:`pgd`, :func:`pgd_stack` (L-inf / L2), and
+  :func:`pgd_steps`, the one PGD kernel for any loss inside jitted code.
+* ``deepfool``: :func:`deepfool`, minimal perturbations, batched.
+* ``uap_passes``: :class:`UAPResult` and the pass loop both UAP algorithms
+  share.
+* ``uap_deepfool``: :func:`uap` / :func:`uap_stack`, DeepFool-UAP
+  (minibatched, pipelined or sequential).
+* ``uap_sgd``: :func:`sgd_uap` / :func:`sgd_uap_stack`, optax loss ascent
+  with projection.
+* ``fooling``: :func:`fooling_rate`, :func:`transfer_matrix`.
+* ``victim_uap``: :func:`compute_victim_uap`, the one driver of the ``uap``
+  stage: a victim's UAP(s) for any of ``config.UAP_METHODS`` plus the
+  ``uap.json`` summary.
 """
 
 from uap_jax.attacks.common import check_p
@@ -23,20 +33,21 @@ from uap_jax.attacks.common import flat_norm
 from uap_jax.attacks.common import project
 from uap_jax.attacks.deepfool import deepfool
 from uap_jax.attacks.deepfool import DeepFoolResult
+from uap_jax.attacks.fooling import fooling_rate
+from uap_jax.attacks.fooling import transfer_matrix
 from uap_jax.attacks.gradient import fgsm
 from uap_jax.attacks.gradient import pgd
 from uap_jax.attacks.gradient import pgd_stack
-from uap_jax.attacks.universal import fooling_rate
-from uap_jax.attacks.universal import sgd_uap
-from uap_jax.attacks.universal import sgd_uap_stack
-from uap_jax.attacks.universal import transfer_matrix
-from uap_jax.attacks.universal import uap
-from uap_jax.attacks.universal import uap_stack
-from uap_jax.attacks.universal import UAPResult
-from uap_jax.attacks.victim import compute_victim_uap
+from uap_jax.attacks.gradient import pgd_steps
+from uap_jax.attacks.uap_deepfool import uap
+from uap_jax.attacks.uap_deepfool import uap_stack
+from uap_jax.attacks.uap_passes import UAPResult
+from uap_jax.attacks.uap_sgd import sgd_uap
+from uap_jax.attacks.uap_sgd import sgd_uap_stack
+from uap_jax.attacks.victim_uap import compute_victim_uap
 
 __all__ = [
     "check_p", "flat_norm", "project", "deepfool", "DeepFoolResult", "fgsm",
-    "pgd", "pgd_stack", "fooling_rate", "sgd_uap", "sgd_uap_stack",
+    "pgd", "pgd_stack", "pgd_steps", "fooling_rate", "sgd_uap", "sgd_uap_stack",
     "transfer_matrix", "uap", "uap_stack", "UAPResult", "compute_victim_uap",
 ]
