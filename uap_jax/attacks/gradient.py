@@ -8,13 +8,16 @@ what a stack of models (each with its own predictions) usually wants.
 
 The public functions check their arguments in Python and call jit-compiled
 kernels (``logits_fn`` and the norm are static, so a kernel compiles once per
-shape); they can also be called inside a caller's ``jit``.
+shape); they can also be called inside a caller's ``jit``. :func:`pgd_steps`
+is the one PGD loop of the package, for any loss (adversarial training and
+the zoo's ``extract_adv`` call it too).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,25 +49,96 @@ def _fgsm(logits_fn, variables, x, y, eps, *, p, targeted):
   return common.perturb(x, eps * common.normalize_direction(g, p))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "p", "num_steps", "random_start", "targeted"))
-def _pgd(logits_fn, variables, x, y, key, eps, step_size, *, p, num_steps,
-         random_start, targeted):
-  y = _labels_or_predictions(logits_fn, variables, x, y)
+# The two float conventions of :func:`pgd_steps` (see there).
+PGD_ITERATES = ("offset", "image")
+
+
+def pgd_steps(loss_of_x: Callable[[jax.Array], jax.Array], x: jax.Array,
+              key: jax.Array, eps: jax.Array | float, step_size: jax.Array | float,
+              num_steps: int, p: float = math.inf, *, random_start: bool = True,
+              iterate: str = "offset") -> jax.Array:
+  """The one PGD kernel: ascends ``loss_of_x`` within the Lp ball around ``x``.
+
+  A pure function (``num_steps``, ``p``, ``random_start`` and ``iterate``
+  must be static), usable inside a caller's ``jit``/``vmap`` with any loss:
+  :func:`pgd` and :func:`pgd_stack` pass the cross-entropy of the labels,
+  adversarial training (:mod:`uap_jax.train`) a soft-target loss, and
+  ``extract_adv`` (:mod:`uap_jax.zoo`) the substitute's own top-1.
+
+  Each step moves along the steepest-ascent direction of unit Lp norm
+  (``sign(grad)`` for L-inf), projects onto the ball, then clips to [0, 1].
+  ``iterate`` picks one of two float conventions, equal up to rounding. They
+  stay distinct because ``sign(grad)`` turns last-bit differences into whole
+  steps, and each keeps the outputs its callers have always produced:
+
+  * ``offset`` (:func:`pgd`, :func:`pgd_stack`): carries ``delta = x_adv - x``;
+    random start ``uniform(-1, 1) * eps`` (L-inf) or uniform in the L2 ball;
+    ``delta <- clip(x + proj(delta + step * dir), 0, 1) - x``.
+  * ``image`` (adversarial training, ``extract_adv``; L-inf only): carries
+    ``x_adv``; random start ``clip(x + uniform(-eps, eps), 0, 1)``;
+    ``x_adv <- clip(clip(x_adv + step * sign(grad), x - eps, x + eps), 0, 1)``.
+
+  Args:
+    loss_of_x: scalar loss of a perturbed batch, to be maximised (negate it
+      for a targeted attack).
+    x: ``(N, ...)`` float images in [0, 1].
+    key: PRNG key of the random start.
+    eps: radius of the ball, pixel units of [0, 1].
+    step_size: size of each step.
+    num_steps: gradient steps (a ``lax.fori_loop``).
+    p: ``2.0`` or ``math.inf`` (canonical, see :func:`common.check_p`).
+    random_start: start from a uniform random point of the ball, else at ``x``.
+    iterate: ``offset`` or ``image``, see above.
+
+  Returns:
+    The adversarial batch, shaped like ``x``, in [0, 1] and in the ball.
+  """
+  if iterate == "image":
+    if p != math.inf:
+      raise ValueError(f"iterate='image' is an L-inf PGD, got p={p}.")
+    start = x
+    if random_start:
+      start = jnp.clip(
+          x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), 0, 1)
+
+    def image_step(_, xa):
+      xa = xa + step_size * jnp.sign(jax.grad(loss_of_x)(xa))
+      return jnp.clip(jnp.clip(xa, x - eps, x + eps), 0.0, 1.0)
+    return jax.lax.fori_loop(0, num_steps, image_step, start)
+  if iterate != "offset":
+    raise ValueError(f"iterate must be one of {PGD_ITERATES}, got {iterate!r}.")
   if random_start:
     delta = common.random_in_ball(key, x.shape, p, eps)
   else:
     delta = jnp.zeros_like(x)
   delta = common.perturb(x, delta) - x
 
-  def step(_, delta):
-    g = _loss_grad(logits_fn, variables, x + delta, y, targeted)
+  def offset_step(_, delta):
+    g = jax.grad(loss_of_x)(x + delta)
     delta = delta + step_size * common.normalize_direction(g, p)
     delta = common.project(delta, p, eps, batch_dims=1)
     return common.perturb(x, delta) - x
 
-  delta = jax.lax.fori_loop(0, num_steps, step, delta)
+  delta = jax.lax.fori_loop(0, num_steps, offset_step, delta)
   return x + delta
+
+
+def _summed_ce(logits_fn, variables, y, targeted):
+  """The summed per-example CE of ``y`` (inputs are independent), negated
+  for a targeted attack: the loss :func:`pgd` ascends."""
+  def loss(xa):
+    ce = common.cross_entropy(logits_fn(variables, xa), y)
+    return jnp.sum(-ce if targeted else ce)
+  return loss
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "logits_fn", "p", "num_steps", "random_start", "targeted"))
+def _pgd(logits_fn, variables, x, y, key, eps, step_size, *, p, num_steps,
+         random_start, targeted):
+  y = _labels_or_predictions(logits_fn, variables, x, y)
+  return pgd_steps(_summed_ce(logits_fn, variables, y, targeted), x, key, eps,
+                   step_size, num_steps, p, random_start=random_start)
 
 
 def _check_common(x, y, p, eps, targeted):

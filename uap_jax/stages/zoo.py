@@ -65,7 +65,7 @@ def run(ctx: RunContext) -> dict:
                    len(plan.names), plan.part)
       start = time.time()
       student, info = zoo_lib.train_plan(
-          plan, victim, data.x_train, data.y_train, parts, cfg, augment=ctx.augment,
+          plan, victim, data.x_train, data.y_train, parts, augment=ctx.augment,
           arch_kwargs=ctx.arch_kwargs(), eval_data=(data.x_test, data.y_test),
           strategy=cfg.strategy)
       for m in student.meta:
