@@ -2,7 +2,9 @@
 
 import dataclasses
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -10,7 +12,9 @@ import pytest
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import engine
 from uap_jax.runtime import stack as stack_lib
+from uap_jax import attacks
 from uap_jax import train
+from uap_jax.train import step as train_step
 
 CFG = train.TrainConfig(epochs=1, batch_size=32, lr=0.05, log_every=1000)
 
@@ -40,7 +44,7 @@ def test_per_model_rates_train_as_each_model_alone_and_share_one_compile(digits_
   rates = [0.1, 0.01]
   stacked, _ = train.train_stack(_digits_stack([3, 5]), x, [part, part], CFG, lrs=rates,
                                  labels=[y[part]] * 2, strategy="loop")
-  programs = train._lifted_step.cache_info().currsize
+  programs = train_step.lifted_step.cache_info().currsize
   for i, (seed, lr) in enumerate(zip([3, 5], rates)):
     # Another rate and another schedule length: still the same program.
     cfg = dataclasses.replace(CFG, lr=lr)
@@ -48,7 +52,7 @@ def test_per_model_rates_train_as_each_model_alone_and_share_one_compile(digits_
                                  labels=[y[part]], strategy="loop")
     np.testing.assert_allclose(stack_lib.predict(stacked.select([i]), x[:50]),
                                stack_lib.predict(alone, x[:50]), atol=2e-4, rtol=2e-4)
-  assert train._lifted_step.cache_info().currsize == programs
+  assert train_step.lifted_step.cache_info().currsize == programs
   with pytest.raises(ValueError, match="lrs must hold 2 rates"):
     train.train_stack(_digits_stack([3, 5]), x, [part, part], CFG, lrs=[0.1],
                       labels=[y[part]] * 2)
@@ -213,3 +217,44 @@ def test_batchnorm_stack_trains_with_every_option(digits_arrays, target):
   # BatchNorm statistics moved with training.
   assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in
              zip(jax.tree.leaves(s.rest), jax.tree.leaves(t.rest)))
+
+
+def test_exact_steps_train_as_the_epochs_they_stand_for(digits_arrays):
+  """``steps`` gives the same run as epochs with that many steps: same
+  schedule, batches and updates."""
+  x, y = digits_arrays
+  part = np.arange(0, 200)  # 7 batches of 32 per epoch
+  by_epochs, h1 = train.train_stack(_digits_stack([4]), x, [part],
+                                    dataclasses.replace(CFG, epochs=10 / 7),
+                                    labels=[y[part]], strategy="loop")
+  by_steps, h2 = train.train_stack(_digits_stack([4]), x, [part],
+                                   dataclasses.replace(CFG, epochs=99.0, steps=10),
+                                   labels=[y[part]], strategy="loop")
+  assert h1["steps"] == h2["steps"] == 10
+  chex.assert_trees_all_close(by_epochs.params, by_steps.params, atol=0, rtol=0)
+  shorter, _ = train.train_stack(_digits_stack([4]), x, [part],
+                                 dataclasses.replace(CFG, steps=9),
+                                 labels=[y[part]], strategy="loop")
+  assert not np.allclose(stack_lib.predict(shorter, x[:50]),
+                         stack_lib.predict(by_steps, x[:50]))
+  with pytest.raises(ValueError, match="steps"):
+    dataclasses.replace(CFG, steps=-1).validate()
+
+
+def test_adversarial_batch_is_the_attacks_pgd_within_eps():
+  stack = _digits_stack([0])
+  variables = jax.tree.map(lambda v: v[0], stack.variables)
+  eval_fn = stack_lib.eval_logits_fn(stack.graphdef)
+  x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
+  y = jnp.arange(16) % 10
+  loss = lambda xa: train_step.soft_ce(eval_fn(variables, xa), y)
+  key, eps = jax.random.key(1), jnp.float32(0.05)
+  adv = jax.jit(lambda x: train.adversarial_batch(loss, x, key, eps, 4))(x)
+  chex.assert_shape(adv, x.shape)
+  ref = attacks.pgd_steps(loss, x, key, eps, 2.5 * eps / 4, 4, iterate="image")
+  np.testing.assert_array_equal(np.asarray(adv), np.asarray(ref))
+  assert float(jnp.max(jnp.abs(adv - x))) <= 0.05 + 1e-6
+  assert float(loss(adv)) > float(loss(x)) + 0.01
+  # No gradient reaches the parameters through the attack.
+  grad_x = jax.grad(lambda x: jnp.sum(train.adversarial_batch(loss, x, key, eps, 2)))(x)
+  np.testing.assert_array_equal(np.asarray(grad_x), 0.0)
