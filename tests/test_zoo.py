@@ -3,11 +3,14 @@
 import dataclasses
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from uap_jax import attacks
 from uap_jax.runtime import checkpoint
 from uap_jax import pipeline
 from uap_jax.runtime import stack as stack_lib
@@ -163,18 +166,32 @@ def test_pruning_leaves_the_asked_fraction_of_zeros(built_zoo):
                                                           abs=2.0 / n + 1e-3)
 
 
-def test_extraction_sees_only_what_its_api_reveals(built_zoo):
+def test_extraction_learns_only_what_its_api_reveals(built_zoo):
+  """What each student learns from, rebuilt from the recorded training call:
+  the victim's top-1 (hard labels), its probabilities (soft), or its
+  probabilities at the planned temperature (distillation)."""
   ctx, recorder = built_zoo
+  victim = ctx.artifacts.victim
   x = stack_lib.to_float(ctx.data.x_test[:64])
-  kinds = {c["desc"].split("__")[0]: c for c in recorder.calls}
-  hard = kinds["extract_hard"]
-  assert hard["target"] == "teacher_hard"
-  answers = np.asarray(hard["teacher_fn"](hard["teacher_vars"], x))
-  assert set(np.unique(answers)) <= {0.0, 1.0}
-  np.testing.assert_array_equal(answers.sum(-1), 1.0)
-  soft = kinds["extract_soft"]
-  assert soft["target"] == "teacher_soft"
-  assert kinds["distill"]["target"] == "distill"
+  logits = np.asarray(stack_lib.predict(victim, ctx.data.x_test[:64])[0])
+  probs = np.asarray(jax.nn.softmax(logits))
+  calls = {c["desc"].split("__")[0]: c for c in recorder.calls}
+
+  def learned(kind, temperature=1.0):
+    call = calls[kind]
+    answers = call["teacher_fn"](call["teacher_vars"], x)
+    return np.asarray(train.teacher_targets(call["target"], answers, temperature))
+
+  hard = learned("extract_hard")
+  np.testing.assert_array_equal(hard, np.eye(logits.shape[-1])[logits.argmax(-1)])
+  for kind in ("extract_soft", "extract_adv"):
+    np.testing.assert_allclose(learned(kind), probs, atol=1e-5)
+  (distill,) = [p for p in zoo_lib.plan_zoo(ctx.cfg) if p.kind == "distill"]
+  temperature = distill.shared("T")
+  assert temperature != 1.0
+  np.testing.assert_allclose(learned("distill", temperature),
+                             jax.nn.softmax(logits / temperature), atol=1e-5)
+  assert calls["distill"]["target"] == "distill"  # the T^2-scaled loss
 
 
 def test_hard_label_student_ignores_the_victims_confidence(built_zoo):
@@ -196,7 +213,7 @@ def test_hard_label_student_ignores_the_victims_confidence(built_zoo):
   outputs = []
   for teacher in (victim, sharp):
     student, _ = zoo_lib.train_plan(
-        plan, teacher, ctx.data.x_train, ctx.data.y_train, ctx.parts, cfg,
+        plan, teacher, ctx.data.x_train, ctx.data.y_train, ctx.parts,
         augment=False, arch_kwargs=ctx.arch_kwargs())
     outputs.append(stack_lib.predict(student, x))
   np.testing.assert_array_equal(outputs[0], outputs[1])
@@ -220,7 +237,7 @@ def test_kinds_train_on_their_own_disjoint_parts(built_zoo):
     for index in call["index"]:
       # Past n_train: the attacker's augmented copies and adversarial
       # examples of its own images (made by augmented_queries /
-      # substitute_adversarials from x_train[part], tested below).
+      # substitute_adversarials from x_train[part], tested on their own).
       real = index[index < n_train]
       assert set(real.tolist()) == expected, kind
       if call["target"] == "labels":
@@ -287,15 +304,18 @@ def test_augmented_queries_are_shifted_copies_of_their_sources(flip):
 
 
 def test_query_budget_sets_steps_and_copies():
-  cfg = _config("/unused", batch_size=50, zoo_epochs=2, query_budget=0)
-  assert zoo_lib.extraction_steps(cfg, 1000) == 40
-  assert zoo_lib.query_copies(cfg, 1000) == 1
-  cfg = dataclasses.replace(cfg, query_budget=5000)
-  assert zoo_lib.extraction_steps(cfg, 1000) == 100
-  assert zoo_lib.query_copies(cfg, 1000) == 4
-  assert zoo_lib.query_copies(dataclasses.replace(cfg, query_budget=10 ** 6), 1000) == (
+  def hparams(**overrides):
+    settings = dict(batch_size=50, zoo_epochs=2, query_budget=0, zoo_kinds=["extract_soft"])
+    cfg = _config("/unused", **{**settings, **overrides})
+    return zoo_lib.plan_zoo(cfg)[0].hparams[0]
+
+  assert zoo_lib.extraction_steps(hparams(), 1000) == 40
+  assert zoo_lib.query_copies(hparams(), 1000) == 1
+  assert zoo_lib.extraction_steps(hparams(query_budget=5000), 1000) == 100
+  assert zoo_lib.query_copies(hparams(query_budget=5000), 1000) == 4
+  assert zoo_lib.query_copies(hparams(query_budget=10 ** 6), 1000) == (
       zoo_lib.MAX_QUERY_COPIES)
-  assert zoo_lib.query_copies(dataclasses.replace(cfg, augment="false"), 1000) == 0
+  assert zoo_lib.query_copies(hparams(query_budget=5000, augment="false"), 1000) == 0
 
 
 def test_saved_stack_is_reused_only_for_the_same_plan_and_victim():
@@ -318,3 +338,138 @@ def test_saved_stack_is_reused_only_for_the_same_plan_and_victim():
     assert not zoo_lib.plan_matches(more, saved, "abc"), kind
     (bigger,) = zoo_lib.plan_zoo(dataclasses.replace(one, batch_size=128))
     assert not zoo_lib.plan_matches(bigger, saved, "abc"), kind
+
+
+@pytest.fixture(scope="module")
+def substitutes():
+  """Two small MLPs trained briefly on digits, and 24 attacker images."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  d = load_digits()
+  x = np.round(d.images[..., None] * 255.0 / 16.0).astype(np.uint8)
+  y = d.target.astype(np.int32)
+  stack = stack_lib.create("mlp", [11, 12], num_classes=10, image_shape=(8, 8, 1))
+  cfg = train.TrainConfig(epochs=3, batch_size=64, lr=0.05, log_every=10 ** 9)
+  part = np.arange(1200)
+  stack, _ = train.train_stack(stack, x, [part, part], cfg, labels=[y[part]] * 2,
+                               strategy="loop")
+  return stack, x[1500:1524]
+
+
+def test_substitute_adversarials_lie_within_eps_and_fool_the_substitute(substitutes):
+  stack, x = substitutes
+  eps = 0.2  # digits have 16 grey levels: smaller balls barely move them
+  adv = zoo_lib.substitute_adversarials(stack, x, eps, jax.random.key(0), batch_size=10,
+                                        strategy="loop")
+  chex.assert_shape(adv, (2,) + x.shape)
+  assert adv.dtype == np.uint8
+  # Within eps of the attacker's images once rounded to pixels.
+  gap = np.abs(adv.astype(np.float64) - x[None].astype(np.float64)) / 255.0
+  assert gap.max() <= eps + 0.5 / 255.0
+  clean = stack_lib.predict(stack, x).argmax(-1)
+  noise = np.sign(np.random.default_rng(0).standard_normal(x.shape)) * eps * 255.0
+  noisy = np.clip(np.round(x + noise), 0, 255).astype(np.uint8)
+  for i in range(stack.size):
+    own = stack_lib.predict(stack.select([i]), adv[i])[0].argmax(-1)
+    fooled = np.mean(own != clean[i])
+    by_noise = np.mean(stack_lib.predict(stack.select([i]), noisy)[0].argmax(-1) != clean[i])
+    # Each substitute's own examples change its top-1 on most images, far
+    # more often than random noise of the same size does.
+    assert fooled > 0.5 and fooled > by_noise + 0.3, (i, fooled, by_noise)
+
+
+def test_substitute_adversarials_are_the_attacks_pgd(substitutes):
+  """The zoo's PGD is attacks.pgd_steps: model i, batch b attacks with
+  fold_in(split(key, K)[i], b), EXTRACT_ADV_PGD_STEPS steps of 2.5 eps / steps,
+  against the cross-entropy of its own top-1."""
+  stack, x = substitutes
+  eps, key, batch = 0.05, jax.random.key(3), 12
+  adv = zoo_lib.substitute_adversarials(stack, x, eps, key, batch_size=batch,
+                                        strategy="vmap")
+  steps = zoo_lib.EXTRACT_ADV_PGD_STEPS
+  for i, model_key in enumerate(jax.random.split(key, stack.size)):
+    variables = zoo_lib.single_variables(stack, i)
+    for b in range(len(x) // batch):
+      xb = stack_lib.to_float(x[b * batch:(b + 1) * batch])
+      top1 = stack.logits_fn(variables, xb).argmax(-1)
+      loss = lambda xa, v=variables, t=top1: jnp.sum(
+          optax.softmax_cross_entropy_with_integer_labels(stack.logits_fn(v, xa), t))
+      ref = attacks.pgd_steps(loss, xb, jax.random.fold_in(model_key, b), eps,
+                              2.5 * eps / steps, steps, iterate="image")
+      want = np.round(np.asarray(ref) * 255.0).astype(np.uint8)
+      got = adv[i, b * batch:(b + 1) * batch]
+      # Float round-off of another loss expression may move a pixel by one level.
+      assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+      assert np.mean(got == want) > 0.99
+  other = zoo_lib.substitute_adversarials(stack, x, eps, jax.random.key(4),
+                                          batch_size=batch, strategy="vmap")
+  assert not np.array_equal(other, adv)  # the key matters
+
+
+def _entry(name, kind, agreement, part=None, arch="mlp"):
+  family = "independent" if kind.startswith("independent") else "piracy"
+  part = part or zoo_lib.PART_OF_KIND[kind]
+  return {"name": name, "kind": kind, "family": family, "arch": arch, "part": part,
+          "agreement": agreement}
+
+
+def test_extraction_faithfulness_compares_with_same_data_independents():
+  entries = [
+      _entry("is0", "independent_seed", 0.80), _entry("is1", "independent_arch", 0.86),
+      # Trained on other data: not a reference for faithfulness.
+      _entry("id0", "independent_data", 0.99),
+      _entry("es0", "extract_soft", 0.90), _entry("es1", "extract_soft", 0.88),
+      _entry("eh0", "extract_hard", 0.70),
+      _entry("el0", "extract_hard", 0.95, arch="lenet5"),
+      _entry("ft0", "finetune_all", 0.99),
+  ]
+  out = zoo_lib.extraction_faithfulness(entries)
+  assert out["same_data_independents"] == {"mean": pytest.approx(0.83),
+                                           "max": pytest.approx(0.86), "count": 2}
+  assert set(out) == {"same_data_independents", "extract_soft__mlp",
+                      "extract_hard__mlp", "extract_hard__lenet5"}
+  assert out["extract_soft__mlp"] == {"mean": pytest.approx(0.89), "faithful": True}
+  assert out["extract_hard__mlp"] == {"mean": pytest.approx(0.70), "faithful": False}
+  assert out["extract_hard__lenet5"]["faithful"] is True
+  # Above the independents' mean but not their max: not faithful.
+  (mid,) = [e for e in entries if e["name"] == "eh0"]
+  mid["agreement"] = 0.85
+  assert zoo_lib.extraction_faithfulness(entries)["extract_hard__mlp"]["faithful"] is False
+  # Nothing to compare: no same-data independents, or no extraction.
+  assert zoo_lib.extraction_faithfulness(
+      [e for e in entries if e["part"] != "victim"]) is None
+  assert zoo_lib.extraction_faithfulness(
+      [e for e in entries if not e["kind"].startswith("extract")]) is None
+
+
+def test_every_kind_trains_with_its_plans_hyper_parameters(monkeypatch, digits_arrays):
+  """The plan is the only source of settings: edited hparams reach training."""
+  x, y = digits_arrays
+  calls = []
+
+  def fake_train_stack(stack, x_pool, index, cfg, **kwargs):
+    calls.append((cfg, kwargs.get("lrs")))
+    return stack, {"steps": train.total_steps(cfg, max(map(len, index)))}
+
+  monkeypatch.setattr(train, "train_stack", fake_train_stack)
+  cfg = _config("/unused", zoo_count=1, zoo_counts=[], extract_rounds=1)
+  parts = {"victim": np.arange(0, 500), "attacker": np.arange(500, 900),
+           "independent": np.arange(900, 1300)}
+  victim = stack_lib.create("mlp", [0], meta=[{"name": "victim", "seed": 0}],
+                            num_classes=10, image_shape=(8, 8, 1))
+  for plan in zoo_lib.plan_zoo(cfg):
+    edited = tuple(dict(h, lr=0.0123, batch_size=17, weight_decay=0.25,
+                        optimizer="adam", epochs=0.5) for h in plan.hparams)
+    plan = dataclasses.replace(plan, hparams=edited)
+    calls.clear()
+    zoo_lib.train_plan(plan, victim, x, y, parts, augment=False,
+                       arch_kwargs=dict(num_classes=10, image_shape=(8, 8, 1)),
+                       strategy="loop")
+    assert calls, plan.kind
+    for tc, lrs in calls:
+      assert (tc.batch_size, tc.weight_decay, tc.optimizer) == (17, 0.25, "adam"), plan.kind
+      assert lrs == [0.0123] * len(plan.names), plan.kind
+      if tc.steps == 0:
+        assert tc.epochs == 0.5, plan.kind
+      if plan.kind == "adv_train":
+        assert (tc.adv_eps, tc.adv_steps) == (plan.hparams[0]["eps"],
+                                              plan.hparams[0]["pgd_steps"])
