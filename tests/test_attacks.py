@@ -500,3 +500,85 @@ def test_bad_arguments_raise_clear_errors():
     attacks.uap_stack(logits_fn, variables, x, key=key, xi=0.1, radius=2)
   uint8 = np.full((2,) + SHAPE, 255, np.uint8)
   assert float(attacks.fgsm(logits_fn, variables, uint8, eps=0.1).max()) <= 1.0
+
+
+# -- The one PGD kernel (pgd_steps) ------------------------------------------
+
+
+def _old_image_pgd(loss_of_x, x, key, eps, steps):
+  """The L-inf PGD that adversarial training and extract_adv used to carry
+  (random start, step 2.5 eps / steps): pgd_steps' 'image' iterate keeps it."""
+  alpha = 2.5 * eps / steps
+  x_adv = jnp.clip(x + jax.random.uniform(key, x.shape, minval=-eps, maxval=eps), 0, 1)
+
+  def body(_, xa):
+    xa = xa + alpha * jnp.sign(jax.grad(loss_of_x)(xa))
+    return jnp.clip(jnp.clip(xa, x - eps, x + eps), 0.0, 1.0)
+  return jax.lax.fori_loop(0, steps, body, x_adv)
+
+
+@pytest.mark.parametrize("iterate", ["offset", "image"])
+def test_pgd_steps_reaches_the_corner_of_a_linear_loss(iterate):
+  """Ascending sum(w * x) within the L-inf ball ends at x + eps sign(w),
+  clipped to [0, 1], from any random start once the steps add up to 2 eps."""
+  kx, kw, ks = jax.random.split(jax.random.key(fresh_seed()), 3)
+  x = jax.random.uniform(kx, (N,) + SHAPE)
+  w = jax.random.normal(kw, x.shape)
+  eps = 0.1
+  adv = jax.jit(lambda x, key: attacks.pgd_steps(
+      lambda xa: jnp.sum(w * xa), x, key, eps, eps, 3, iterate=iterate))(x, ks)
+  chex.assert_shape(adv, x.shape)
+  np.testing.assert_allclose(adv, jnp.clip(x + eps * jnp.sign(w), 0, 1), atol=1e-6)
+
+
+def test_pgd_steps_l2_moves_along_the_gradient_to_the_sphere():
+  kx, kw, ks = jax.random.split(jax.random.key(fresh_seed()), 3)
+  x = 0.3 + 0.4 * jax.random.uniform(kx, (N,) + SHAPE)  # far from the box edges
+  w = jax.random.normal(kw, x.shape)
+  eps = 0.05
+  adv = attacks.pgd_steps(lambda xa: jnp.sum(w * xa), x, ks, eps, eps, 20, 2.0)
+  unit = w / jnp.sqrt(jnp.sum(w ** 2, axis=(1, 2, 3), keepdims=True))
+  np.testing.assert_allclose(adv, x + eps * unit, atol=2e-3)
+  assert float(jnp.max(common.flat_norm(adv - x, 2.0, 1))) <= eps + 1e-6
+
+
+def test_image_iterate_is_the_old_training_and_zoo_pgd():
+  logits_fn, variables = tiny_mlp(fresh_seed())
+  kx, kt, ks = jax.random.split(jax.random.key(fresh_seed()), 3)
+  x = jax.random.uniform(kx, (N,) + SHAPE)
+  target = jax.nn.softmax(jax.random.normal(kt, (N, NUM_CLASSES)))
+  loss = lambda xa: -jnp.mean(jnp.sum(target * jax.nn.log_softmax(
+      logits_fn(variables, xa)), -1))
+  eps = jnp.float32(0.05)
+  new = jax.jit(lambda x, k: attacks.pgd_steps(loss, x, k, eps, 2.5 * eps / 5, 5,
+                                                iterate="image"))(x, ks)
+  old = jax.jit(lambda x, k: _old_image_pgd(loss, x, k, eps, 5))(x, ks)
+  np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+  # Inside vmap with a traced radius per row, as the training step uses it.
+  radii = jnp.array([0.02, 0.08], jnp.float32)
+  both = jax.vmap(lambda e: attacks.pgd_steps(loss, x, ks, e, 2.5 * e / 5, 5,
+                                              iterate="image"))(radii)
+  for r, out in zip([0.02, 0.08], both):
+    assert float(jnp.max(jnp.abs(out - x))) <= r + 1e-6
+
+
+@pytest.mark.parametrize("p", ["inf", 2])
+def test_pgd_is_the_offset_kernel_on_the_summed_cross_entropy(p):
+  logits_fn, variables = tiny_mlp(fresh_seed())
+  kx, ks = jax.random.split(jax.random.key(fresh_seed()))
+  x = jax.random.uniform(kx, (N,) + SHAPE)
+  y = jnp.arange(N) % NUM_CLASSES
+  adv = attacks.pgd(logits_fn, variables, x, y, key=ks, eps=0.1, num_steps=3, p=p)
+  loss = lambda xa: jnp.sum(common.cross_entropy(logits_fn(variables, xa), y))
+  ref = attacks.pgd_steps(loss, x, ks, jnp.float32(0.1), jnp.float32(2.5 * 0.1 / 3), 3,
+                          common.check_p(p))
+  np.testing.assert_allclose(adv, ref, atol=1e-6)
+
+
+def test_pgd_steps_rejects_unknown_iterates_and_l2_images():
+  x = jnp.full((2,) + SHAPE, 0.5)
+  loss = lambda xa: jnp.sum(xa)
+  with pytest.raises(ValueError, match="iterate must be one of"):
+    attacks.pgd_steps(loss, x, jax.random.key(0), 0.1, 0.1, 1, iterate="pixels")
+  with pytest.raises(ValueError, match="L-inf"):
+    attacks.pgd_steps(loss, x, jax.random.key(0), 0.1, 0.1, 1, 2.0, iterate="image")
