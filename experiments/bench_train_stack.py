@@ -6,7 +6,7 @@ the values) with ``uap_jax.train.train_stack``:
 
 * ``stack/<strategy>``: one ``train_stack`` call on a K-model stack with the
   model-axis strategy vmap, map, loop (and shard with several devices);
-  ``stack/auto=<s>`` is what ``engine.resolve('auto', purpose='train')``
+  ``stack/auto=<s>`` is what ``engine.resolve('auto')``
   picks (the row repeats that strategy's measurement when it is listed);
 * ``separate``: K calls of ``train_stack`` on one-model stacks, one after
   another (what K independent jobs would cost, compiles included).
@@ -89,7 +89,7 @@ def run_child(spec: dict) -> dict:
           train.train_stack(make([i]), x_pool, [parts[i]], cfg,
                             labels=[y_pool[parts[i]]], strategy="loop")
       else:
-        strategy = (engine.resolve("auto", purpose="train") if variant == "auto"
+        strategy = (engine.resolve("auto") if variant == "auto"
                     else variant)
         out["strategy"] = strategy
         trained, _ = train.train_stack(make(list(range(k))), x_pool, parts, cfg,
@@ -139,7 +139,7 @@ def main(argv):
   image = [int(s) for s in args.image.split(",")]
   import jax  # pylint: disable=g-import-not-at-top
   from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
-  auto = engine.resolve("auto", purpose="train")
+  auto = engine.resolve("auto")
   variants = args.variants.split(",")
   rows = []
   for arch in args.archs.split(","):

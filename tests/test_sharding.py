@@ -69,16 +69,14 @@ def test_pad_models_repeats_last_model_and_pads_keys():
   assert k == 5 and same is tree
 
 
-def test_default_strategy_is_concrete_for_each_purpose():
+def test_auto_resolves_to_a_concrete_strategy():
+  import jax  # pylint: disable=g-import-not-at-top
+  from uap_jax import config  # pylint: disable=g-import-not-at-top
   from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
-  for backend in ("cpu", None):
-    for purpose in engine.PURPOSES:
-      assert engine.default_strategy(backend, purpose) in engine.STRATEGIES[1:]
-      assert engine.resolve("auto", purpose) == engine.default_strategy(None, purpose)
-  assert engine.default_strategy() == engine.default_strategy(None, "any")
-  assert engine.resolve("map", "train") == "map"
-  with pytest.raises(ValueError, match="purpose"):
-    engine.default_strategy("cpu", "eval")
+  assert engine.default_strategy("cpu") == "loop"
+  assert engine.resolve("auto") == engine.default_strategy(jax.default_backend())
+  assert engine.resolve("auto") in config.STRATEGIES[1:]
+  assert engine.resolve("map") == "map"
   with pytest.raises(ValueError, match="Unknown model-axis strategy"):
     engine.check_strategy("pmap")
 

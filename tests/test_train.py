@@ -151,18 +151,13 @@ def test_checkpoint_round_trip(tmp_path, digits_arrays):
   assert meta["n"] == 2 and tree["v"].tolist() == [1, 1, 1]
 
 
-def test_concat_and_select_keep_each_models_outputs(digits_arrays):
+def test_select_keeps_each_models_outputs(digits_arrays):
   x, _ = digits_arrays
-  a, b = _digits_stack([1, 2]), _digits_stack([3])
-  joined = stack_lib.concat([a, b])
-  assert joined.size == 3 and [m["seed"] for m in joined.meta] == [1, 2, 3]
-  np.testing.assert_allclose(stack_lib.predict(joined, x[:20]),
-                             np.concatenate([stack_lib.predict(a, x[:20]),
-                                             stack_lib.predict(b, x[:20])]), atol=1e-6)
-  np.testing.assert_allclose(stack_lib.predict(joined.select([2]), x[:20]),
-                             stack_lib.predict(b, x[:20]), atol=1e-6)
-  with pytest.raises(ValueError, match="Cannot join"):
-    stack_lib.concat([a, _digits_stack([4], arch="lenet5")])
+  s = _digits_stack([1, 2, 3])
+  picked = s.select([2, 0])
+  assert [m["seed"] for m in picked.meta] == [3, 1]
+  np.testing.assert_allclose(stack_lib.predict(picked, x[:20]),
+                             stack_lib.predict(s, x[:20])[[2, 0]], atol=1e-6)
 
 
 def test_checkpoint_errors(tmp_path):

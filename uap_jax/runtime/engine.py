@@ -20,9 +20,8 @@ measurement (``experiments/bench_model_axis.py``):
   not divide the mesh is padded and the outputs sliced back; inference can
   also split its batch over a ``data`` mesh axis (``data_split``).
 
-``auto`` picks per backend and purpose (:func:`default_strategy`): ``vmap``
-on one accelerator, ``shard`` on several, and on CPU the entries of
-:data:`CPU_DEFAULTS`.
+``auto`` picks per backend (:func:`default_strategy`): ``vmap`` on one
+accelerator, ``shard`` on several, and ``loop`` on CPU.
 """
 
 from __future__ import annotations
@@ -34,37 +33,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
-PURPOSES = ("any", "infer", "train")
-
-# Per purpose (see default_strategy), the strategy 'auto' takes on CPU.
-CPU_DEFAULTS = {"any": "loop", "infer": "loop", "train": "loop"}
+from uap_jax.config import STRATEGIES
 
 PyTree = Any
 
 
-def default_strategy(backend: str | None = None, purpose: str = "any") -> str:
+def default_strategy(backend: str | None = None) -> str:
   """Returns the measured-fastest strategy for a backend.
 
   Args:
     backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; ``None`` means the default one.
-    purpose: what the lifted function does, since the fastest strategy
-      differs: ``"infer"`` (forward passes only: predictions, fingerprints),
-      ``"train"`` (training steps), ``"any"`` (anything, e.g. attacks that
-      take gradients; the safe choice when unsure).
 
   Returns:
     A strategy name other than ``"auto"``: on an accelerator ``shard`` when
-    this process has several devices, else ``vmap``; on CPU see
-    :data:`CPU_DEFAULTS` (``experiments/bench_model_axis.py`` and
+    this process has several devices, else ``vmap``; on CPU ``loop``, for
+    inference and training alike (``experiments/bench_model_axis.py`` and
     ``experiments/bench_train_stack.py`` measure them).
   """
-  if purpose not in PURPOSES:
-    raise ValueError(
-        f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.")
   backend = backend or jax.default_backend()
   if backend == "cpu":
-    return CPU_DEFAULTS[purpose]
+    return "loop"
   if jax.local_device_count(backend) > 1:
     return "shard"
   return "vmap"
@@ -73,9 +61,12 @@ def default_strategy(backend: str | None = None, purpose: str = "any") -> str:
 def check_strategy(strategy: str) -> None:
   """Raises ValueError for an unknown strategy name, without touching devices.
 
-  Config validation should use this rather than :func:`resolve`: resolving
-  ``auto`` initialises JAX's backends, after which ``jax.distributed`` can no
-  longer start.
+  Checks of settings before a run should use this rather than
+  :func:`resolve`: resolving ``auto`` initialises JAX's backends, after which
+  ``jax.distributed`` can no longer start.
+
+  Args:
+    strategy: the name to check.
   """
   if strategy not in STRATEGIES:
     raise ValueError(
@@ -83,19 +74,17 @@ def check_strategy(strategy: str) -> None:
         f"{', '.join(STRATEGIES)}.")
 
 
-def resolve(strategy: str, purpose: str = "any") -> str:
+def resolve(strategy: str) -> str:
   """Validates a strategy name and resolves ``auto``.
 
   Args:
-    strategy: one of :data:`STRATEGIES`.
-    purpose: ``"any"``, ``"infer"`` or ``"train"``, for
-      :func:`default_strategy`.
+    strategy: one of :data:`uap_jax.config.STRATEGIES`.
 
   Returns:
     A concrete strategy (never ``"auto"``).
   """
   check_strategy(strategy)
-  return default_strategy(purpose=purpose) if strategy == "auto" else strategy
+  return default_strategy() if strategy == "auto" else strategy
 
 
 def num_models(tree: PyTree) -> int:
@@ -157,7 +146,6 @@ def over_models(
     donate_argnums: Sequence[int] = (),
     data_split: Sequence[int | None] | None = None,
     data_axis_name: str = "data",
-    purpose: str = "any",
 ) -> Callable[..., Any]:
   """Lifts a per-model function over the leading model axis.
 
@@ -165,7 +153,7 @@ def over_models(
     fn: ``fn(*args)`` for one model. Arguments whose ``in_axes`` entry is 0
       carry a leading model axis in the lifted call; ``None`` entries are
       shared by every model.
-    strategy: one of :data:`STRATEGIES`.
+    strategy: one of :data:`uap_jax.config.STRATEGIES`.
     in_axes: per positional argument, 0 (per model) or None (shared). By
       default the first argument is per model and the others are shared.
     mesh: device mesh for ``shard``; by default the mesh installed with
@@ -182,7 +170,6 @@ def over_models(
       Without it, a mesh's data axis also carries models: the model axis is
       split over ``models`` x ``data`` devices.
     data_axis_name: mesh axis for ``data_split``.
-    purpose: how ``auto`` resolves (see :func:`default_strategy`).
 
   With ``shard``, a model axis (or split batch) that does not divide the
   mesh axis is padded by repeating the last model (row) and the outputs are
@@ -192,7 +179,7 @@ def over_models(
     A function with the same arguments whose outputs gain a leading model
     axis. Every strategy compiles once per input shape.
   """
-  strategy = resolve(strategy, purpose)
+  strategy = resolve(strategy)
 
   def axes_for(nargs: int) -> tuple[int | None, ...]:
     if in_axes is None:

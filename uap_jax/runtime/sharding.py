@@ -26,13 +26,11 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 MODEL_AXIS = "models"
 DATA_AXIS = "data"
 AXES = (MODEL_AXIS, DATA_AXIS)
-
-PyTree = Any
 
 _default_mesh: Mesh | None = None
 
@@ -145,30 +143,3 @@ def default_mesh() -> Mesh:
 def axis_size(mesh: Mesh, axis_name: str) -> int:
   """Size of a mesh axis; 1 if the mesh does not have it."""
   return int(dict(mesh.shape).get(axis_name, 1))
-
-
-def describe(mesh: Mesh) -> str:
-  """Human-readable mesh summary, e.g. ``models:4,data:2 (cpu)``."""
-  axes = ",".join(f"{n}:{s}" for n, s in mesh.shape.items())
-  platform = mesh.devices.flat[0].platform
-  return f"{axes} ({platform})"
-
-
-def shard_models(tree: PyTree, mesh: Mesh | None = None,
-                 axis_name: str = MODEL_AXIS) -> PyTree:
-  """Places a stacked pytree with its model axis split over ``axis_name``.
-
-  Optional: the ``shard`` strategy reshards its inputs itself; placing a
-  stack once avoids moving it again on every call.
-
-  Args:
-    tree: stacked pytree whose leading axis (K) is divisible by the axis
-      size (pad with ``engine.pad_models`` first).
-    mesh: the mesh; default :func:`default_mesh`.
-    axis_name: mesh axis for the model axis.
-
-  Returns:
-    The same tree as ``jax.Array`` s with ``NamedSharding(mesh, P(axis_name))``.
-  """
-  mesh = mesh or default_mesh()
-  return jax.device_put(tree, NamedSharding(mesh, P(axis_name)))

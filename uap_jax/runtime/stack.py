@@ -141,19 +141,6 @@ def create(arch: str, seeds: Sequence[int], meta: Sequence[dict] | None = None,
                meta=meta)
 
 
-def concat(stacks: Sequence[Stack]) -> Stack:
-  """Joins stacks of the same architecture along the model axis."""
-  first = stacks[0]
-  for s in stacks[1:]:
-    if s.arch != first.arch or s.arch_kwargs != first.arch_kwargs:
-      raise ValueError(f"Cannot join a {s.arch} stack with a {first.arch} one.")
-  cat = lambda *xs: jnp.concatenate(xs)
-  return dataclasses.replace(
-      first, params=jax.tree.map(cat, *[s.params for s in stacks]),
-      rest=jax.tree.map(cat, *[s.rest for s in stacks]),
-      meta=[dict(m) for s in stacks for m in s.meta])
-
-
 def to_float(x: np.ndarray | jax.Array) -> jax.Array:
   """uint8 pixels (0-255) to float32 in [0, 1]; floats pass unchanged."""
   if x.dtype == np.uint8:
