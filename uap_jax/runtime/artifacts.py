@@ -4,22 +4,32 @@ Stages receive what earlier stages made from :class:`Artifacts` and hand
 what they make back to it; no stage reads another stage's files, so the
 file layout of a work directory is written down once, below.
 
-======================  =========================================  ==========
-artefact                files under ``--workdir``                  made by
-======================  =========================================  ==========
-victim                  ``checkpoints/victim``, ``victim.json``    victim
-zoo                     ``checkpoints/zoo/KIND__ARCH``, ``zoo.json``  zoo
-UAPs                    ``checkpoints/uap``, ``uap.json``          uap
-fingerprints + points   ``checkpoints/fingerprints``,              fingerprint
+======================  ===============================================  ==============
+artefact                files under ``--workdir``                        made by stage
+======================  ===============================================  ==============
+victim                  ``checkpoints/victim``, ``victim.json``          victim
+zoo                     ``checkpoints/zoo/KIND__ARCH``, ``zoo.json``     zoo
+UAPs                    ``checkpoints/uap``, ``uap.json``                uap
+fingerprints + points   ``checkpoints/fingerprints``,                    fingerprint
                         ``fingerprints.json``
-split + encoder         ``split.json``, ``checkpoints/encoder``,   encoder
+split + encoder         ``split.json``, ``checkpoints/encoder``,         encoder
                         ``encoder.json``
-verification            ``verify.json``, ``checkpoints/similarities``  verify
-queries                 ``queries.npz``, ``queries.json``          export_queries
-======================  =========================================  ==========
+verification            ``verify.json``, ``checkpoints/similarities``    verify
+suspect verdicts        ``verdicts/NAME.json``                           verify
+                                                                         (--suspect)
+queries                 ``queries.npz``, ``queries.json``                export_queries
+======================  ===============================================  ==============
 
-Every write goes through the :class:`~uap_jax.runtime.workdir.Workdir`, which
-is where "only the main process writes" is enforced.
+Not artefacts of a stage, so not here: ``config.json`` (the pipeline),
+``partition.json`` (:class:`~uap_jax.runtime.context.RunContext`, with the
+data), ``stages/STAGE.json`` (the pipeline's done-markers) and the report's
+``report/`` files, which nothing reads back.
+
+The victim, the zoo, the UAPs and the fingerprints are cached after their
+first load (and the cache is dropped when they are saved again); the small
+JSON and array artefacts are read on each call. Every write goes through the
+:class:`~uap_jax.runtime.workdir.Workdir`, which is where "only the main
+process writes" is enforced.
 """
 
 from __future__ import annotations
@@ -203,3 +213,19 @@ class Artifacts:
   @property
   def queries_manifest_path(self) -> str:
     return self.workdir.path("queries.json")
+
+  def save_queries(self, queries: np.ndarray, manifest: dict) -> str:
+    """Saves the query images (``(Q, H, W, C)`` uint8) and their manifest.
+
+    Args:
+      queries: the images, in query order.
+      manifest: the JSON manifest describing them.
+
+    Returns:
+      The path of ``queries.npz``.
+    """
+    queries = np.asarray(queries)
+    path = self.workdir.write_npz("queries.npz", queries=queries,
+                                  query_id=np.arange(len(queries), dtype=np.int32))
+    self.workdir.write_json("queries.json", manifest)
+    return path

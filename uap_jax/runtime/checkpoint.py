@@ -4,7 +4,10 @@ Each stack lives in its own ``ocp.CheckpointManager`` directory with two
 items: ``state`` (params and BatchNorm statistics, leading model axis) and
 ``meta`` (architecture, its build arguments and per-model metadata, JSON).
 Orbax writes a step into a temporary directory and renames it when complete,
-so an interrupted save leaves the previous good step in place.
+so an interrupted save leaves the previous good step in place. Arrays are
+saved from host memory by the calling process alone, so that in a
+multi-process run the main process can save while the others wait
+(:class:`uap_jax.runtime.workdir.Workdir` decides who saves).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ PyTree = Any
 
 
 def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
-  # Arrays here are host arrays, whole on every process: each process reads
-  # on its own, and only the main one writes (see runtime.workdir), so orbax
-  # must not wait at barriers for the others.
+  # Arrays here are whole on every process, and saved from host memory
+  # (_on_host): each process reads on its own, and only the main one writes
+  # (see runtime.workdir), so orbax must not wait at barriers for the others.
   me = jax.process_index()
   if create:  # orbax will not create it with active_processes set
     os.makedirs(directory, exist_ok=True)
@@ -39,12 +42,25 @@ def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
       item_names=("state", "meta"))
 
 
+def latest_step(directory: str) -> int | None:
+  """The newest complete step in ``directory`` (the one loads restore).
+
+  Args:
+    directory: a checkpoint directory.
+
+  Returns:
+    The step number, or None when there is no complete step (or no
+    directory).
+  """
+  if not os.path.isdir(directory):
+    return None
+  with _manager(directory, create=False) as mngr:
+    return mngr.latest_step()
+
+
 def exists(directory: str) -> bool:
   """True if ``directory`` holds at least one complete checkpoint step."""
-  if not os.path.isdir(directory):
-    return False
-  with _manager(directory, create=False) as mngr:
-    return mngr.latest_step() is not None
+  return latest_step(directory) is not None
 
 
 def _jsonable(value):
@@ -57,6 +73,21 @@ def _jsonable(value):
   if isinstance(value, (np.floating,)):
     return float(value)
   return value
+
+
+def _on_host(tree: PyTree) -> PyTree:
+  """The tree with its jax.Array leaves as numpy arrays (same values).
+
+  orbax saves a jax.Array with a collective across processes, which would
+  wait forever for processes that do not save; numpy leaves are written by
+  the saving process alone. Typed PRNG keys have no numpy form and stay.
+  """
+  def host(x):
+    if isinstance(x, jax.Array) and not jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      return np.asarray(x)
+    return x
+  return jax.tree.map(host, tree)
 
 
 def _next_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
@@ -79,7 +110,7 @@ def save_stack(directory: str, stack: stack_lib.Stack, step: int | None = None) 
   """
   meta = _jsonable({"arch": stack.arch, "arch_kwargs": stack.arch_kwargs,
                     "models": stack.meta})
-  state = {"params": stack.params, "rest": stack.rest}
+  state = _on_host({"params": stack.params, "rest": stack.rest})
   with _manager(directory, create=True) as mngr:
     mngr.save(_next_step(mngr, step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -129,6 +160,9 @@ def load_stack(directory: str) -> stack_lib.Stack:
           state=ocp.args.StandardRestore(target)))["state"]
     except Exception as e:
       raise ValueError(_corrupt_message(directory, e)) from e
+  # Saved from numpy (see _on_host), restored as numpy: back on the device,
+  # as the models were before they were saved.
+  state = jax.tree.map(jax.numpy.asarray, state)
   return stack_lib.Stack(arch=arch, arch_kwargs=arch_kwargs, graphdef=graphdef,
                          params=state["params"], rest=state["rest"],
                          meta=list(meta["models"]))
@@ -142,7 +176,7 @@ def save_arrays(directory: str, tree: PyTree, meta: dict | None = None,
   """
   with _manager(directory, create=True) as mngr:
     mngr.save(_next_step(mngr, step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree),
+        state=ocp.args.StandardSave(_on_host(tree)),
         meta=ocp.args.JsonSave(_jsonable(meta or {}))), force=True)
     mngr.wait_until_finished()
 

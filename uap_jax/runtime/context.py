@@ -1,8 +1,10 @@
 """What the stages of one run share: config, work directory, data, artefacts.
 
-Loaded lazily and cached, so a stage asks for ``ctx.data`` or
-``ctx.artifacts.victim`` and gets it from memory, from the work directory,
-or (data) from its source.
+A :class:`RunContext` is made once per run by the pipeline and handed to
+every stage. The data set (``ctx.data``) and its partition (``ctx.parts``)
+are loaded on first use and kept for the run; the artefacts of earlier
+stages come from ``ctx.artifacts`` (:mod:`uap_jax.runtime.artifacts`), which
+loads them from the work directory.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from uap_jax.runtime.workdir import Workdir
 
 
 class RunContext:
-  """Shared state of the stages of one run."""
+  """Shared state of the stages of one run.
+
+  Attributes:
+    cfg: the run's settings.
+    workdir: the run directory (all writes go through it).
+    artifacts: loads and saves the artefacts of the stages.
+  """
 
   def __init__(self, cfg: Config, workdir: Workdir):
     self.cfg = cfg
@@ -29,6 +37,7 @@ class RunContext:
 
   @functools.cached_property
   def data(self) -> data_lib.Dataset:
+    """The run's data set (``--dataset``), loaded on first use."""
     logging.info("Loading data set %s", self.cfg.dataset)
     return data_lib.load_dataset(self.cfg.dataset, data_dir=self.cfg.data_dir or None,
                                  seed=self.cfg.seed)
@@ -48,13 +57,14 @@ class RunContext:
     fractions = {"victim": self.cfg.victim_frac, "attacker": self.cfg.attacker_frac,
                  "independent": self.cfg.independent_frac}
     parts = data_lib.partition(self.data.y_train, fractions, self.cfg.seed)
-    if self.workdir.is_writer:  # the one write of a run outside Workdir's methods
-      data_lib.save_partition(path, parts)
+    self.workdir.write_with("partition.json",
+                            lambda target: data_lib.save_partition(target, parts))
     logging.info("Partition: %s", {k: len(v) for k, v in parts.items()})
     return parts
 
   @property
   def augment(self) -> bool:
+    """Whether training augments images (``--augment``; auto: colour only)."""
     if self.cfg.augment == "auto":
       return self.data.image_shape[-1] == 3
     return self.cfg.augment == "true"

@@ -7,10 +7,11 @@ Layout (all under ``--workdir``)::
   stages/STAGE.json       written last by a finished stage (seconds, summary)
   checkpoints/NAME/       orbax checkpoints (stacks, UAPs, fingerprints, ...)
   victim.json, zoo.json, uap.json, ...   human-readable results
+  queries.npz, queries.json              black-box query images, manifest
   report/                 results.json, report.md, plots
 
-JSON files are written to a temporary name and renamed, so an interrupted
-write never leaves half a file.
+JSON, text and ``.npz`` files are written to a temporary name and renamed,
+so an interrupted write never leaves half a file.
 
 In a multi-process run only the main process writes: every write of a run
 goes through a :class:`Workdir`, and on the other processes its writing
@@ -23,14 +24,16 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import distributed
 
 
 class Workdir:
-  """Paths and atomic JSON I/O inside one run directory."""
+  """Paths, atomic writes and the done-markers of one run directory."""
 
   def __init__(self, root: str, writer: bool | None = None):
     """Opens (and, on the writing process, creates) a run directory.
@@ -103,6 +106,44 @@ class Workdir:
       fig.savefig(target, **kwargs)
     return target
 
+  def write_npz(self, name: str, **arrays: np.ndarray) -> str:
+    """Writes arrays as a compressed ``.npz`` at ``name`` (relative), atomically.
+
+    Args:
+      name: the file, relative to the run directory.
+      **arrays: the arrays, by key.
+
+    Returns:
+      The file's path.
+    """
+    target = self.path(name)
+    if not self.is_writer:
+      return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      np.savez_compressed(f, **arrays)
+    os.replace(tmp, target)
+    return target
+
+  def write_with(self, name: str, write: Callable[[str], Any]) -> str:
+    """Lets ``write(path)`` write the file ``name`` (relative), on the writer only.
+
+    For files whose format another module owns (the data partition): that
+    module writes, the work directory decides whether this process may.
+
+    Args:
+      name: the file, relative to the run directory.
+      write: called with the file's absolute path.
+
+    Returns:
+      The file's path.
+    """
+    target = self.path(name)
+    if self.is_writer:
+      write(target)
+    return target
+
   def read_json(self, name: str) -> Any:
     target = self.path(name)
     if not os.path.exists(target):
@@ -143,7 +184,6 @@ class Workdir:
 
 
 def _default(o):
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if isinstance(o, np.integer):
     return int(o)
   if isinstance(o, np.floating):
