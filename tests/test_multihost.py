@@ -49,7 +49,7 @@ def test_my_share_takes_the_items_of_its_indices():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(process_index=2, process_count=2), "process_index=2"),
     (dict(process_index=0, process_count=0), "process_count >= 1"),
-    (dict(process_index=0, process_count=1, mode="blocks"), "share mode"),
+    (dict(process_index=0, process_count=1, mode="blocks"), "--share_mode must be contiguous or strided"),
 ])
 def test_share_indices_rejects_bad_input(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -72,7 +72,7 @@ def test_gather_in_one_process_puts_rows_in_item_order():
     (dict(coordinator_address="nohostport"), "HOST:PORT"),
     (dict(num_processes=0), "num_processes must be >= 1"),
     (dict(num_processes=2, process_id=2), "process_id=2"),
-    (dict(mode="yes"), "--distributed must be one of"),
+    (dict(mode="yes"), "--distributed must be auto, true or false"),
 ])
 def test_initialize_rejects_bad_flags_before_starting(args, message):
   with pytest.raises(ValueError, match=message):
@@ -84,6 +84,44 @@ def test_initialize_after_jax_use_says_to_call_it_first():
   jax.devices()  # backends are up: initialize must refuse before connecting
   with pytest.raises(RuntimeError, match="first thing in main"):
     distributed.initialize("127.0.0.1:1", 2, 0, timeout_s=1)
+
+
+def _write_everything(workdir, stack):
+  """Every kind of write a Workdir does; returns the paths it names."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(1, 1))
+  fig.add_subplot().plot([0, 1])
+  workdir.mark_done("victim", {"seconds": 1.0})
+  return [workdir.write_json("a/b.json", {"x": 1}),
+          workdir.write_text("t.txt", "text"),
+          workdir.write_npz("q.npz", q=np.zeros(3)),
+          workdir.write_with("p.json", lambda path: pathlib.Path(path).write_text("{}")),
+          workdir.save_stack("victim", stack),
+          workdir.save_arrays("uap", {"u": np.ones(3)}, {"n": 1}),
+          workdir.save_figure("report/f.png", fig),
+          workdir.path("stages", "victim.json")]
+
+
+def test_workdir_writes_nothing_unless_it_is_the_writer(tmp_path):
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  s = stack_lib.create("mlp", [0], num_classes=4, image_shape=(8, 8, 1), width=0.25)
+  root = tmp_path / "run"
+  reader = Workdir(str(root), writer=False)
+  assert not reader.is_writer
+  paths = _write_everything(reader, s)
+  assert not root.exists()  # not even the directory
+  writer = Workdir(str(root), writer=True)
+  assert _write_everything(writer, s) == paths
+  assert all(os.path.exists(p) for p in paths)
+  # Removals go through the same gate.
+  for name in ("a/b.json", "checkpoints/victim", "report"):
+    reader.remove(name)
+  reader.clear_stage("victim")
+  assert all(os.path.exists(p) for p in paths)
+  writer.clear_stage("victim")
+  writer.remove("checkpoints/victim")
+  assert not writer.stage_done("victim") and not os.path.exists(paths[4])
 
 
 CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "SLURM_NTASKS",
@@ -145,12 +183,36 @@ def _worker(process_id: int, port: int, out_dir: str) -> None:
   everywhere = distributed.gather_to_process0(
       np.array([10.0 * process_id]), [process_id], 2, everywhere=True)
   share = distributed.share_indices(NUM_SUSPECTS, mode="contiguous").tolist()
+  loaded = _workdir_round_trip(process_id, s, os.path.join(out_dir, "run"))
   with open(os.path.join(out_dir, f"share{process_id}.json"), "w") as f:
     json.dump({"share": share, "everywhere": everywhere.tolist(),
-               "got_result": results["contiguous"] is not None}, f)
+               "got_result": results["contiguous"] is not None, **loaded}, f)
   if distributed.is_main_process():
     np.savez(os.path.join(out_dir, "gathered.npz"), **results)
   distributed.sync("done")
+
+
+def _workdir_round_trip(process_id: int, s, root: str) -> dict:
+  """Both processes write through a default Workdir; both read what 0 saved."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import checkpoint  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  workdir = Workdir(root)
+  workdir.write_json(f"from{process_id}.json", {"process": process_id})
+  # Each process saves its own version; only process 0's may land.
+  mine = s.select([process_id])
+  workdir.save_stack("victim", mine)
+  workdir.save_arrays("uap", {"u": np.full(3, float(process_id))})
+  distributed.sync("saved")
+  victim = checkpoint.load_stack(workdir.checkpoint_dir("victim"))
+  uap = checkpoint.load_arrays(workdir.checkpoint_dir("uap"))[0]["u"]
+  first = s.select([0])
+  diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+      jax.tree.leaves(victim.params), jax.tree.leaves(first.params)))
+  distributed.sync("loaded")
+  return {"is_writer": workdir.is_writer, "victim_seed": victim.meta[0]["seed"],
+          "victim_diff": diff, "uap": uap.tolist(),
+          "steps": checkpoint.latest_step(workdir.checkpoint_dir("victim"))}
 
 
 def _free_port() -> int:
@@ -193,6 +255,18 @@ def test_two_processes_split_the_suspects(two_process_run):
   assert shares[0]["got_result"] and not shares[1]["got_result"]
   for s in shares:  # everywhere=True: both processes hold the gathered rows
     assert s["everywhere"] == [0.0, 10.0]
+
+
+def test_only_process_0_writes_and_both_read_its_checkpoints(two_process_run):
+  shares = [json.loads((two_process_run / f"share{p}.json").read_text())
+            for p in (0, 1)]
+  assert [s["is_writer"] for s in shares] == [True, False]
+  run = two_process_run / "run"
+  assert (run / "from0.json").exists() and not (run / "from1.json").exists()
+  for s in shares:  # both loaded process 0's models and arrays, one step
+    assert s["victim_seed"] == 0 and s["victim_diff"] == 0.0
+    assert s["uap"] == [0.0, 0.0, 0.0]
+    assert s["steps"] == 0
 
 
 @pytest.mark.parametrize("mode", distributed.SHARE_MODES)

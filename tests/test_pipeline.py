@@ -1,4 +1,10 @@
-"""The command line end to end on tiny settings, resuming, and its error paths."""
+"""The pipeline's control flow with stub stages, and the command line end to end.
+
+The stub-stage tests run in milliseconds: every stage is a function that
+records its call, so resuming, invalidation, ``--overwrite``, ``--stages``
+and interrupted stages are checked without training anything. One tiny run
+of the real command line (``tiny_run``) checks the stages together.
+"""
 
 import importlib.util
 import json
@@ -7,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -31,6 +38,184 @@ TINY = [
 def _main(args, **kw):
   return subprocess.run([sys.executable, "-m", "uap_jax.main", *args],
                         capture_output=True, text=True, cwd=REPO, **kw)
+
+
+# --------------------------------------------------------------------------
+# Control flow with stub stages.
+
+STAGES = config_lib.STAGES
+
+
+class Stubs:
+  """Stub stages that record the order they ran in; one may be made to fail."""
+
+  def __init__(self):
+    self.calls = []
+    self.fail = None
+
+  def mapping(self):
+    return {name: (lambda ctx, name=name: self._run(name, ctx)) for name in STAGES}
+
+  def _run(self, name, ctx):
+    if name == self.fail:
+      raise RuntimeError(f"stage {name} interrupted")
+    self.calls.append(name)
+    return {"stage": name, "uap_xi": ctx.cfg.uap_xi}
+
+
+def _stub_run(stubs, workdir, **settings):
+  stubs.calls = []
+  cfg = config_lib.Config(workdir=str(workdir), dataset="digits", **settings)
+  return pipeline.run(cfg, stages=stubs.mapping())
+
+
+def _markers(workdir):
+  folder = os.path.join(workdir, "stages")
+  return {f[:-len(".json")] for f in os.listdir(folder)} if os.path.isdir(folder) else set()
+
+
+def test_stub_first_run_runs_every_stage_in_order_and_marks_it(tmp_path):
+  stubs = Stubs()
+  results = _stub_run(stubs, tmp_path)
+  assert stubs.calls == list(STAGES)
+  assert _markers(tmp_path) == set(STAGES)
+  assert results["uap"] == {"stage": "uap", "uap_xi": 0.1}
+  with open(tmp_path / "stages" / "uap.json") as f:
+    marker = json.load(f)
+  assert marker["summary"] == {"stage": "uap", "uap_xi": 0.1}
+  assert marker["settings"]["uap_xi"] == 0.1 and "fp_k" not in marker["settings"]
+
+
+def test_stub_rerun_skips_finished_stages(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  results = _stub_run(stubs, tmp_path)
+  assert stubs.calls == []
+  assert results == {name: {"skipped": True} for name in STAGES}
+
+
+@pytest.mark.parametrize("setting, value, first", [
+    ("uap_xi", 0.25, "uap"),
+    ("zoo_count", 3, "zoo"),
+    ("n_views", 5, "verify"),
+    ("enc_steps", 7, "encoder"),
+])
+def test_stub_changed_setting_reruns_its_stage_and_later_only(tmp_path, setting,
+                                                             value, first):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  _stub_run(stubs, tmp_path, **{setting: value})
+  assert stubs.calls == list(STAGES[STAGES.index(first):])
+  # The markers now hold the new value: the same settings again skip all.
+  _stub_run(stubs, tmp_path, **{setting: value})
+  assert stubs.calls == []
+
+
+def test_stub_setting_without_a_stage_changes_nothing(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  _stub_run(stubs, tmp_path, strategy="loop", share_mode="strided")
+  assert stubs.calls == []
+
+
+def test_stub_overwrite_reruns_every_requested_stage(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  _stub_run(stubs, tmp_path, overwrite=True)
+  assert stubs.calls == list(STAGES)
+  _stub_run(stubs, tmp_path, overwrite=True, stages=["zoo", "uap"])
+  assert stubs.calls == ["zoo", "uap"]
+
+
+def test_stub_stages_flag_runs_only_those_and_clears_later_markers(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path, stages=["victim", "zoo"])
+  assert stubs.calls == ["victim", "zoo"]
+  assert _markers(tmp_path) == {"victim", "zoo"}
+  _stub_run(stubs, tmp_path)  # the rest, resuming after zoo
+  assert stubs.calls == list(STAGES[2:])
+  _stub_run(stubs, tmp_path, stages=["fingerprint", "uap"], uap_xi=0.3)
+  assert stubs.calls == ["uap", "fingerprint"]  # pipeline order, not flag order
+  # Built on the old UAP: the later stages must run again.
+  assert _markers(tmp_path) == {"victim", "zoo", "uap", "fingerprint"}
+  _stub_run(stubs, tmp_path, uap_xi=0.3)
+  assert stubs.calls == list(STAGES[STAGES.index("encoder"):])
+
+
+def test_stub_stage_that_raises_leaves_no_marker_and_reruns(tmp_path):
+  stubs = Stubs()
+  stubs.fail = "fingerprint"
+  with pytest.raises(RuntimeError, match="interrupted"):
+    _stub_run(stubs, tmp_path)
+  assert stubs.calls == ["victim", "zoo", "uap"]
+  assert _markers(tmp_path) == {"victim", "zoo", "uap"}
+  stubs.fail = None
+  _stub_run(stubs, tmp_path)
+  assert stubs.calls == list(STAGES[STAGES.index("fingerprint"):])
+  # A finished stage redone alone and interrupted loses its old marker too;
+  # the next run redoes it and, built on it, every later stage (whose own
+  # markers and settings are unchanged).
+  stubs.fail = "uap"
+  with pytest.raises(RuntimeError):
+    _stub_run(stubs, tmp_path, overwrite=True, stages=["uap"])
+  assert _markers(tmp_path) == set(STAGES) - {"uap"}
+  stubs.fail = None
+  _stub_run(stubs, tmp_path)
+  assert stubs.calls == list(STAGES[STAGES.index("uap"):])
+
+
+def test_stub_outside_suspect_is_judged_every_time_without_a_marker(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  (tmp_path / "stages" / "verify.json").unlink()
+  for _ in range(2):
+    _stub_run(stubs, tmp_path, stages=["verify"], suspect="some.npz")
+    assert stubs.calls == ["verify"]
+  assert "verify" not in _markers(tmp_path)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(stages=["victim", "steal"]), "unknown stage"),
+    (dict(strategy="pmap"), "Unknown model-axis strategy"),
+    (dict(distributed="yes"), "--distributed must be auto, true or false"),
+    (dict(share_mode="blocks"), "--share_mode must be contiguous or strided"),
+    (dict(victim_arch="resnet99"), "Unknown architecture"),
+    (dict(zoo_archs=["mlp", "nope"]), "Unknown architecture"),
+    (dict(zoo_kinds=["steal"]), "(?i)unknown kind"),
+    (dict(zoo_kinds=["adv_train"], adv_eps=0.0), "adv_eps"),
+    (dict(test="bayes"), "--test must be one of"),
+    (dict(uap_method="fgsm"), "uap_method"),
+    (dict(fp_mode="ranks"), "fp_mode"),
+    (dict(split_train=0.7, split_calib=0.3), "split_train"),
+    (dict(n_views=50), "exceeds --fp_v"),
+])
+def test_stub_bad_settings_are_rejected_before_any_stage(tmp_path, settings, message):
+  stubs = Stubs()
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message):
+    _stub_run(stubs, workdir, **settings)
+  assert stubs.calls == []
+  assert not workdir.exists()  # not even config.json
+
+
+def test_stub_stage_without_a_run_function_is_refused(tmp_path):
+  stubs = Stubs()
+  cfg = config_lib.Config(workdir=str(tmp_path / "run"), dataset="digits")
+  partial = {k: v for k, v in stubs.mapping().items() if k != "report"}
+  with pytest.raises(ValueError, match="report"):
+    pipeline.run(cfg, stages=partial)
+  assert stubs.calls == []
+
+
+def test_every_config_stage_has_a_stage_module():
+  from uap_jax import stages  # pylint: disable=g-import-not-at-top
+  runs = stages.runs()
+  assert tuple(runs) == STAGES
+  assert all(callable(r) for r in runs.values())
+
+
+# --------------------------------------------------------------------------
+# The command line end to end, on tiny settings.
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +252,10 @@ def test_every_report_file_and_schema(tiny_run):
   assert res["victim_self"]["confidence"] > 0.9999
 
 
-def test_rerun_resumes_and_skips_finished_stages(tiny_run):
-  workdir, _ = tiny_run
-  before = os.path.getmtime(os.path.join(workdir, "victim.json"))
-  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY], timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stderr.count("already done") == len(config_lib.STAGES)
-  assert os.path.getmtime(os.path.join(workdir, "victim.json")) == before
+def _latest(workdir, name):
+  """(step, arrays) of the newest checkpoint ``checkpoints/NAME``."""
+  directory = os.path.join(workdir, "checkpoints", name)
+  return checkpoint.latest_step(directory), checkpoint.load_arrays(directory)[0]
 
 
 def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_path):
@@ -84,13 +266,27 @@ def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_p
   proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--uap_xi=0.25"],
                timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  # The real CLI resumes: the stages before uap are skipped, not redone.
   assert proc.stderr.count("already done") == config_lib.STAGES.index("uap")
   assert "settings changed since it ran (uap_xi: 0.2 -> 0.25)" in proc.stderr
-  # The stages after it saved over their earlier checkpoints.
+  for name in ("victim", "zoo"):
+    assert (os.path.getmtime(os.path.join(copy, f"{name}.json"))
+            == os.path.getmtime(os.path.join(workdir, f"{name}.json"))), name
+  assert (checkpoint.latest_step(os.path.join(copy, "checkpoints", "victim"))
+          == checkpoint.latest_step(os.path.join(workdir, "checkpoints", "victim")))
   with open(os.path.join(copy, "uap.json")) as f:
     assert json.load(f)["xi"] == 0.25
-  for name in ("uap", "fingerprints", "encoder"):
-    assert checkpoint.exists(os.path.join(copy, "checkpoints", name)), name
+  # uap and the stages after it saved a new checkpoint step, over the old
+  # one, with other content.
+  for name, key in (("uap", "uaps"), ("fingerprints", "fingerprints"),
+                    ("similarities", "similarities")):
+    old_step, old = _latest(workdir, name)
+    new_step, new = _latest(copy, name)
+    assert new_step > old_step, name
+    chex.assert_equal_shape([old[key], new[key]])
+    assert not np.allclose(old[key], new[key]), name
+  old_uap, new_uap = _latest(workdir, "uap")[1]["uaps"], _latest(copy, "uap")[1]["uaps"]
+  assert np.abs(old_uap).max() <= 0.2 + 1e-6 and np.abs(new_uap).max() <= 0.25 + 1e-6
 
 
 def test_stage_settings_hold_their_own_and_earlier_stages_only():
@@ -104,11 +300,14 @@ def test_stage_settings_hold_their_own_and_earlier_stages_only():
     cfg.stage_settings("zooo")
 
 
+def _run_in_process(workdir, *flags):
+  return pipeline.run(config_lib.parse(
+      [f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY, *flags]))
+
+
 def test_black_box_and_checkpoint_suspects_agree(tiny_run):
   workdir, _ = tiny_run
-  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY,
-                "--stages=export_queries"], timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  _run_in_process(workdir, "--stages=export_queries")
   # Answer the exported queries with the victim itself, as an API would.
   stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
   with np.load(os.path.join(workdir, "queries.npz")) as q:
@@ -118,9 +317,7 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
   np.savez(answers, outputs=probs)
   verdicts = {}
   for suspect in (answers, os.path.join(workdir, "checkpoints", "victim")):
-    proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY,
-                  "--stages=verify", f"--suspect={suspect}"], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_in_process(workdir, "--stages=verify", f"--suspect={suspect}")
     stem = os.path.splitext(os.path.basename(suspect))[0]
     with open(os.path.join(workdir, "verdicts", f"{stem}.json")) as f:
       verdicts[stem] = json.load(f)["verdicts"][0]
@@ -133,10 +330,8 @@ def test_wrong_recorded_outputs_are_refused(tiny_run, tmp_path):
   workdir, _ = tiny_run
   bad = tmp_path / "bad.npz"
   np.savez(bad, outputs=np.zeros((7, 10), np.float32))
-  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY,
-                "--stages=verify", f"--suspect={bad}"], timeout=300)
-  assert proc.returncode != 0
-  assert "error:" in proc.stderr and "7" in proc.stderr
+  with pytest.raises(ValueError, match="7"):
+    _run_in_process(workdir, "--stages=verify", f"--suspect={bad}")
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -188,7 +383,7 @@ def test_every_experiment_flagfile_is_valid_and_documented(flagfile):
   path = os.path.join(REPO, "experiments", flagfile)
   with open(path) as f:
     assert f.readline().startswith("#"), "a flagfile opens with comments saying what it runs"
-  config_lib.parse([f"--flagfile={path}"]).validate()
+  pipeline.check(config_lib.parse([f"--flagfile={path}"]))
 
 
 def test_protocol_table_reads_a_finished_run(tiny_run):

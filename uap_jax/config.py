@@ -5,8 +5,16 @@ A field's type says how its flag parses (lists are comma-separated) and its
 first stage whose output the setting changes (none for settings that only
 steer how a run executes: work directory, devices, processes). A finished
 stage records the settings it depends on, so a rerun with other values redoes
-it and the stages after it. ``Config.validate`` checks ranges and names before
-any long work starts. The config of a run is saved as ``WORKDIR/config.json``.
+it and the stages after it. The config of a run is saved as
+``WORKDIR/config.json``.
+
+The module also holds the choices of every flag with a fixed set of values
+(:data:`STAGES`, :data:`KINDS`, :data:`STRATEGIES`, ...); the library takes
+its lists from here. It imports nothing of the library, so any module may
+import it: :meth:`Config.validate` checks what the fields say on their own,
+and :func:`uap_jax.pipeline.check` adds the checks that need the library
+(architectures, zoo settings, strategy, multi-process modes, split
+fractions).
 """
 
 from __future__ import annotations
@@ -37,6 +45,27 @@ def _f(default: Any, help: str, **kw):  # pylint: disable=redefined-builtin
     return dataclasses.field(default_factory=lambda: list(default),
                              metadata={"help": help, **kw})
   return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+def choice_error(flag: str, value: Any, choices: tuple[str, ...]) -> ValueError:
+  """The error for a flag set to none of its choices.
+
+  Args:
+    flag: the flag's name, without dashes.
+    value: what it was set to.
+    choices: the allowed values.
+
+  Returns:
+    ``ValueError("--FLAG must be A, B or C, got VALUE.")``, to raise.
+  """
+  listed = (", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1
+            else choices[0])
+  return ValueError(f"--{flag} must be {listed}, got {value!r}.")
+
+
+def _check_choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise choice_error(flag, value, choices)
 
 
 @dataclasses.dataclass
@@ -110,29 +139,25 @@ class Config:
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
-    """Raises ValueError naming the flag and the fix for any bad setting."""
-    from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
-    from uap_jax import zoo
+    """Checks every field against its choices and range.
+
+    Only what the fields say on their own: settings that need the library
+    (architecture names, the zoo's settings, the model-axis strategy, the
+    multi-process modes, the split fractions) are checked by
+    :func:`uap_jax.pipeline.check`, which calls this first.
+
+    Raises:
+      ValueError: naming the flag and the fix for the first bad setting.
+    """
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
-    # Only the name: resolving 'auto' would start JAX's backends before
-    # jax.distributed could.
-    engine.check_strategy(self.strategy)
-    if self.distributed not in ("auto", "true", "false"):
-      raise ValueError(f"--distributed must be auto, true or false, got {self.distributed!r}.")
-    if self.share_mode not in ("contiguous", "strided"):
-      raise ValueError(f"--share_mode must be contiguous or strided, got {self.share_mode!r}.")
-
     fracs = (self.victim_frac, self.attacker_frac, self.independent_frac)
     if min(fracs) <= 0 or sum(fracs) > 1 + 1e-9:
       raise ValueError(
           f"--victim_frac/--attacker_frac/--independent_frac = {fracs}: each must "
           "be > 0 and their sum <= 1.")
-    if self.augment not in ("auto", "true", "false"):
-      raise ValueError(f"--augment must be auto, true or false, got {self.augment!r}.")
-    # Architectures, kinds, counts and every other zoo setting.
-    zoo.check_config(self)
+    _check_choice("augment", self.augment, ("auto", "true", "false"))
     for name in ("epochs", "lr", "uap_xi", "enc_lr", "enc_temperature", "width"):
       if not getattr(self, name) > 0:
         raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
@@ -144,26 +169,16 @@ class Config:
       raise ValueError(f"--num_uaps must be >= 0 (0: clean outputs only), got {self.num_uaps}.")
     if self.n_views > self.fp_v:
       raise ValueError(f"--n_views={self.n_views} exceeds --fp_v={self.fp_v} views per model.")
-    if self.uap_p not in ("2", "inf"):
-      raise ValueError(f"--uap_p must be 2 or inf, got {self.uap_p!r}.")
+    _check_choice("uap_p", self.uap_p, UAP_NORMS)
     if not 0 < self.uap_delta < 1:
       raise ValueError(f"--uap_delta must be in (0, 1), got {self.uap_delta}.")
     if not 0 < self.alpha < 1:
       raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}.")
-    if self.uap_method not in ("deepfool", "pipelined", "sequential", "sgd"):
-      raise ValueError("--uap_method must be deepfool, pipelined, sequential or sgd, "
-                       f"got {self.uap_method!r}.")
-    if self.fp_rule not in ("kmeans", "margin", "random"):
-      raise ValueError(f"--fp_rule must be kmeans, margin or random, got {self.fp_rule!r}.")
-    if self.fp_mode not in ("probs", "logits", "labels"):
-      raise ValueError(f"--fp_mode must be probs, logits or labels, got {self.fp_mode!r}.")
-    from uap_jax import verify  # pylint: disable=g-import-not-at-top
-    if self.test not in verify.METHODS:
-      raise ValueError(f"--test must be one of {', '.join(verify.METHODS)}, got {self.test!r}.")
-    if not (self.split_train > 0 and self.split_calib > 0 and self.split_train + self.split_calib < 1):
-      raise ValueError("--split_train and --split_calib must be > 0 with a sum < 1.")
-    if self.adv_eps < 0:
-      raise ValueError(f"--adv_eps must be >= 0, got {self.adv_eps}.")
+    _check_choice("uap_method", self.uap_method, UAP_METHODS)
+    _check_choice("fp_rule", self.fp_rule, POINT_RULES)
+    _check_choice("fp_mode", self.fp_mode, FP_MODES)
+    if self.test not in TESTS:
+      raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
 
   def kind_counts(self) -> dict[str, int]:
     """Models per kind of --zoo_kinds after --zoo_counts overrides.

@@ -4,6 +4,8 @@ Only parses flags and calls the library; every flag is a field of
 :class:`uap_jax.config.Config` (``--helpfull`` lists them).
 """
 
+from __future__ import annotations
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -1,32 +1,65 @@
 """Runs the stages of a run in order, resuming from what is finished.
 
-A stage is finished when ``WORKDIR/stages/STAGE.json`` exists; it is written
-last, after the stage saved its artefacts, so an interrupted stage reruns.
-The marker records the settings the stage depends on
+The order and the stage modules are :mod:`uap_jax.stages`. A stage is
+finished when ``WORKDIR/stages/STAGE.json`` exists; it is written last,
+after the stage saved its artefacts, so an interrupted stage reruns. The
+marker records the settings the stage depends on
 (:meth:`Config.stage_settings`): a rerun with other values redoes the stage.
 Rerunning a finished stage (settings changed, or ``--overwrite``) invalidates
-the stages after it.
+the stages after it. :func:`check` rejects bad settings before any work.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
+from typing import Mapping
 
 from absl import logging
 
-from uap_jax.runtime import distributed
-from uap_jax.runtime import sharding
+from uap_jax import stages as stages_lib
+from uap_jax import zoo
 from uap_jax.config import Config, STAGES
+from uap_jax.runtime import distributed
+from uap_jax.runtime import engine
+from uap_jax.runtime import sharding
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.workdir import Workdir
+from uap_jax.verify import splits
 
 # Settings that change what earlier stages produced: a rerun in the same
 # work directory with other values would mix incompatible artefacts.
 _FIXED_BY_WORKDIR = ("dataset", "seed", "victim_arch", "width", "victim_frac",
                      "attacker_frac", "independent_frac")
+
+
+def check(cfg: Config) -> None:
+  """Checks every setting of a run, without starting JAX's backends.
+
+  :meth:`Config.validate` (each field on its own), then what the library
+  checks itself: the model-axis strategy, the multi-process modes, the zoo's
+  settings with its architecture names (:func:`uap_jax.zoo.check_config`)
+  and the encoder/calibration split (:func:`uap_jax.verify.splits.check_fractions`).
+
+  Args:
+    cfg: the run's settings.
+
+  Raises:
+    ValueError: naming the flag and the fix for the first bad setting.
+  """
+  cfg.validate()
+  # Only the name: resolving 'auto' would start JAX's backends before
+  # jax.distributed could.
+  engine.check_strategy(cfg.strategy)
+  distributed.check_mode(cfg.distributed)
+  distributed.check_share_mode(cfg.share_mode)
+  zoo.check_config(cfg)
+  try:
+    splits.check_fractions(cfg.split_train, cfg.split_calib)
+  except ValueError as e:
+    raise ValueError(f"--split_train={cfg.split_train}, --split_calib="
+                     f"{cfg.split_calib}: {e}") from e
 
 
 def _check_same_run(cfg: Config, workdir: Workdir) -> None:
@@ -42,32 +75,39 @@ def _check_same_run(cfg: Config, workdir: Workdir) -> None:
         "--workdir, or --overwrite to recompute the requested stages.")
 
 
-def run(cfg: Config) -> dict[str, dict]:
+def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None
+        ) -> dict[str, dict]:
   """Runs ``cfg.stages`` in pipeline order.
 
   Args:
-    cfg: the run's settings (validated here, before any work).
+    cfg: the run's settings (checked here, before any work).
+    stages: stage name -> ``run(ctx) -> dict`` for every stage of
+      ``cfg.stages``; default: the real stages (:func:`uap_jax.stages.runs`).
+      Tests pass stubs to check the control flow alone.
 
   Returns:
     Per stage run, its summary (``{"skipped": True}`` when already done).
   """
-  cfg.validate()
+  check(cfg)
   # Before any other JAX use: a multi-process run must start first.
   distributed.initialize_from(cfg.coordinator_address, cfg.num_processes,
                               cfg.process_id, cfg.distributed)
   if cfg.mesh:
     sharding.set_default_mesh(cfg.mesh)
+  stages = stages_lib.runs() if stages is None else stages
+  missing = [s for s in cfg.stages if s not in stages]
+  if missing:
+    raise ValueError(f"No run function for stage(s) {missing}.")
   workdir = Workdir(cfg.workdir)
   _check_same_run(cfg, workdir)
   workdir.write_text("config.json", cfg.to_json() + "\n")
   ctx = RunContext(cfg, workdir)
-  ordered = [s for s in STAGES if s in cfg.stages]
   results = {}
   invalidated = False
-  for stage in ordered:
+  for stage in [s for s in STAGES if s in cfg.stages]:
     if stage == "verify" and cfg.suspect:
       # Judging one outside suspect is a query, not a step of the run.
-      results[stage] = importlib.import_module("uap_jax.stages.verify").run(ctx)
+      results[stage] = stages[stage](ctx)
       continue
     settings = _as_json(cfg.stage_settings(stage))
     if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
@@ -80,22 +120,27 @@ def run(cfg: Config) -> dict[str, dict]:
       logging.info("Stage %s: settings changed since it ran (%s); redoing it "
                    "and the stages after it.", stage,
                    ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-    module = importlib.import_module(f"uap_jax.stages.{stage}")
-    logging.info("Stage %s: starting.", stage)
-    workdir.clear_stage(stage)
-    start = time.time()
-    summary = module.run(ctx) or {}
-    seconds = time.time() - start
-    workdir.mark_done(stage, {"seconds": seconds, "summary": summary,
-                              "settings": settings})
-    logging.info("Stage %s: done in %.1f s.", stage, seconds)
-    results[stage] = summary
+    results[stage] = _run_stage(stage, stages[stage], ctx, settings)
     # Later stages built on the old artefacts of this one must be redone.
     invalidated = True
     for later in STAGES[STAGES.index(stage) + 1:]:
       if later not in cfg.stages:
         workdir.clear_stage(later)
   return results
+
+
+def _run_stage(stage: str, stage_run: stages_lib.StageRun, ctx: RunContext,
+               settings: dict) -> dict:
+  """Runs one stage; its marker is cleared first and written only on success."""
+  logging.info("Stage %s: starting.", stage)
+  ctx.workdir.clear_stage(stage)
+  start = time.time()
+  summary = stage_run(ctx) or {}
+  seconds = time.time() - start
+  ctx.workdir.mark_done(stage, {"seconds": seconds, "summary": summary,
+                                "settings": settings})
+  logging.info("Stage %s: done in %.1f s.", stage, seconds)
+  return summary
 
 
 def _as_json(settings: dict) -> dict:

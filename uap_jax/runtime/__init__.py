@@ -6,7 +6,12 @@
   with a leading model axis.
 * :mod:`~uap_jax.runtime.sharding`, :mod:`~uap_jax.runtime.distributed`:
   device meshes, and several processes.
-* :mod:`~uap_jax.runtime.checkpoint`, :mod:`~uap_jax.runtime.workdir`,
-  :mod:`~uap_jax.runtime.context`: saving, the run directory, and what the
-  stages of one run share.
+* :mod:`~uap_jax.runtime.checkpoint`: orbax saving and loading of stacks and
+  array pytrees.
+* :mod:`~uap_jax.runtime.workdir`: the run directory; every write of a run
+  goes through it, and only the main process writes.
+* :mod:`~uap_jax.runtime.artifacts`: the one owner that saves and loads each
+  artefact of a run.
+* :mod:`~uap_jax.runtime.context`: what the stages of one run share (config,
+  work directory, data, artefacts).
 """

@@ -8,7 +8,8 @@ program (``python -m uap_jax.main --flagfile=...``, started by the scripts in
 2. computes on its LOCAL devices only (any model-axis strategy, including
    ``shard`` over a local mesh, see :mod:`uap_jax.runtime.sharding`),
 3. sends its results to process 0 (:func:`gather_to_process0`), which alone
-   writes outputs to the work directory.
+   writes outputs to the work directory (enforced by
+   :class:`uap_jax.runtime.workdir.Workdir`, through which every write goes).
 
 No array spans hosts, so nothing in the library needs global ``jax.Array`` s;
 the only cross-host communication is the final gather.
@@ -36,9 +37,10 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from uap_jax import config
+from uap_jax.config import SHARE_MODES
+
 PyTree = Any
-SHARE_MODES = ("contiguous", "strided")
-INIT_MODES = ("auto", "true", "false")
 
 
 # --------------------------------------------------------------------------
@@ -106,9 +108,7 @@ def initialize(coordinator_address: str | None = None,
     ValueError: on a malformed address, a non-positive process count, a
       process id out of range, or an unknown mode, before anything starts.
   """
-  if mode not in INIT_MODES:
-    raise ValueError(
-        f"--distributed must be one of {', '.join(INIT_MODES)}, got {mode!r}.")
+  check_mode(mode)
   if coordinator_address is not None and not re.fullmatch(
       r"\[?[\w.:-]+\]?:\d{1,5}", coordinator_address):
     raise ValueError(
@@ -143,6 +143,26 @@ def initialize(coordinator_address: str | None = None,
           "main, before config validation and before building any model.") from e
     raise
   return jax.process_count() > 1
+
+
+def check_mode(mode: str) -> None:
+  """Raises ValueError unless ``mode`` is a ``--distributed`` choice.
+
+  Args:
+    mode: one of :data:`uap_jax.config.DISTRIBUTED_MODES`.
+  """
+  if mode not in config.DISTRIBUTED_MODES:
+    raise config.choice_error("distributed", mode, config.DISTRIBUTED_MODES)
+
+
+def check_share_mode(mode: str) -> None:
+  """Raises ValueError unless ``mode`` is a ``--share_mode`` choice.
+
+  Args:
+    mode: one of :data:`uap_jax.config.SHARE_MODES`.
+  """
+  if mode not in SHARE_MODES:
+    raise config.choice_error("share_mode", mode, SHARE_MODES)
 
 
 def initialize_from(coordinator: str, num_processes: int, process_id: int,
@@ -200,8 +220,7 @@ def share_indices(num_items: int, process_index: int | None = None,
     Sorted int64 indices; every item belongs to exactly one process. Empty
     when there are more processes than items.
   """
-  if mode not in SHARE_MODES:
-    raise ValueError(f"share mode must be one of {SHARE_MODES}, got {mode!r}.")
+  check_share_mode(mode)
   p = jax.process_index() if process_index is None else int(process_index)
   n = jax.process_count() if process_count is None else int(process_count)
   if n < 1 or not 0 <= p < n:
