@@ -18,6 +18,55 @@ from uap_jax import zoo as zoo_lib
 from uap_jax.runtime.context import RunContext
 
 
+def _saved_models(ctx: RunContext, plan, digest: str) -> list[dict] | None:
+  """The saved stack's models when it holds exactly this plan, else None."""
+  if ctx.cfg.overwrite:
+    return None
+  try:
+    saved = ctx.artifacts.zoo_stack_meta(plan.checkpoint_name)
+  except ValueError as e:
+    logging.warning("Zoo stack %s is unreadable (%s); retraining it.", plan.key, e)
+    return None
+  if saved is not None and not zoo_lib.plan_matches(plan, saved, digest):
+    logging.info("Zoo stack %s: saved models differ from the plan or the "
+                 "victim; retraining it.", plan.key)
+    return None
+  return saved
+
+
+def _train_and_save(ctx: RunContext, plan, victim, digest: str) -> tuple[list[dict], dict]:
+  """Trains one plan, evaluates it on the test set and saves its stack."""
+  data = ctx.data
+  logging.info("Zoo stack %s: training %d model(s) on the %s part.", plan.key,
+               len(plan.names), plan.part)
+  start = time.time()
+  student, info = zoo_lib.train_plan(
+      plan, victim, data.x_train, data.y_train, ctx.parts, augment=ctx.augment,
+      arch_kwargs=ctx.arch_kwargs(), eval_data=(data.x_test, data.y_test),
+      strategy=ctx.cfg.strategy)
+  for m in student.meta:
+    m["victim_digest"] = digest
+    m["checkpoint"] = plan.checkpoint_name
+  ctx.artifacts.save_zoo_stack(plan.checkpoint_name, student)
+  logging.info("Zoo stack %s: %.1f s training, %.1f s with evaluation and saving.",
+               plan.key, info["seconds"], time.time() - start)
+  return student.meta, info
+
+
+def _log_faithfulness(faithfulness: dict | None) -> None:
+  if not faithfulness:
+    return
+  ref = faithfulness["same_data_independents"]
+  for key, value in faithfulness.items():
+    if key == "same_data_independents":
+      continue
+    log = logging.info if value["faithful"] else logging.warning
+    log("Extraction %s: agreement %.4f vs same-data independents mean %.4f, max "
+        "%.4f%s", key, value["mean"], ref["mean"], ref["max"],
+        "" if value["faithful"] else " (NOT faithful: raise --zoo_epochs or "
+        "--query_budget)")
+
+
 def run(ctx: RunContext) -> dict:
   """Trains the missing zoo stacks, evaluates and saves them; writes ``zoo.json``.
 
@@ -39,44 +88,20 @@ def run(ctx: RunContext) -> dict:
   victim = ctx.artifacts.victim
   plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch)
   digest = zoo_lib.victim_digest(victim)
-  data, parts = ctx.data, ctx.parts
 
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
   trained_keys, reused_keys = [], []
   for plan in plans:
-    saved = None
-    if not cfg.overwrite:
-      try:
-        saved = ctx.artifacts.zoo_stack_meta(plan.checkpoint_name)
-      except ValueError as e:
-        logging.warning("Zoo stack %s is unreadable (%s); retraining it.", plan.key, e)
-      if saved is not None and not zoo_lib.plan_matches(plan, saved, digest):
-        logging.info("Zoo stack %s: saved models differ from the plan or the "
-                     "victim; retraining it.", plan.key)
-        saved = None
-    if saved is not None:
-      models_meta = saved
-      seconds = float(saved[0].get("train_seconds", 0.0))
-      cpu_seconds = float(saved[0].get("train_cpu_seconds", 0.0))
+    models_meta = _saved_models(ctx, plan, digest)
+    if models_meta is not None:
+      seconds = float(models_meta[0].get("train_seconds", 0.0))
+      cpu_seconds = float(models_meta[0].get("train_cpu_seconds", 0.0))
       reused_keys.append(plan.key)
       logging.info("Zoo stack %s: already trained, reusing it.", plan.key)
     else:
-      logging.info("Zoo stack %s: training %d model(s) on the %s part.", plan.key,
-                   len(plan.names), plan.part)
-      start = time.time()
-      student, info = zoo_lib.train_plan(
-          plan, victim, data.x_train, data.y_train, parts, augment=ctx.augment,
-          arch_kwargs=ctx.arch_kwargs(), eval_data=(data.x_test, data.y_test),
-          strategy=cfg.strategy)
-      for m in student.meta:
-        m["victim_digest"] = digest
-        m["checkpoint"] = plan.checkpoint_name
-      ctx.artifacts.save_zoo_stack(plan.checkpoint_name, student)
-      models_meta = student.meta
+      models_meta, info = _train_and_save(ctx, plan, victim, digest)
       seconds, cpu_seconds = info["seconds"], info["cpu_seconds"]
       trained_keys.append(plan.key)
-      logging.info("Zoo stack %s: %.1f s training, %.1f s with evaluation and saving.",
-                   plan.key, seconds, time.time() - start)
     entries.extend(zoo_lib.zoo_entry(m) for m in models_meta)
     stacks.append({"key": plan.key, "checkpoint": plan.checkpoint_name,
                    "kind": plan.kind, "arch": plan.arch, "size": len(plan.names),
@@ -88,22 +113,14 @@ def run(ctx: RunContext) -> dict:
   faithfulness = zoo_lib.extraction_faithfulness(entries)
   ctx.artifacts.save_zoo({
       "models": entries, "stacks": stacks, "seconds_per_kind": kind_seconds,
-      "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind, "extraction_faithfulness": faithfulness,
-      "victim_digest": digest})
+      "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind,
+      "extraction_faithfulness": faithfulness, "victim_digest": digest})
   if entries:
     logging.info("Zoo (%d models):\n%s", len(entries), zoo_lib.format_table(entries))
   for kind, seconds in kind_seconds.items():
     logging.info("Zoo kind %-17s %6.1f s wall, %6.1f s CPU", kind, seconds, kind_cpu[kind])
-  if faithfulness:
-    ref = faithfulness["same_data_independents"]
-    for key, value in faithfulness.items():
-      if key == "same_data_independents":
-        continue
-      log = logging.info if value["faithful"] else logging.warning
-      log("Extraction %s: agreement %.4f vs same-data independents mean %.4f, max "
-          "%.4f%s", key, value["mean"], ref["mean"], ref["max"],
-          "" if value["faithful"] else " (NOT faithful: raise --zoo_epochs or "
-          "--query_budget)")
+  _log_faithfulness(faithfulness)
   return {"models": len(entries), "stacks_trained": trained_keys,
           "stacks_reused": reused_keys, "seconds_per_kind": kind_seconds,
-          "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind, "extraction_faithfulness": faithfulness}
+          "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind,
+          "extraction_faithfulness": faithfulness}
