@@ -189,51 +189,61 @@ def over_models(
           f"in_axes has {len(in_axes)} entries for {nargs} arguments.")
     return tuple(in_axes)
 
-  if strategy == "vmap":
-    @functools.partial(jax.jit, donate_argnums=tuple(donate_argnums))
-    def vmapped(*args):
-      return jax.vmap(fn, in_axes=axes_for(len(args)))(*args)
-    return vmapped
+  donate = tuple(donate_argnums)
+  if strategy == "shard":
+    return _sharded(fn, axes_for, mesh, axis_name, donate, data_split,
+                    data_axis_name)
+  return {"vmap": _vmapped, "map": _mapped, "loop": _looped}[strategy](
+      fn, axes_for, donate)
 
-  if strategy == "map":
-    @functools.partial(jax.jit, donate_argnums=tuple(donate_argnums))
-    def mapped(*args):
-      axes = axes_for(len(args))
-      per_model = tuple(a for a, ax in zip(args, axes) if ax == 0)
 
-      def one(per):
-        it = iter(per)
-        full = [next(it) if ax == 0 else a for a, ax in zip(args, axes)]
-        return fn(*full)
+def _vmapped(fn, axes_for, donate_argnums):
+  """The ``vmap`` strategy (see :func:`over_models`)."""
+  @functools.partial(jax.jit, donate_argnums=donate_argnums)
+  def vmapped(*args):
+    return jax.vmap(fn, in_axes=axes_for(len(args)))(*args)
+  return vmapped
 
-      return jax.lax.map(one, per_model)
-    return mapped
 
-  if strategy == "loop":
-    jitted = jax.jit(fn, donate_argnums=tuple(donate_argnums))
-    one_model = {}  # axes -> jitted vmap, for stacks of one model
+def _mapped(fn, axes_for, donate_argnums):
+  """The ``map`` strategy (see :func:`over_models`)."""
+  @functools.partial(jax.jit, donate_argnums=donate_argnums)
+  def mapped(*args):
+    axes = axes_for(len(args))
+    per_model = tuple(a for a, ax in zip(args, axes) if ax == 0)
 
-    def looped(*args):
-      axes = axes_for(len(args))
-      per_model = tuple(a for a, ax in zip(args, axes) if ax == 0)
-      k = num_models(per_model)
-      if k == 1:
-        # The same computation as one looped call, without slicing the
-        # model out and stacking the outputs back.
-        if axes not in one_model:
-          one_model[axes] = jax.jit(jax.vmap(fn, in_axes=axes),
-                                    donate_argnums=tuple(donate_argnums))
-        return one_model[axes](*args)
-      outs = []
-      for i in range(k):
-        it = iter(_model_at(per_model, i))
-        full = [next(it) if ax == 0 else a for a, ax in zip(args, axes)]
-        outs.append(jitted(*full))
-      return _stack_outputs(outs)
-    return looped
+    def one(per):
+      it = iter(per)
+      full = [next(it) if ax == 0 else a for a, ax in zip(args, axes)]
+      return fn(*full)
 
-  return _sharded(fn, axes_for, mesh, axis_name, tuple(donate_argnums),
-                  data_split, data_axis_name)
+    return jax.lax.map(one, per_model)
+  return mapped
+
+
+def _looped(fn, axes_for, donate_argnums):
+  """The ``loop`` strategy (see :func:`over_models`)."""
+  jitted = jax.jit(fn, donate_argnums=donate_argnums)
+  one_model = {}  # axes -> jitted vmap, for stacks of one model
+
+  def looped(*args):
+    axes = axes_for(len(args))
+    per_model = tuple(a for a, ax in zip(args, axes) if ax == 0)
+    k = num_models(per_model)
+    if k == 1:
+      # The same computation as one looped call, without slicing the
+      # model out and stacking the outputs back.
+      if axes not in one_model:
+        one_model[axes] = jax.jit(jax.vmap(fn, in_axes=axes),
+                                  donate_argnums=donate_argnums)
+      return one_model[axes](*args)
+    outs = []
+    for i in range(k):
+      it = iter(_model_at(per_model, i))
+      full = [next(it) if ax == 0 else a for a, ax in zip(args, axes)]
+      outs.append(jitted(*full))
+    return _stack_outputs(outs)
+  return looped
 
 
 def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
@@ -287,19 +297,7 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
     # the last row) to multiples of the mesh axes; slice the outputs back.
     args = [pad_models(a, n_models)[0] if ax == 0 else a
             for a, ax in zip(args, axes)]
-    batch = None
-    for i, (a, ax, d) in enumerate(zip(args, axes, split)):
-      if d is None:
-        continue
-      where = d + (1 if ax == 0 else 0)
-      sizes = {int(x.shape[where]) for x in jax.tree.leaves(a)}
-      if batch is None:
-        batch = sizes.pop() if len(sizes) == 1 else None
-      if batch is None or sizes - {batch}:
-        raise ValueError(
-            "data_split: every split argument needs the same batch size on "
-            f"its split axis; argument {i} has sizes {sorted(sizes)}.")
-      args[i] = _pad_axis(a, where, n_data)
+    args, batch = _pad_batches(args, axes, split, n_data)
     key = (active_mesh, axes, split, model_axes)
     if key not in compiled_per_mesh:
       compiled_per_mesh[key] = build(active_mesh, axes, split, model_axes)
@@ -309,6 +307,29 @@ def _sharded(fn, axes_for, mesh, axis_name, donate_argnums, data_split,
     return jax.tree.map(lambda x: x[:k], out)
 
   return sharded
+
+
+def _pad_batches(args: list, axes: Sequence[int | None],
+                 split: Sequence[int | None], n_data: int) -> tuple[list, int | None]:
+  """Pads the split batch axis of each argument to a multiple of ``n_data``.
+
+  Returns:
+    The arguments and the batch size before padding (None: nothing split).
+  """
+  args, batch = list(args), None
+  for i, (a, ax, d) in enumerate(zip(args, axes, split)):
+    if d is None:
+      continue
+    where = d + (1 if ax == 0 else 0)
+    sizes = {int(x.shape[where]) for x in jax.tree.leaves(a)}
+    if batch is None:
+      batch = sizes.pop() if len(sizes) == 1 else None
+    if batch is None or sizes - {batch}:
+      raise ValueError(
+          "data_split: every split argument needs the same batch size on "
+          f"its split axis; argument {i} has sizes {sorted(sizes)}.")
+    args[i] = _pad_axis(a, where, n_data)
+  return args, batch
 
 
 def _pad_axis(tree: PyTree, axis: int, multiple: int) -> PyTree:
