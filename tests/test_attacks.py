@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import math
-import secrets
+import os
 
 import chex
 import jax
@@ -31,8 +33,18 @@ UAP_OPTIONS = dict(max_passes=2, batch_size=4, max_iter=4)
 SGD_OPTIONS = dict(max_passes=2, batch_size=4)
 
 
+# Seeds of the property tests follow from the test's name, so that CI runs
+# what was run here whatever the order or worker; UAP_JAX_TEST_SEED=N draws
+# other ones (failures print the seed).
+_BASE_SEED = os.environ.get("UAP_JAX_TEST_SEED", "0")
+_CALLS = collections.Counter()
+
+
 def fresh_seed() -> int:
-  return secrets.randbits(31)
+  test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+  _CALLS[test] += 1
+  digest = hashlib.sha256(f"{_BASE_SEED}/{test}/{_CALLS[test]}".encode()).digest()
+  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def tiny_mlp(seed: int, image_shape=SHAPE, num_classes=NUM_CLASSES,
