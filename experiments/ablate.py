@@ -368,7 +368,7 @@ def main(argv):
   plans = []
   for name, args in todo:
     overrides = parse_overrides(args)
-    config_lib.parse(variant_args(base, overrides, "/tmp/unused", ["verify"])).validate()
+    pipeline.check(config_lib.parse(variant_args(base, overrides, "/tmp/unused", ["verify"])))
     plans.append((name, changed(base, overrides), overrides))
   os.makedirs(out_dir, exist_ok=True)
   rows: dict[str, dict] = {}

@@ -46,25 +46,23 @@ def manifest_path_for(path_npz: str) -> str:
   return root + ".json"
 
 
-def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
-                   uaps: np.ndarray | jax.Array, *, num_classes: int,
-                   manifest_path: str | None = None) -> dict[str, Any]:
-  """Writes the query images of a fingerprint and their manifest.
+def make_queries(x_points: np.ndarray | jax.Array, uaps: np.ndarray | jax.Array, *,
+                 num_classes: int, queries_file: str = "queries.npz"
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+  """The query images of a fingerprint and their manifest, without writing.
 
   Args:
-    path_npz: output ``.npz``; holds ``queries`` ``(Q, H, W, C)`` uint8 and
-      ``query_id`` ``(Q,)`` int32.
     x_points: ``(K, V, H, W, C)`` fingerprint points, float in [0, 1] or
       uint8.
-    uaps: ``(U, H, W, C)`` UAPs (or one ``(H, W, C)``).
+    uaps: ``(U, H, W, C)`` UAPs (or one ``(H, W, C)``; U may be 0).
     num_classes: classes of the victim's task; answers must have this many.
-    manifest_path: JSON manifest; default :func:`manifest_path_for`.
+    queries_file: the name the images will be saved under (recorded).
 
   Returns:
-    The manifest (also written): format, order, K (points per view), V
-    (views), U (UAPs), C (image channels), num_classes, image_shape
-    ``[H, W, C]``, num_queries ``(1 + U) * V * K``, dtype, queries_file,
-    queries_sha256, outputs_file_format.
+    ``(Q, H, W, C)`` uint8 images in query order, and the manifest: format,
+    order, K (points per view), V (views), U (UAPs), C (image channels),
+    num_classes, image_shape ``[H, W, C]``, num_queries ``(1 + U) * V * K``,
+    dtype, queries_file, queries_sha256, outputs_file_format.
   """
   if int(num_classes) < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -72,11 +70,6 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
   grid = queries.shape[:3]  # (1 + U, V, K)
   pixels = np.asarray(np.round(np.asarray(queries) * 255.0), np.uint8)
   pixels = pixels.reshape((-1,) + pixels.shape[3:])
-  digest = hashlib.sha256(pixels.tobytes()).hexdigest()
-  os.makedirs(os.path.dirname(os.path.abspath(path_npz)), exist_ok=True)
-  with open(path_npz, "wb") as f:
-    np.savez_compressed(f, queries=pixels,
-                        query_id=np.arange(len(pixels), dtype=np.int32))
   manifest = {
       "format": FORMAT,
       "order": ORDER,
@@ -88,15 +81,43 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
       "image_shape": [int(s) for s in pixels.shape[1:]],
       "num_queries": int(len(pixels)),
       "dtype": "uint8",
-      "queries_file": os.path.basename(path_npz),
-      "queries_sha256": digest,
+      "queries_file": queries_file,
+      "queries_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
       "outputs_file_format": (
           "npz with key 'outputs': (Q, num_classes) probabilities or logits, "
           "(Q, num_classes) one-hot labels or (Q,) integer labels, in query "
           "order; optional 'query_id' (Q,) and 'queries_sha256'"),
   }
-  manifest_path = manifest_path or manifest_path_for(path_npz)
-  with open(manifest_path, "w") as f:
+  return pixels, manifest
+
+
+def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
+                   uaps: np.ndarray | jax.Array, *, num_classes: int,
+                   manifest_path: str | None = None) -> dict[str, Any]:
+  """Writes the query images of a fingerprint and their manifest.
+
+  For use outside a run; a run's ``export_queries`` stage saves the same
+  through its work directory (``Artifacts.save_queries``).
+
+  Args:
+    path_npz: output ``.npz``; holds ``queries`` ``(Q, H, W, C)`` uint8 and
+      ``query_id`` ``(Q,)`` int32.
+    x_points: ``(K, V, H, W, C)`` fingerprint points, float in [0, 1] or
+      uint8.
+    uaps: ``(U, H, W, C)`` UAPs (or one ``(H, W, C)``).
+    num_classes: classes of the victim's task; answers must have this many.
+    manifest_path: JSON manifest; default :func:`manifest_path_for`.
+
+  Returns:
+    The manifest (also written), as :func:`make_queries` gives it.
+  """
+  pixels, manifest = make_queries(x_points, uaps, num_classes=num_classes,
+                                  queries_file=os.path.basename(path_npz))
+  os.makedirs(os.path.dirname(os.path.abspath(path_npz)), exist_ok=True)
+  with open(path_npz, "wb") as f:
+    np.savez_compressed(f, queries=pixels,
+                        query_id=np.arange(len(pixels), dtype=np.int32))
+  with open(manifest_path or manifest_path_for(path_npz), "w") as f:
     json.dump(manifest, f, indent=2)
   return manifest
 

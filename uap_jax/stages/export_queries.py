@@ -7,9 +7,9 @@ from uap_jax.runtime.context import RunContext
 
 
 def run(ctx: RunContext) -> dict:
-  """Writes ``WORKDIR/queries.npz`` and its manifest ``WORKDIR/queries.json``."""
+  """Saves ``WORKDIR/queries.npz`` and its manifest ``WORKDIR/queries.json``."""
   x_points = ctx.data.x_train[ctx.artifacts.fingerprints.points]
-  path = ctx.artifacts.queries_path
-  manifest = blackbox.export_queries(path, x_points, ctx.artifacts.uaps,
-                                     num_classes=ctx.data.num_classes)
+  queries, manifest = blackbox.make_queries(x_points, ctx.artifacts.uaps,
+                                            num_classes=ctx.data.num_classes)
+  path = ctx.artifacts.save_queries(queries, manifest)
   return {"path": path, "num_queries": manifest["num_queries"]}
