@@ -60,29 +60,29 @@ class Workdir:
   def checkpoint_dir(self, name: str) -> str:
     return self.path("checkpoints", name)
 
-  def write_json(self, name: str, obj: Any) -> str:
-    """Writes ``obj`` as indented JSON at ``name`` (relative), atomically."""
+  def _write_atomically(self, name: str, mode: str, write: Callable[[Any], Any]) -> str:
+    """Writes ``name`` (relative) with ``write(file)`` under a temporary name,
+    then renames it, on the writing process only; returns the path."""
     target = self.path(name)
     if not self.is_writer:
       return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False, default=_default)
-      f.write("\n")
+    with os.fdopen(fd, mode) as f:
+      write(f)
     os.replace(tmp, target)
     return target
 
+  def write_json(self, name: str, obj: Any) -> str:
+    """Writes ``obj`` as indented JSON at ``name`` (relative), atomically."""
+    def write(f):
+      json.dump(obj, f, indent=2, sort_keys=False, default=_default)
+      f.write("\n")
+    return self._write_atomically(name, "w", write)
+
   def write_text(self, name: str, text: str) -> str:
-    target = self.path(name)
-    if not self.is_writer:
-      return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, target)
-    return target
+    """Writes ``text`` at ``name`` (relative), atomically."""
+    return self._write_atomically(name, "w", lambda f: f.write(text))
 
   def save_stack(self, name: str, stack) -> str:
     """Saves a stack as the checkpoint ``checkpoints/NAME``."""
@@ -116,15 +116,7 @@ class Workdir:
     Returns:
       The file's path.
     """
-    target = self.path(name)
-    if not self.is_writer:
-      return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    os.replace(tmp, target)
-    return target
+    return self._write_atomically(name, "wb", lambda f: np.savez_compressed(f, **arrays))
 
   def write_with(self, name: str, write: Callable[[str], Any]) -> str:
     """Lets ``write(path)`` write the file ``name`` (relative), on the writer only.
