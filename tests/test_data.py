@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from uap_jax import data
+from uap_jax.data import files
 from uap_jax.data import sources
 from uap_jax.data.dataset import Dataset
 
@@ -386,7 +387,7 @@ def test_idx_errors(tmp_path):
 
 
 @pytest.mark.skipif(
-    sources._idx_files(data.DEBIAN_FASHION_MNIST_DIR, missing_ok=True) is None,
+    files.idx_files(data.DEBIAN_FASHION_MNIST_DIR, missing_ok=True) is None,
     reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian():
   ds = data.load_dataset("fashion_mnist")

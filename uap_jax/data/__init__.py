@@ -4,7 +4,8 @@
     parts = partition(ds.y_train, {"victim": 0.5, "attacker": 0.25,
                                    "independent": 0.25}, seed=0)
 
-See ``sources`` for the specs, ``tfds_io`` for tfds reading/writing.
+See ``sources`` for the specs (``files`` reads the npz, folder and IDX ones),
+``tfds_io`` for tfds reading/writing.
 """
 
 from uap_jax.data.dataset import as_int32_labels
@@ -16,9 +17,9 @@ from uap_jax.data.partition import load_partition
 from uap_jax.data.partition import partition
 from uap_jax.data.partition import save_partition
 from uap_jax.data.sources import DEBIAN_FASHION_MNIST_DIR
-from uap_jax.data.sources import FASHION_MNIST_CLASS_NAMES
+from uap_jax.data.files import FASHION_MNIST_CLASS_NAMES
 from uap_jax.data.sources import load_dataset
-from uap_jax.data.sources import read_idx
+from uap_jax.data.files import read_idx
 from uap_jax.data.sources import stratified_holdout
 
 
