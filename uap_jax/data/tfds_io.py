@@ -59,9 +59,25 @@ def load_tfds(name: str, *, data_dir: str | None = None) -> Dataset:
       classification set; the message says how to prepare it.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
   shown_dir = str(data_dir) if data_dir else str(tfds.core.constants.DATA_DIR)
   where = f"tfds data set {name!r} in {shown_dir}"
+  info = _prepared_builder(name, data_dir, where, shown_dir).info
+  image_key, label_key, class_names = _classification_keys(info, where)
+  sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
+                             download=False)
+  arrays = {split: _read_split(source, image_key, label_key, f"{where} {split}")
+            for split, source in zip(("train", "test"), sources)}
+  if class_names is None:
+    class_names = dataset_lib.default_class_names(arrays["train"][1],
+                                                  arrays["test"][1])
+  return Dataset(f"tfds:{name}", *arrays["train"], *arrays["test"],
+                 class_names)
+
+
+def _prepared_builder(name: str, data_dir: str | None, where: str, shown_dir: str):
+  """The tfds builder of a prepared, array_record (or parquet) data set."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
   if data_dir is not None and not pathlib.Path(data_dir).is_dir():
     raise ValueError(f"tfds data_dir {data_dir} does not exist; give the "
                      "folder that holds prepared tfds data sets. "
@@ -85,7 +101,12 @@ def load_tfds(name: str, *, data_dir: str | None = None) -> Dataset:
         f"--data_dir={shown_dir} --file_format=array_record`, or convert an "
         f"existing copy with `tfds convert_format --dataset_dir="
         f"{builder.data_dir} --out_file_format=array_record`.")
-  info = builder.info
+  return builder
+
+
+def _classification_keys(info, where: str) -> tuple[str, str, list[str] | None]:
+  """Image and label keys of an image classification set, and class names."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   image_key, label_key = info.supervised_keys or ("image", "label")
   if not (isinstance(image_key, str) and isinstance(label_key, str)):
     raise ValueError(f"{where}: supervised keys {info.supervised_keys} are not "
@@ -104,32 +125,24 @@ def load_tfds(name: str, *, data_dir: str | None = None) -> Dataset:
                      "split you want as 'test' with write_tfds, or use npz:.")
   label_feature = features[label_key]
   if isinstance(label_feature, tfds.features.ClassLabel):
-    class_names = list(label_feature.names)
-  else:
-    class_names = None
-  sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
-                             download=False)
-  arrays = {}
-  for split, source in zip(("train", "test"), sources):
-    images, labels = [], []
-    for start in range(0, len(source), _CHUNK):
-      batch = source.__getitems__(
-          range(start, min(start + _CHUNK, len(source))))
-      images.extend(ex[image_key] for ex in batch)
-      labels.extend(ex[label_key] for ex in batch)
-    if len({im.shape for im in images}) > 1:
-      raise ValueError(f"{where}: {split} images have different shapes; "
-                       "resize them to one size (e.g. a resized tfds config).")
-    x = np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
-    arrays[split] = (
-        dataset_lib.as_uint8_images(x, what=f"{where} {split}"),
-        dataset_lib.as_int32_labels(np.asarray(labels),
-                                    what=f"{where} {split}"))
-  if class_names is None:
-    class_names = dataset_lib.default_class_names(arrays["train"][1],
-                                                  arrays["test"][1])
-  return Dataset(f"tfds:{name}", *arrays["train"], *arrays["test"],
-                 class_names)
+    return image_key, label_key, list(label_feature.names)
+  return image_key, label_key, None
+
+
+def _read_split(source, image_key: str, label_key: str,
+                what: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images and int32 labels of one split, read in chunks."""
+  images, labels = [], []
+  for start in range(0, len(source), _CHUNK):
+    batch = source.__getitems__(range(start, min(start + _CHUNK, len(source))))
+    images.extend(ex[image_key] for ex in batch)
+    labels.extend(ex[label_key] for ex in batch)
+  if len({im.shape for im in images}) > 1:
+    raise ValueError(f"{what} images have different shapes; "
+                     "resize them to one size (e.g. a resized tfds config).")
+  x = np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+  return (dataset_lib.as_uint8_images(x, what=what),
+          dataset_lib.as_int32_labels(np.asarray(labels), what=what))
 
 
 def _png(image: np.ndarray) -> bytes:
