@@ -247,7 +247,7 @@ def pgd_stack(logits_fn: common.LogitsFn, variables: PyTree, x: jax.Array,
   statics = dict(p=p, num_steps=num_steps, random_start=bool(random_start),
                  targeted=bool(targeted))
   if strategy == "loop":
-    # Shares the single-model kernel's compilation (see universal.py).
+    # Shares the single-model kernel's compilation (see uap_passes.run_over_models).
     return jnp.stack([
         _pgd(logits_fn, model, x, y, keys[i], jnp.float32(eps),
              jnp.float32(step_size), **statics)
