@@ -37,7 +37,6 @@ import dataclasses
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from typing import Callable

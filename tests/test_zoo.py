@@ -11,12 +11,11 @@ import optax
 import pytest
 
 from uap_jax import attacks
-from uap_jax.runtime import checkpoint
 from uap_jax import pipeline
 from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 from uap_jax import zoo as zoo_lib
-from uap_jax.config import Config, INDEPENDENT_KINDS, KINDS, PIRACY_KINDS
+from uap_jax.config import Config, KINDS, PIRACY_KINDS
 from uap_jax.runtime.context import RunContext
 from uap_jax.stages import zoo as zoo_stage
 from uap_jax.runtime.workdir import Workdir

@@ -28,7 +28,6 @@ batch gives per-input gradients).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax

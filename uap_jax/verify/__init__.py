@@ -66,3 +66,11 @@ from uap_jax.verify.summary import (DETECTION_FIELDS, HEADLINE_FIELDS, brief, ev
                                     evaluate_scores, headline)
 from uap_jax.verify.tests import (FISHER_Z_CLIP, METHODS, decide, fisher_z, p_value,
                                   score_p_value, verify_suspect, views_for_confidence)
+
+__all__ = [
+    "similarities", "victim_embedding", "NEGATIVE_FAMILY", "POSITIVE_FAMILIES",
+    "VICTIM_FAMILY", "check_fractions", "encoder_labels", "leave_kind_out_splits",
+    "split_models", "train_encoder", "DETECTION_FIELDS", "HEADLINE_FIELDS", "brief",
+    "evaluate", "evaluate_scores", "headline", "FISHER_Z_CLIP", "METHODS", "decide",
+    "fisher_z", "p_value", "score_p_value", "verify_suspect", "views_for_confidence",
+]
