@@ -524,3 +524,50 @@ def test_partition_load_errors(tmp_path):
   data.save_partition(bad, {"a": np.array([1, 2]), "b": np.array([2, 3])})
   with pytest.raises(ValueError, match="overlap"):
     data.load_partition(bad)
+
+
+# ------------------------------------------- labels without class names
+
+
+@pytest.mark.parametrize("y_train, y_test, message", [
+    # Ten digits plus a stray 1000: a 1,001-class task, refused at load.
+    (np.r_[np.arange(10).repeat(3), 1000], np.arange(10),
+     r"found 11 distinct training labels \[0, 1, 2, 3, 4, \.\.\., 9, 1000\]: 990 of "
+     r"0\.\.1000 have no training image .*1001-class task; give class_names"),
+    (np.arange(12) % 3 * 2, np.zeros(6, int),
+     r"found 3 distinct training labels \[0, 2, 4\]: 2 of 0\.\.4 have no training image "
+     r"\(\[1, 3\]\)"),
+    # A class only the test split has: no model can learn it.
+    (np.arange(12) % 3, np.arange(6) % 4,
+     r"\[0, 1, 2\] \(all labels up to 3\): 1 of 0\.\.3 have no training image "
+     r"\(\[3\]\)"),
+    (np.arange(12) % 3 - 1, np.zeros(6, int), "negative labels"),
+    (np.arange(12) % 7, np.zeros(6, int), "7 classes .* for 12 training images"),
+])
+def test_npz_labels_without_class_names_must_be_class_indices(
+    tmp_path, y_train, y_test, message):
+  a = tiny_arrays(n_train=len(y_train), n_test=len(y_test))
+  a.update(y_train=y_train, y_test=y_test)
+  np.savez(tmp_path / "labels.npz", **a)
+  with pytest.raises(ValueError, match=message) as info:
+    data.load_dataset(f"npz:{tmp_path / 'labels.npz'}")
+  assert "relabel to 0..C-1" in str(info.value)
+  assert f"npz:{tmp_path / 'labels.npz'}" in str(info.value)
+  # With class names the labels are the user's declared classes.
+  if y_train.min() >= 0 and max(y_train.max(), y_test.max()) < 1001:
+    names = [f"c{i}" for i in range(max(y_train.max(), y_test.max()) + 1)]
+    np.savez(tmp_path / "named.npz", **a, class_names=np.array(names))
+    assert data.load_dataset(f"npz:{tmp_path / 'named.npz'}").num_classes == len(names)
+
+
+def test_idx_labels_with_gaps_are_refused(tmp_path):
+  a = tiny_arrays(shape=(4, 4, 1))
+  a["y_train"] = a["y_train"] * 3  # 0, 3, 6
+  write_idx(tmp_path / "gaps", a, gz=False)
+  with pytest.raises(ValueError, match=r"idx:.*gaps: no class names.*labels \[0, 3, 6\]"):
+    data.load_dataset(f"idx:{tmp_path / 'gaps'}")
+
+
+def test_default_class_names_accepts_class_indices():
+  assert data.dataset.default_class_names(np.arange(6) % 3, np.arange(2)) == [
+      "0", "1", "2"]

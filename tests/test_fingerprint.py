@@ -404,3 +404,33 @@ def test_outputs_kind_mismatch_is_an_error():
   assert fingerprint.detect_output_kind(probs) == "probs"
   assert fingerprint.detect_output_kind(labels) == "labels"
   assert fingerprint.detect_output_kind(np.log(probs)) == "logits"
+
+
+@pytest.mark.parametrize("output, mode", [("logits", "logits"),
+                                          ("probs", "probs"),
+                                          ("labels", "labels")])
+def test_declared_kind_gives_the_model_fingerprints(
+    models, points_and_uaps, export, tmp_path, output, mode):
+  x_points, uaps = points_and_uaps
+  path, manifest = export
+  recorded = str(tmp_path / "answers.npz")
+  np.savez(recorded, outputs=answer(models, 1, path, output), kind=output)
+  answers = blackbox.load_answers(recorded, manifest)
+  assert (answers.kind, answers.declared) == (output, True)
+  from_outputs = fingerprint.fingerprints_from_outputs(
+      answers.clean, answers.perturbed, mode=mode, outputs=answers.kind)
+  from_model = fingerprint.fingerprints(models, x_points, uaps, mode=mode)[1]
+  np.testing.assert_allclose(from_outputs, from_model, atol=1e-5)
+
+
+def test_model_probabilities_pass_the_sum_check(models, export, tmp_path):
+  # float32 softmax rows of a real model are within PROBS_ATOL of 1, and
+  # halved they are refused rather than read as logits.
+  path, manifest = export
+  probs = answer(models, 0, path, "probs")
+  np.savez(tmp_path / "ok.npz", outputs=probs)
+  assert blackbox.load_answers(str(tmp_path / "ok.npz"), manifest).kind == "probs"
+  np.savez(tmp_path / "half.npz", outputs=probs / 2)
+  with pytest.raises(ValueError, match="not 1"):
+    blackbox.load_answers(str(tmp_path / "half.npz"), manifest)
+  assert fingerprint.compute.PROBS_ATOL == 1e-3

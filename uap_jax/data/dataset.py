@@ -259,10 +259,61 @@ def as_int32_labels(labels: np.ndarray, *, what: str = "labels") -> np.ndarray:
       "store them as integers 0..num_classes-1.")
 
 
-def default_class_names(*label_arrays: np.ndarray) -> list[str]:
-  """``["0", "1", ...]`` covering the largest label in any of the arrays."""
-  top = max((int(y.max()) for y in label_arrays if y.size), default=-1)
+def default_class_names(*label_arrays: np.ndarray, what: str = "labels"
+                        ) -> list[str]:
+  """``["0", "1", ...]`` for labels that are plainly class indices.
+
+  Without class names the label values are the classes, so they must be
+  0..C-1 with every class in the training labels (the first array), and at
+  least two training images per class on average; anything else (labels up
+  to 1000 over ten digits, say) would silently build a task with classes that
+  no model can learn.
+
+  Args:
+    *label_arrays: the training labels first, then any others (test).
+    what: the data set, for messages.
+
+  Returns:
+    One name per class, the class index as a string.
+
+  Raises:
+    ValueError: naming the labels found and the fix (give class names, or
+      relabel to 0..C-1).
+  """
+  train = np.asarray(label_arrays[0]) if label_arrays else np.zeros(0, int)
+  values = np.unique(np.concatenate([np.asarray(y).ravel() for y in label_arrays])
+                     ) if label_arrays else np.zeros(0, int)
+  top = int(values.max()) if values.size else -1
+  fix = ("give class_names (one per class, e.g. class_names=[...] in the .npz) "
+         "or relabel to 0..C-1, e.g. np.unique(np.concatenate([y_train, "
+         "y_test]), return_inverse=True)[1] split back into train and test")
+  in_train = np.unique(train)
+  found = (f"found {in_train.size} distinct training labels {_some(in_train)}"
+           + (f" (all labels up to {top})" if in_train.size and top > in_train[-1]
+              else ""))
+  if values.size and int(values.min()) < 0:
+    raise ValueError(f"{what}: no class names and negative labels ({found}); "
+                     f"{fix}.")
+  missing = np.setdiff1d(np.arange(top + 1), in_train)
+  if missing.size:
+    raise ValueError(
+        f"{what}: no class names, so the labels must be 0..C-1 with every class "
+        f"in the training labels, but {found}: {missing.size} of 0..{top} have "
+        f"no training image ({_some(missing)}), which would build a "
+        f"{top + 1}-class task; {fix}.")
+  if top + 1 > max(train.size // 2, 2):
+    raise ValueError(
+        f"{what}: {top + 1} classes ({found}) for {train.size} training images, "
+        f"fewer than 2 per class: not a task a model can learn; {fix}.")
   return [str(i) for i in range(max(top + 1, 0))]
+
+
+def _some(values: np.ndarray) -> str:
+  """A short display of sorted integers: all of them, or the ends."""
+  shown = [int(v) for v in values]
+  if len(shown) <= 8:
+    return str(shown)
+  return f"[{', '.join(map(str, shown[:5]))}, ..., {', '.join(map(str, shown[-2:]))}]"
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -69,7 +69,7 @@ def load_npz(path: str) -> Dataset:
   if "class_names" in arrays:
     class_names = [str(c) for c in np.asarray(arrays["class_names"]).ravel()]
   else:
-    class_names = dataset_lib.default_class_names(y_train, y_test)
+    class_names = dataset_lib.default_class_names(y_train, y_test, what=name)
   return Dataset(name, x_train, y_train, x_test, y_test, class_names)
 
 
@@ -244,6 +244,6 @@ def load_idx(directory: str, *, name: str | None = None) -> Dataset:
       int(y_train.max()), int(y_test.max())) < len(FASHION_MNIST_CLASS_NAMES):
     class_names = list(FASHION_MNIST_CLASS_NAMES)
   else:
-    class_names = dataset_lib.default_class_names(y_train, y_test)
+    class_names = dataset_lib.default_class_names(y_train, y_test, what=name)
   return Dataset(name, arrays[("train", "images")], y_train,
                  arrays[("t10k", "images")], y_test, class_names)

@@ -15,26 +15,46 @@ plus UAP ``u - 1`` (clipped to [0, 1], rounded to uint8) for ``u >= 1``.
 
 Recorded-outputs file: an ``.npz`` with key ``outputs``, either ``(Q, C)``
 probabilities or logits, ``(Q, C)`` one-hot labels, or ``(Q,)`` integer
-labels, in query order (probability rows must sum to 1: an API that returns
-only its top-k probabilities should be recorded as labels). Optional keys: ``query_id`` ``(Q,)``, the query
-index each row answers (rows are then put back in query order), and
+labels, in query order. Optional keys: ``kind`` (``'probs'``, ``'logits'`` or
+``'labels'``: what ``outputs`` holds), ``query_id`` ``(Q,)``, the query index
+each row answers (rows are then put back in query order), and
 ``queries_sha256``, the manifest's checksum (guards against answers to a
 different export).
+
+What the answers are taken to be (:func:`load_answers`):
+
+* ``kind='logits'``: any finite floats.
+* ``kind='probs'``: every row non-negative and summing to 1 (within
+  :data:`~uap_jax.fingerprint.compute.PROBS_ATOL`), else refused.
+* ``kind='labels'``: ``(Q,)`` integers or exactly one-hot rows.
+* No ``kind``: ``(Q,)`` integers are labels. Float rows with no negative
+  value are probabilities and must each sum to 1, else the file is refused
+  (non-negative logits need ``kind='logits'``). Rows with negative values are
+  logits, unless they look like broken probabilities (every row, or at least
+  half of them, sums to 1): then the file is refused and must say
+  ``kind='logits'`` if they really are logits. An API that returns only its
+  top-k probabilities should be recorded as labels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from typing import Any
 
 import jax
 import numpy as np
 
+from uap_jax.fingerprint import compute
 from uap_jax.fingerprint import queries as queries_lib
 
 FORMAT = "uap_jax.queries/v1"
+KINDS = ("probs", "logits", "labels")
+_SAVE_HINT = "np.savez(path, outputs=answers)"
 ORDER = ("(1 + U, V, K) row-major: q = (u * V + j) * K + i; point i of view j; "
          "u = 0 clean, u >= 1 the point plus UAP u - 1, clipped to [0, 1] and "
          "rounded to uint8")
@@ -125,8 +145,7 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
 def load_manifest(manifest: dict | str) -> dict[str, Any]:
   """Reads and checks a manifest (a dict or a JSON path)."""
   if isinstance(manifest, (str, os.PathLike)):
-    with open(manifest) as f:
-      manifest = json.load(f)
+    manifest = _read_manifest_json(os.fspath(manifest))
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
     raise ValueError(
         f"Not a uap-jax query manifest (format {FORMAT!r} expected); pass the "
@@ -143,10 +162,104 @@ def load_manifest(manifest: dict | str) -> dict[str, Any]:
   return manifest
 
 
+def _read_manifest_json(path: str) -> Any:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"Query manifest {path}: no such file; export the queries first "
+        "(--stages=export_queries, or export_queries()).")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(
+        f"Query manifest {path} is unreadable ({e}); export the queries again "
+        "(--stages=export_queries) and have the suspect answer the new "
+        "export.") from e
+
+
+def read_npz(path: str, *, what: str = "answers file",
+             fix: str = f"save the answers with {_SAVE_HINT}") -> dict[str, np.ndarray]:
+  """Every array of an ``.npz``, read in full, or one message naming the fix.
+
+  Reading every member here means a corrupted member is found now, not
+  later as a zip or zlib traceback.
+
+  Args:
+    path: the file.
+    what: what the file is, for messages ("answers file").
+    fix: how to write a good one, for messages.
+
+  Returns:
+    key -> array.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not an .npz, truncated, corrupted, or holding object arrays.
+  """
+  if os.path.isdir(path):
+    raise ValueError(f"The {what} {path} is a directory, not an .npz file; {fix}.")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"The {what} {path}: no such file (relative paths start at "
+        f"{os.getcwd()}); check the path.")
+  with open(path, "rb") as f:
+    head = f.read(6)
+  if head.startswith(b"\x93NUMPY"):
+    raise ValueError(f"The {what} {path} is a single .npy array, not an .npz "
+                     f"archive of named arrays; {fix}.")
+  if not head.startswith(b"PK"):
+    # numpy would blame "pickled data" here, which misleads.
+    raise ValueError(f"The {what} {path} is not an .npz file (an .npz is a zip "
+                     f"archive; this one is {_describe(head)}); {fix}.")
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      return {key: np.asarray(archive[key]) for key in archive.files}
+  except zipfile.BadZipFile as e:
+    reason = ("a member is corrupted" if "CRC" in str(e)
+              else "it is truncated or damaged")
+    raise ValueError(f"The {what} {path} cannot be read: {reason} ({e}); copy "
+                     f"it again, or {fix}.") from e
+  except (zlib.error, EOFError, OSError) as e:
+    raise ValueError(f"The {what} {path} cannot be read: a member is corrupted "
+                     f"({e}); copy it again, or {fix}.") from e
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"The {what} {path} holds object (pickled) arrays, which "
+                       f"are not loaded for safety; store numeric arrays: "
+                       f"{fix}.") from e
+    raise ValueError(f"The {what} {path} cannot be read ({e}); copy it again, "
+                     f"or {fix}.") from e
+
+
+def _describe(head: bytes) -> str:
+  return "empty" if not head else f"a file starting with {head[:4]!r}"
+
+
 def load_queries(path_npz: str) -> np.ndarray:
   """The ``(Q, H, W, C)`` uint8 query images of an export."""
-  with np.load(path_npz) as data:
-    return np.asarray(data["queries"])
+  arrays = read_npz(path_npz, what="queries file",
+                    fix="export the queries again (--stages=export_queries)")
+  if "queries" not in arrays:
+    raise ValueError(f"The queries file {path_npz} has no 'queries' array; "
+                     "export the queries again (--stages=export_queries).")
+  return arrays["queries"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedAnswers:
+  """A suspect's answers, checked and arranged for fingerprints.
+
+  Attributes:
+    clean: ``(V, K, C)`` float32 answers on the clean points.
+    perturbed: ``(U, V, K, C)`` float32 answers on the points plus each UAP.
+    kind: what they are, ``probs``, ``logits`` or ``labels`` (the
+      ``outputs=`` of :func:`uap_jax.fingerprint.fingerprints_from_outputs`).
+    declared: whether the file said so (key ``kind``) or it was inferred.
+  """
+  clean: np.ndarray
+  perturbed: np.ndarray
+  kind: str
+  declared: bool
 
 
 def load_recorded_outputs(path_npz: str, manifest: dict | str
@@ -160,20 +273,38 @@ def load_recorded_outputs(path_npz: str, manifest: dict | str
   Returns:
     ``clean`` ``(V, K, C)`` and ``perturbed`` ``(U, V, K, C)`` float32:
     probabilities or logits as recorded; labels as one-hot rows. Pass them to
-    :func:`uap_jax.fingerprint.fingerprints_from_outputs`.
+    :func:`uap_jax.fingerprint.fingerprints_from_outputs` (with
+    ``outputs=`` :attr:`RecordedAnswers.kind` of :func:`load_answers` when
+    the file declares its ``kind``).
+  """
+  answers = load_answers(path_npz, manifest)
+  return answers.clean, answers.perturbed
+
+
+def load_answers(path_npz: str, manifest: dict | str) -> RecordedAnswers:
+  """Loads, checks and arranges a suspect's recorded answers.
+
+  The answers must be what they claim (module docstring): probabilities that
+  are non-negative rows summing to 1, logits, or labels.
+
+  Args:
+    path_npz: the suspect's answers (see the module docstring).
+    manifest: the manifest of the export answered (dict or JSON path).
+
+  Returns:
+    The answers as :class:`RecordedAnswers`.
+
+  Raises:
+    FileNotFoundError: the file or the manifest is missing.
+    ValueError: naming the problem and the fix, for anything else.
   """
   manifest = load_manifest(manifest)
   k, v, u, c = (manifest[n] for n in ("K", "V", "U", "num_classes"))
   q = manifest["num_queries"]
-  with np.load(path_npz, allow_pickle=False) as data:
-    if "outputs" not in data:
-      raise ValueError(
-          f"{path_npz} has no 'outputs' array (keys: {sorted(data.keys())}); "
-          "save the answers with np.savez(path, outputs=answers).")
-    outputs = np.asarray(data["outputs"])
-    query_id = np.asarray(data["query_id"]) if "query_id" in data else None
-    digest = (str(data["queries_sha256"]) if "queries_sha256" in data
-              else None)
+  data = read_answers(path_npz)
+  outputs = data["outputs"]
+  declared = _declared_kind(data, path_npz)
+  digest = str(data["queries_sha256"]) if "queries_sha256" in data else None
   if digest is not None and manifest.get("queries_sha256") not in (None, digest):
     raise ValueError(
         "The answers are for a different set of queries (queries_sha256 does "
@@ -183,31 +314,14 @@ def load_recorded_outputs(path_npz: str, manifest: dict | str
         f"outputs must be (Q, {c}) or (Q,) with Q = (1 + U) * V * K = {q} "
         f"answers in the manifest's query order, got shape {outputs.shape}; "
         "answer every query of the export, one row per query.")
-  if query_id is not None:
-    if (query_id.shape != (q,) or not np.issubdtype(query_id.dtype, np.integer)
-        or not np.array_equal(np.sort(query_id), np.arange(q))):
+  outputs = _in_query_order(outputs, data.get("query_id"), q)
+  labels = outputs.ndim == 1 or np.issubdtype(outputs.dtype, np.integer)
+  if labels:
+    if declared not in (None, "labels"):
       raise ValueError(
-          f"query_id must be a permutation of 0..{q - 1} naming the query each "
-          "row answers; fix the ids or drop query_id and save rows in query "
-          "order.")
-    ordered = np.empty_like(outputs)
-    ordered[query_id] = outputs
-    outputs = ordered
-  if outputs.ndim == 1 or np.issubdtype(outputs.dtype, np.integer):
-    if outputs.ndim != 1:
-      raise ValueError(
-          f"Integer outputs must be labels of shape (Q,) = ({q},), got "
-          f"{outputs.shape}; save probabilities/logits as floats.")
-    if not np.issubdtype(outputs.dtype, np.integer):
-      raise ValueError(
-          f"(Q,) outputs must be integer class labels, got dtype "
-          f"{outputs.dtype}; cast them with .astype(int).")
-    if outputs.min() < 0 or outputs.max() >= c:
-      raise ValueError(
-          f"Labels must lie in [0, {c - 1}] for the victim's {c} classes, got "
-          f"[{outputs.min()}, {outputs.max()}]; map the suspect's labels to "
-          "the victim's class indices.")
-    outputs = np.eye(c, dtype=np.float32)[outputs]
+          f"{path_npz} says kind={declared!r} but holds integer labels; save "
+          "it with kind='labels' (or without kind).")
+    outputs = _labels_to_one_hot(outputs, q, c)
   if outputs.shape[1] != c:
     raise ValueError(
         f"The answers have {outputs.shape[1]} classes but the victim has {c}; "
@@ -216,5 +330,128 @@ def load_recorded_outputs(path_npz: str, manifest: dict | str
   outputs = outputs.astype(np.float32)
   if not np.all(np.isfinite(outputs)):
     raise ValueError("The answers contain NaN or inf; re-record them.")
+  kind = "labels" if labels else _float_kind(outputs, declared, path_npz)
   grid = outputs.reshape(u + 1, v, k, c)
-  return grid[0], grid[1:]
+  return RecordedAnswers(clean=grid[0], perturbed=grid[1:], kind=kind,
+                         declared=declared is not None)
+
+
+def read_answers(path_npz: str) -> dict[str, np.ndarray]:
+  """The arrays of an answers file that reads and holds ``outputs``.
+
+  The checks that need no manifest, so that a bad file is refused before any
+  work.
+
+  Args:
+    path_npz: the suspect's answers (see the module docstring).
+
+  Returns:
+    key -> array; ``kind``, when present, is valid.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: unreadable, no ``outputs``, or a bad ``kind``.
+  """
+  data = read_npz(path_npz)
+  if "outputs" not in data:
+    raise ValueError(
+        f"{path_npz} has no 'outputs' array (keys: {sorted(data)}); "
+        f"save the answers with {_SAVE_HINT}.")
+  _declared_kind(data, path_npz)
+  return data
+
+
+def _declared_kind(data: dict[str, np.ndarray], path: str) -> str | None:
+  if "kind" not in data:
+    return None
+  kind = data["kind"]
+  if kind.ndim == 0 and kind.dtype.kind in "US" and str(kind.item()) in KINDS:
+    return str(kind.item())
+  raise ValueError(
+      f"{path}: kind must be one of {', '.join(map(repr, KINDS))} (what "
+      f"'outputs' holds), got {kind.tolist()!r}; save it with e.g. "
+      "np.savez(path, outputs=answers, kind='logits').")
+
+
+def _in_query_order(outputs: np.ndarray, query_id: np.ndarray | None,
+                    q: int) -> np.ndarray:
+  if query_id is None:
+    return outputs
+  if (query_id.shape != (q,) or not np.issubdtype(query_id.dtype, np.integer)
+      or not np.array_equal(np.sort(query_id), np.arange(q))):
+    raise ValueError(
+        f"query_id must be a permutation of 0..{q - 1} naming the query each "
+        "row answers; fix the ids or drop query_id and save rows in query "
+        "order.")
+  ordered = np.empty_like(outputs)
+  ordered[query_id] = outputs
+  return ordered
+
+
+def _labels_to_one_hot(outputs: np.ndarray, q: int, c: int) -> np.ndarray:
+  if outputs.ndim != 1:
+    raise ValueError(
+        f"Integer outputs must be labels of shape (Q,) = ({q},), got "
+        f"{outputs.shape}; save probabilities/logits as floats.")
+  if not np.issubdtype(outputs.dtype, np.integer):
+    raise ValueError(
+        f"(Q,) outputs must be integer class labels, got dtype "
+        f"{outputs.dtype}; cast them with .astype(int).")
+  if outputs.min() < 0 or outputs.max() >= c:
+    raise ValueError(
+        f"Labels must lie in [0, {c - 1}] for the victim's {c} classes, got "
+        f"[{outputs.min()}, {outputs.max()}]; map the suspect's labels to "
+        "the victim's class indices.")
+  return np.eye(c, dtype=np.float32)[outputs]
+
+
+def _float_kind(outputs: np.ndarray, declared: str | None, path: str) -> str:
+  """What float ``(Q, C)`` answers are (module docstring), or a refusal."""
+  if declared == "logits":
+    return "logits"
+  if declared == "labels":
+    one_hot = np.all((outputs == 0) | (outputs == 1), axis=-1) & (
+        outputs.sum(-1) == 1)
+    if not one_hot.all():
+      raise ValueError(
+          f"{path} says kind='labels' but {int((~one_hot).sum())} of "
+          f"{len(outputs)} rows are not one-hot; save (Q,) integer labels, or "
+          "the right kind ('probs' or 'logits').")
+    return "labels"
+  sums = outputs.sum(-1)
+  sums_one = np.isclose(sums, 1.0, atol=compute.PROBS_ATOL)
+  negative = outputs.min(-1) < 0
+  if declared == "probs" or not negative.any():
+    _check_probabilities(outputs, sums, sums_one, negative, declared, path)
+    # One-hot rows are labels: the same answer as fingerprints_from_outputs's
+    # 'auto', so an undeclared file gives the fingerprints it always gave.
+    return compute.detect_output_kind(outputs)
+  if sums_one.all() or (sums_one & ~negative).mean() >= 0.5:
+    raise ValueError(
+        f"{path}: the answers sum to 1 per row like probabilities, but "
+        f"{int(negative.sum())} of {len(outputs)} rows hold negative values "
+        f"(down to {outputs.min():.3g}), which probabilities cannot: re-record "
+        "the probabilities, or, if these are logits, save them with "
+        "kind='logits' (np.savez(path, outputs=answers, kind='logits')).")
+  return "logits"
+
+
+def _check_probabilities(outputs: np.ndarray, sums: np.ndarray,
+                         sums_one: np.ndarray, negative: np.ndarray,
+                         declared: str | None, path: str) -> None:
+  claim = ("says kind='probs'" if declared else
+           "holds no negative value, so its rows are read as probabilities")
+  if negative.any():
+    raise ValueError(
+        f"{path} {claim}, but {int(negative.sum())} of {len(outputs)} rows "
+        f"hold negative values (down to {outputs.min():.3g}): re-record the "
+        "probabilities, or save logits with kind='logits'.")
+  if not sums_one.all():
+    bad = sums[~sums_one]
+    raise ValueError(
+        f"{path} {claim}, but {len(bad)} of {len(outputs)} rows sum to "
+        f"{bad.min():.3g}..{bad.max():.3g}, not 1 (within "
+        f"{compute.PROBS_ATOL:g}): save probabilities that sum to 1 "
+        "(p / p.sum(-1, keepdims=True); an API that returns only its top-k "
+        "probabilities is recorded as labels), or save logits with "
+        "kind='logits' (np.savez(path, outputs=answers, kind='logits')).")

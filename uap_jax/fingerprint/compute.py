@@ -22,6 +22,9 @@ from uap_jax.runtime import engine
 
 # Fingerprint modes; the same names are the kinds of recorded outputs.
 MODES = config.FP_MODES
+# How far from 1 a row of recorded probabilities may sum (float32 softmax
+# rows of 1,000 classes are well within it).
+PROBS_ATOL = 1e-3
 
 
 def _check_mode(mode: str) -> None:
@@ -129,7 +132,10 @@ def detect_output_kind(outputs: np.ndarray) -> str:
 
   Returns:
     ``labels`` for integer arrays or rows that are exactly one-hot,
-    ``probs`` for non-negative rows summing to 1, else ``logits``.
+    ``probs`` for non-negative rows summing to 1 (within
+    :data:`PROBS_ATOL`), else ``logits``. It only guesses; the checks that
+    answers are what they claim are
+    :func:`uap_jax.fingerprint.blackbox.load_answers`'s.
   """
   outputs = np.asarray(outputs)
   if np.issubdtype(outputs.dtype, np.integer) or outputs.dtype == bool:
@@ -138,7 +144,7 @@ def detect_output_kind(outputs: np.ndarray) -> str:
       outputs.sum(-1) == 1):
     return "labels"
   if outputs.size and outputs.min() >= 0 and np.allclose(
-      outputs.sum(-1), 1.0, atol=1e-3):
+      outputs.sum(-1), 1.0, atol=PROBS_ATOL):
     return "probs"
   return "logits"
 

@@ -9,11 +9,17 @@ similarities.
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
 model in it is judged) or an ``.npz`` of a black-box suspect's recorded
 answers to ``WORKDIR/queries.npz`` (stage export_queries). Writes
-``verdicts/NAME.json``.
+``verdicts/NAME.json``, NAME the suspect's file or folder name; a suspect at
+another path with the same name gets ``NAME-HASH.json`` (HASH from its
+absolute path), so no verdict replaces another's. ``verdicts/index.json`` and
+``verdicts/index.md`` list every verdict file with its source, suspects,
+verdicts and p-values.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 
 import numpy as np
@@ -22,7 +28,9 @@ from absl import logging
 from uap_jax import fingerprint as fp_lib
 from uap_jax.fingerprint import blackbox
 from uap_jax.runtime import checkpoint
+from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
+from uap_jax.runtime.workdir import Workdir
 from uap_jax.verify import encoder as encoder_lib
 from uap_jax.verify import protocols
 from uap_jax.verify import references
@@ -55,6 +63,45 @@ def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
       sample_references=samples)
 
 
+def check_suspect(path: str) -> None:
+  """Checks ``--suspect`` on its own, before any work.
+
+  Cheap: the path exists; an ``.npz`` is readable and holds ``outputs``
+  (and a valid ``kind``). What needs the run (the manifest, the class count,
+  the fingerprint mode) is checked when the answers are loaded.
+
+  Args:
+    path: a suspect checkpoint directory or a recorded-answers ``.npz``.
+
+  Raises:
+    FileNotFoundError: nothing at ``path``.
+    ValueError: the ``.npz`` is unreadable or holds no answers.
+  """
+  if path.endswith(".npz"):
+    blackbox.read_answers(path)
+  elif not os.path.exists(path):
+    raise FileNotFoundError(
+        f"--suspect={path}: no such file or directory (relative paths start at "
+        f"{os.getcwd()}); give a checkpoint directory saved by this project or "
+        "the .npz of a black-box suspect's answers.")
+
+
+def _check_answers_fit_mode(path: str, kind: str, mode: str) -> None:
+  """Refuses answers that cannot give this run's kind of fingerprints."""
+  if kind == "labels" and mode != "labels":
+    raise ValueError(
+        f"The answers in {path} are labels only, but this run's fingerprints "
+        f"use --fp_mode={mode}: rerun the run with --fp_mode=labels (it redoes "
+        "the fingerprint stage and those after it, so the encoder is trained "
+        "on label fingerprints), then verify these answers with the same "
+        "flags.")
+  if kind == "probs" and mode == "logits":
+    raise ValueError(
+        f"The answers in {path} are probabilities, but this run's fingerprints "
+        "use --fp_mode=logits: record the suspect's logits (saved with "
+        "kind='logits'), or rerun the run with --fp_mode=probs.")
+
+
 def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.ndarray]:
   """Names and ``(S, V, D)`` fingerprints of the suspect(s) at ``path``."""
   fp = ctx.artifacts.fingerprints
@@ -64,10 +111,11 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
       raise FileNotFoundError(
           f"{manifest} is missing: run --stages=export_queries, have the suspect "
           "answer WORKDIR/queries.npz, then verify its answers.")
-    clean, perturbed = blackbox.load_recorded_outputs(path, manifest)
+    answers = blackbox.load_answers(path, manifest)
+    _check_answers_fit_mode(path, answers.kind, fp.mode)
     names = [os.path.splitext(os.path.basename(path))[0]]
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
-        clean, perturbed, mode=fp.mode))[None]
+        answers.clean, answers.perturbed, mode=fp.mode, outputs=answers.kind))[None]
   suspect = checkpoint.load_stack(path)
   if suspect.num_classes != ctx.data.num_classes:
     raise ValueError(
@@ -80,6 +128,7 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
+  check_suspect(path)
   fp = ctx.artifacts.fingerprints
   names, suspect_fps = _suspect_fingerprints(ctx, path)
   results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.victim_index,
@@ -90,15 +139,111 @@ def verify_external(ctx: RunContext, path: str) -> dict:
     logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
                  v["verdict"], v["p_value"], v["confidence"], v["views_used"])
   out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
-  stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-  ctx.artifacts.save_verdicts(stem, out)
-  return out
+  file = save_verdicts(ctx.artifacts, ctx.workdir, out)
+  logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
+               ctx.workdir.path(_INDEX + ".md"))
+  return {**out, "file": file}
+
+
+# The verdicts' own index; a suspect named "index" gets a hashed name.
+_INDEX = os.path.join("verdicts", "index")
+
+
+def verdict_name(workdir: Workdir, source: str) -> str:
+  """The name (``verdicts/NAME.json``) of the verdicts on ``source``.
+
+  The suspect's file or folder name, unless a verdict file of that name
+  holds another source's verdicts: then the name plus a hash of the absolute
+  path, so two suspects never share a file and a rerun on the same suspect
+  replaces its own.
+
+  Args:
+    workdir: the run's work directory.
+    source: the suspect's path.
+
+  Returns:
+    NAME, without ``verdicts/`` and ``.json``.
+  """
+  source = os.path.abspath(source)
+  stem = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+  digest = hashlib.sha256(source.encode()).hexdigest()
+  candidates = ([stem] if stem and stem != "index" else []) + [
+      f"{stem}-{digest[:8]}", f"{stem}-{digest}"]
+  for name in candidates:
+    if _verdict_source(workdir, name) in (None, source):
+      return name
+  return candidates[-1]
+
+
+def _verdict_source(workdir: Workdir, name: str) -> str | None:
+  """The source of ``verdicts/NAME.json``: None when there is none, "" when
+  unreadable (so that it is never written over)."""
+  rel = os.path.join("verdicts", f"{name}.json")
+  if not workdir.exists(rel):
+    return None
+  try:
+    return str(workdir.read_json(rel).get("suspect", ""))
+  except (ValueError, AttributeError):
+    return ""
+
+
+def save_verdicts(artifacts: Artifacts, workdir: Workdir, out: dict) -> str:
+  """Saves the verdicts ``out`` on one source and rewrites the index.
+
+  Args:
+    artifacts: the run's artefacts (the writer of verdict files).
+    workdir: the run's work directory.
+    out: ``{"suspect": absolute path, "verdicts": [...]}``.
+
+  Returns:
+    The path of the verdict file.
+  """
+  file = artifacts.save_verdicts(verdict_name(workdir, out["suspect"]), out)
+  _write_index(workdir)
+  return file
+
+
+def _write_index(workdir: Workdir) -> None:
+  """``verdicts/index.json`` and ``index.md`` from every verdict file there.
+
+  Rebuilt from the files themselves, so it lists the ones written before
+  it existed and never disagrees with them.
+  """
+  entries = []
+  index_json = os.path.basename(_INDEX) + ".json"
+  for path in sorted(glob.glob(workdir.path("verdicts", "*.json"))):
+    if os.path.basename(path) == index_json:
+      continue
+    rel = os.path.relpath(path, workdir.root)
+    try:
+      out = workdir.read_json(rel)
+      rows = [{"suspect": v["suspect"], "verdict": v["verdict"],
+               "p_value": v["p_value"]} for v in out["verdicts"]]
+    except (ValueError, KeyError, TypeError) as e:
+      logging.warning("Verdict file %s is unreadable (%s); left out of the "
+                      "index.", path, e)
+      continue
+    entries.append({"file": rel, "source": out.get("suspect"), "verdicts": rows})
+  workdir.write_json(_INDEX + ".json", {"verdict_files": entries})
+  workdir.write_text(_INDEX + ".md", _index_markdown(entries))
+
+
+def _index_markdown(entries: list[dict]) -> str:
+  lines = ["# Suspect verdicts", "",
+           "| verdict file | source | suspect | verdict | p-value |",
+           "|---|---|---|---|---|"]
+  for e in entries:
+    for v in e["verdicts"]:
+      lines.append(f"| `{e['file']}` | `{e['source']}` | {v['suspect']} | "
+                   f"{v['verdict']} | {float(v['p_value']):.3g} |")
+  return "\n".join(lines) + "\n"
 
 
 def run(ctx: RunContext) -> dict:
   if ctx.cfg.suspect:
     out = verify_external(ctx, ctx.cfg.suspect)
-    return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]]}
+    return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]],
+            "file": out["file"]}
   result, sims = evaluate_zoo(ctx)
   ctx.artifacts.save_verification(result, sims)
   r = result["protocols"]["random"]
