@@ -84,7 +84,7 @@ def test_probabilities_that_do_not_sum_to_one_are_refused(
   _, probs = _probs()
   path = _save(tmp_path, outputs=probs * scale)
   with pytest.raises(ValueError, match=(
-      rf"no negative value.*{Q} of {Q} rows sum to {scale:g}\.\.{scale:g}, not 1"
+      rf"no negative value.*{Q} of {Q} rows sum to {scale:g}, not 1"
       r".*kind='logits'")):
     blackbox.load_answers(path, manifest)
   with pytest.raises(ValueError, match="says kind='probs'.*not 1"):
@@ -95,7 +95,8 @@ def test_probabilities_that_do_not_sum_to_one_are_refused(
 def test_a_few_bad_probability_rows_are_refused(tmp_path, manifest):
   _, probs = _probs()
   probs[3] *= 1.5
-  with pytest.raises(ValueError, match=rf"1 of {Q} rows sum to 1\.5"):
+  probs[5] *= 0.9
+  with pytest.raises(ValueError, match=rf"2 of {Q} rows sum to 0\.9\.\.1\.5, not 1"):
     blackbox.load_answers(_save(tmp_path, outputs=probs), manifest)
 
 

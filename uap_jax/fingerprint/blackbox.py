@@ -448,9 +448,11 @@ def _check_probabilities(outputs: np.ndarray, sums: np.ndarray,
         "probabilities, or save logits with kind='logits'.")
   if not sums_one.all():
     bad = sums[~sums_one]
+    span = (f"{bad.min():.3g}" if f"{bad.min():.3g}" == f"{bad.max():.3g}"
+            else f"{bad.min():.3g}..{bad.max():.3g}")
     raise ValueError(
         f"{path} {claim}, but {len(bad)} of {len(outputs)} rows sum to "
-        f"{bad.min():.3g}..{bad.max():.3g}, not 1 (within "
+        f"{span}, not 1 (within "
         f"{compute.PROBS_ATOL:g}): save probabilities that sum to 1 "
         "(p / p.sum(-1, keepdims=True); an API that returns only its top-k "
         "probabilities is recorded as labels), or save logits with "
