@@ -65,7 +65,11 @@ class Stubs:
 
 def _stub_run(stubs, workdir, **settings):
   stubs.calls = []
-  cfg = config_lib.Config(workdir=str(workdir), dataset="digits", **settings)
+  # The default 20 x 40 points exceed digits' 574 victim images, which the
+  # pipeline refuses before any stage (test_bad_inputs_are_refused_...).
+  settings.setdefault("fp_k", 10)
+  settings.setdefault("dataset", "digits")
+  cfg = config_lib.Config(workdir=str(workdir), **settings)
   return pipeline.run(cfg, stages=stubs.mapping())
 
 
@@ -401,3 +405,149 @@ def test_protocol_table_reads_a_finished_run(tiny_run):
   assert module.markdown([row]).count("\n") == 3
   with pytest.raises(FileNotFoundError, match="finish the run"):
     module.run_row(os.path.dirname(workdir))
+
+
+# --------------------------------------------------------------------------
+# The work-directory lock, markers over whole artefacts, every check before
+# anything is written (stub stages, digits: a few seconds in all).
+
+
+def _snapshot(workdir):
+  """Every file under ``workdir`` with its bytes (for "left untouched")."""
+  out = {}
+  for folder, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+def test_lock_refuses_a_second_run_at_once_and_writes_nothing(tmp_path):
+  from uap_jax.runtime.workdir import Workdir, WorkdirInUse  # pylint: disable=g-import-not-at-top
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  before = _snapshot(tmp_path)
+  with Workdir(str(tmp_path), writer=True).lock():
+    with pytest.raises(WorkdirInUse, match=f"is in use by pid {os.getpid()} on host "):
+      _stub_run(stubs, tmp_path, overwrite=True)
+  assert stubs.calls == []
+  after = _snapshot(tmp_path)
+  assert after == before  # config.json and every marker as they were
+
+
+def test_lock_is_released_after_a_run_and_after_a_failing_run(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  assert not (tmp_path / "lock").exists()
+  stubs.fail = "uap"
+  with pytest.raises(RuntimeError):
+    _stub_run(stubs, tmp_path, overwrite=True)
+  assert not (tmp_path / "lock").exists()
+  stubs.fail = None
+  _stub_run(stubs, tmp_path)
+  assert stubs.calls == list(STAGES[STAGES.index("uap"):])
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  with open(tmp_path / "lock", "w") as f:
+    json.dump({"host": "here", "pid": dead.pid, "started": "earlier"}, f)
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path)
+  assert stubs.calls == list(STAGES)
+  assert not (tmp_path / "lock").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(fp_k=100), "--fp_k * --fp_v = 4000 points exceed the victim's 574 training "
+                     "images (--victim_frac=0.4 of 1438); lower --fp_k or --fp_v"),
+    (dict(zoo_count=0, zoo_counts=[]), "The zoo would hold 0 independent model(s) "
+                                       "(independent_seed: 0, independent_arch: 0, "
+                                       "independent_data: 0), but the encoder/verify "
+                                       "split needs >= 3"),
+    (dict(zoo_kinds=["prune"]), "--zoo_kinds has no independent kind"),
+    (dict(dataset="digitz"), "digitz"),
+])
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, settings, message):
+  stubs = Stubs()
+  fresh = tmp_path / "fresh"
+  with pytest.raises(ValueError) as error:
+    _stub_run(stubs, fresh, **settings)
+  assert message in str(error.value)
+  assert not fresh.exists()  # not even config.json or the lock
+  # Over a finished run, even with --overwrite: no marker removed, no file
+  # rewritten.
+  done = tmp_path / "done"
+  _stub_run(stubs, done)
+  before = _snapshot(done)
+  with pytest.raises(ValueError) as error:
+    _stub_run(stubs, done, overwrite=True, **settings)
+  assert message in str(error.value)
+  assert stubs.calls == [] and _snapshot(done) == before
+
+
+def test_a_dataset_typo_does_not_lock_the_user_out(tmp_path):
+  stubs = Stubs()
+  with pytest.raises(ValueError):
+    _stub_run(stubs, tmp_path, dataset="digitz")
+  _stub_run(stubs, tmp_path)  # the corrected command is not "other settings"
+  assert stubs.calls == list(STAGES)
+
+
+def test_split_count_check_only_when_the_split_is_made(tmp_path):
+  stubs = Stubs()
+  _stub_run(stubs, tmp_path, zoo_count=0, zoo_counts=[], stages=["victim", "zoo", "uap"])
+  assert stubs.calls == ["victim", "zoo", "uap"]
+
+
+class ArtifactStubs(Stubs):
+  """Stubs that save what the real victim, zoo and uap stages save (tiny)."""
+
+  def _run(self, name, ctx):
+    summary = super()._run(name, ctx)
+    wd, tree = ctx.workdir, {"a": np.arange(3, dtype=np.float32)}
+    if name == "victim":
+      wd.save_arrays("victim", tree, {"models": []})
+      wd.write_json("victim.json", {})
+    elif name == "zoo":
+      wd.save_arrays("zoo/x__mlp", tree, {"models": []})
+      wd.write_json("zoo.json", {"stacks": [{"checkpoint": "zoo/x__mlp"}]})
+    elif name == "uap":
+      wd.save_arrays("uap", tree, {})
+      wd.write_json("uap.json", {})
+    return summary
+
+
+def _artifact_run(stubs, workdir):
+  stubs.calls = []
+  cfg = config_lib.Config(workdir=str(workdir), dataset="digits",
+                          stages=["victim", "zoo", "uap"])
+  return pipeline.run(cfg, stages=stubs.mapping(), verify_artifacts=True)
+
+
+def test_marker_over_missing_or_damaged_artefacts_reruns_that_stage(tmp_path):
+  stubs = ArtifactStubs()
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == ["victim", "zoo", "uap"]
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == []
+  with open(tmp_path / "uap.json", "w") as f:
+    f.write("{")  # cut short
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == ["uap"]
+  # The issue's case: the zoo's stack deleted (as its message advised) or
+  # holding only orbax's commit marker; the zoo and what follows rerun.
+  shutil.rmtree(tmp_path / "checkpoints" / "zoo" / "x__mlp")
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == ["zoo", "uap"]
+  step = tmp_path / "checkpoints" / "zoo" / "x__mlp" / "0"
+  for item in os.listdir(step):
+    if item != "commit_success.txt":
+      shutil.rmtree(step / item) if (step / item).is_dir() else (step / item).unlink()
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == ["zoo", "uap"]
+  (tmp_path / "stages" / "victim.json").write_text("{")  # a damaged marker
+  _artifact_run(stubs, tmp_path)
+  assert stubs.calls == ["victim", "zoo", "uap"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 STAGES = ("victim", "zoo", "uap", "fingerprint", "encoder", "verify",
@@ -149,6 +150,10 @@ class Config:
     Raises:
       ValueError: naming the flag and the fix for the first bad setting.
     """
+    if not str(self.workdir).strip():
+      raise ValueError("--workdir is empty: name the run's directory, e.g. "
+                       "--workdir=runs/quickstart.")
+    self._check_finite()
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
@@ -179,6 +184,17 @@ class Config:
     _check_choice("fp_mode", self.fp_mode, FP_MODES)
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
+
+  def _check_finite(self) -> None:
+    """Every float setting, and every number of a float list, is finite."""
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      values = value if isinstance(value, list) else [value]
+      shown = ",".join(map(str, value)) if isinstance(value, list) else value
+      for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+          raise ValueError(f"--{field.name}={shown}: {v} is not a finite number; "
+                           f"give a finite value (default {_default_of(field)}).")
 
   def kind_counts(self) -> dict[str, int]:
     """Models per kind of --zoo_kinds after --zoo_counts overrides.
@@ -221,6 +237,12 @@ class Config:
 FIRST_STAGE: dict[str, str] = {
     f.name: f.metadata["stage"] for f in dataclasses.fields(Config)
     if "stage" in f.metadata}
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+  if field.default_factory is not dataclasses.MISSING:
+    return ",".join(map(str, field.default_factory()))
+  return field.default
 
 
 def define_flags(flags_module, flag_values=None) -> None:
@@ -268,4 +290,9 @@ def from_flags(flag_values) -> Config:
       except ValueError as e:
         raise ValueError(f"--{field.name}: expected numbers, got {value}.") from e
     kwargs[field.name] = value
+  # An empty list is the library's "record the settings, run no stage"; on
+  # the command line it is a slip that would do nothing and exit 0.
+  if not kwargs["stages"]:
+    raise ValueError(f"--stages is empty: name the stages to run, e.g. "
+                     f"--stages=victim,zoo (all: {','.join(STAGES)}).")
   return Config(**kwargs)

@@ -6,7 +6,13 @@ after the stage saved its artefacts, so an interrupted stage reruns. The
 marker records the settings the stage depends on
 (:meth:`Config.stage_settings`): a rerun with other values redoes the stage.
 Rerunning a finished stage (settings changed, or ``--overwrite``) invalidates
-the stages after it. :func:`check` rejects bad settings before any work.
+the stages after it, and so does a marker over artefacts that are not whole
+(:meth:`~uap_jax.runtime.artifacts.Artifacts.complete`): that stage reruns.
+
+Before anything is written: :func:`check` rejects bad settings,
+:func:`check_data` what the data set and its partition rule out, and a run
+holds the work directory's lock (:meth:`Workdir.lock`), so a second run on
+the same directory is refused at once.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from absl import logging
 
 from uap_jax import stages as stages_lib
 from uap_jax import zoo
-from uap_jax.config import Config, STAGES
+from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
 from uap_jax.runtime import distributed
 from uap_jax.runtime import engine
 from uap_jax.runtime import sharding
@@ -32,6 +38,9 @@ from uap_jax.verify import splits
 # work directory with other values would mix incompatible artefacts.
 _FIXED_BY_WORKDIR = ("dataset", "seed", "victim_arch", "width", "victim_frac",
                      "attacker_frac", "independent_frac")
+# Stages that read no data: a run of these alone in a work directory whose
+# config.json holds its data set need not load it.
+_DATALESS_STAGES = ("encoder", "report")
 
 
 def check(cfg: Config) -> None:
@@ -39,8 +48,10 @@ def check(cfg: Config) -> None:
 
   :meth:`Config.validate` (each field on its own), then what the library
   checks itself: the model-axis strategy, the multi-process modes, the zoo's
-  settings with its architecture names (:func:`uap_jax.zoo.check_config`)
-  and the encoder/calibration split (:func:`uap_jax.verify.splits.check_fractions`).
+  settings with its architecture names (:func:`uap_jax.zoo.check_config`),
+  the encoder/calibration split (:func:`uap_jax.verify.splits.check_fractions`)
+  and, when the encoder or verify stage runs, the >= 3 independent models
+  that split needs.
 
   Args:
     cfg: the run's settings.
@@ -60,6 +71,7 @@ def check(cfg: Config) -> None:
   except ValueError as e:
     raise ValueError(f"--split_train={cfg.split_train}, --split_calib="
                      f"{cfg.split_calib}: {e}") from e
+  _check_split_counts(cfg)
 
 
 def _check_same_run(cfg: Config, workdir: Workdir) -> None:
@@ -75,15 +87,72 @@ def _check_same_run(cfg: Config, workdir: Workdir) -> None:
         "--workdir, or --overwrite to recompute the requested stages.")
 
 
-def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None
-        ) -> dict[str, dict]:
-  """Runs ``cfg.stages`` in pipeline order.
+def check_data(cfg: Config, data, part_sizes: Mapping[str, int]) -> None:
+  """The checks that need the data set and its partition; writes nothing.
+
+  Args:
+    cfg: the run's settings (already checked by :func:`check`).
+    data: the loaded data set (``y_train`` is used).
+    part_sizes: training images per part (``victim``, ``attacker``,
+      ``independent``), from :attr:`RunContext.planned_parts`.
+
+  Raises:
+    ValueError: naming the flags and the fix.
+  """
+  victim = int(part_sizes["victim"])
+  if "fingerprint" in cfg.stages and cfg.fp_k * cfg.fp_v > victim:
+    raise ValueError(
+        f"--fp_k * --fp_v = {cfg.fp_k * cfg.fp_v} points exceed the victim's "
+        f"{victim} training images (--victim_frac={cfg.victim_frac} of "
+        f"{len(data.y_train)}); lower --fp_k or --fp_v, or raise --victim_frac.")
+
+
+def _check_split_counts(cfg: Config) -> None:
+  """The zoo holds the >= 3 independents the encoder/verify split needs."""
+  if not ("encoder" in cfg.stages or ("verify" in cfg.stages and not cfg.suspect)):
+    return
+  counts = cfg.kind_counts()
+  independents = {k: n for k, n in counts.items() if k in INDEPENDENT_KINDS}
+  total = sum(independents.values())
+  if total >= 3:
+    return
+  detail = (", ".join(f"{k}: {n}" for k, n in independents.items())
+            if independents else "--zoo_kinds has no independent kind")
+  raise ValueError(
+      f"The zoo would hold {total} independent model(s) ({detail}), but the "
+      "encoder/verify split needs >= 3 (encoder training, calibration, "
+      "evaluation); raise --zoo_count or give counts such as "
+      "--zoo_counts=independent_seed:3, and keep independent_* kinds in --zoo_kinds.")
+
+
+def _needs_data(cfg: Config, workdir: Workdir) -> bool:
+  """Whether the run must load its data set before it writes anything.
+
+  Stages that read data need it, and so does a fresh (or overwritten) work
+  directory: its config.json must not record a data set that does not load.
+  """
+  if any(s not in _DATALESS_STAGES for s in cfg.stages):
+    return True
+  return cfg.overwrite or not workdir.exists("config.json")
+
+
+def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None, *,
+        verify_artifacts: bool | None = None) -> dict[str, dict]:
+  """Runs ``cfg.stages`` in pipeline order, holding the work directory's lock.
+
+  Every check comes before any work and before anything is written: the
+  flags (:func:`check`), the lock (another run refused at once), the data
+  set and the checks on it (:func:`check_data`), the saved settings. Only
+  then is ``config.json`` written and do the stages run.
 
   Args:
     cfg: the run's settings (checked here, before any work).
     stages: stage name -> ``run(ctx) -> dict`` for every stage of
       ``cfg.stages``; default: the real stages (:func:`uap_jax.stages.runs`).
       Tests pass stubs to check the control flow alone.
+    verify_artifacts: whether a finished stage is redone when its artefacts
+      are not whole (:meth:`Artifacts.complete`); default: with the real
+      stages only, since stubs save no artefacts.
 
   Returns:
     Per stage run, its summary (``{"skipped": True}`` when already done).
@@ -94,14 +163,31 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None
                               cfg.process_id, cfg.distributed)
   if cfg.mesh:
     sharding.set_default_mesh(cfg.mesh)
+  if verify_artifacts is None:
+    verify_artifacts = stages is None
   stages = stages_lib.runs() if stages is None else stages
   missing = [s for s in cfg.stages if s not in stages]
   if missing:
     raise ValueError(f"No run function for stage(s) {missing}.")
   workdir = Workdir(cfg.workdir)
+  # The cheap refusals first, before the data set loads; both again below,
+  # under the lock, where no other run can change the directory meanwhile.
+  if workdir.is_writer:
+    workdir.check_free()
   _check_same_run(cfg, workdir)
-  workdir.write_text("config.json", cfg.to_json() + "\n")
   ctx = RunContext(cfg, workdir)
+  if _needs_data(cfg, workdir):
+    check_data(cfg, ctx.data, {k: len(v) for k, v in ctx.planned_parts.items()})
+  with workdir.lock():
+    _check_same_run(cfg, workdir)
+    workdir.write_text("config.json", cfg.to_json() + "\n")
+    return _run_stages(cfg, stages, ctx, verify_artifacts)
+
+
+def _run_stages(cfg: Config, stages: Mapping[str, stages_lib.StageRun],
+                ctx: RunContext, verify_artifacts: bool) -> dict[str, dict]:
+  """The stages of ``cfg.stages`` in order, skipping the finished ones."""
+  workdir = ctx.workdir
   results = {}
   invalidated = False
   for stage in [s for s in STAGES if s in cfg.stages]:
@@ -111,15 +197,20 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None
       continue
     settings = _as_json(cfg.stage_settings(stage))
     if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
-      changed = _changed_settings(workdir, stage, settings)
-      if not changed:
-        logging.info("Stage %s: already done in %s (use --overwrite to redo).",
-                     stage, workdir.root)
-        results[stage] = {"skipped": True}
-        continue
-      logging.info("Stage %s: settings changed since it ran (%s); redoing it "
-                   "and the stages after it.", stage,
-                   ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+      problem = _not_whole(ctx, stage, verify_artifacts)
+      if problem:
+        logging.warning("Stage %s: marked done, but %s; running it again, and "
+                        "the stages after it.", stage, problem)
+      else:
+        changed = _changed_settings(workdir, stage, settings)
+        if not changed:
+          logging.info("Stage %s: already done in %s (use --overwrite to redo).",
+                       stage, workdir.root)
+          results[stage] = {"skipped": True}
+          continue
+        logging.info("Stage %s: settings changed since it ran (%s); redoing it "
+                     "and the stages after it.", stage,
+                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     results[stage] = _run_stage(stage, stages[stage], ctx, settings)
     # Later stages built on the old artefacts of this one must be redone.
     invalidated = True
@@ -127,6 +218,21 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None
       if later not in cfg.stages:
         workdir.clear_stage(later)
   return results
+
+
+def _not_whole(ctx: RunContext, stage: str, verify_artifacts: bool) -> str | None:
+  """Why a stage marked done must run again (None: it is finished).
+
+  A marker counts only over whole artefacts: a damaged marker, or missing
+  or unreadable artefacts (an interrupted save, a file deleted by hand),
+  mean the stage reruns instead of failing on them later, every time.
+  """
+  marker = os.path.join("stages", f"{stage}.json")
+  try:
+    ctx.workdir.read_json(marker)
+  except ValueError:
+    return f"its marker {ctx.workdir.path(marker)} is not valid JSON"
+  return ctx.artifacts.complete(stage) if verify_artifacts else None
 
 
 def _run_stage(stage: str, stage_run: stages_lib.StageRun, ctx: RunContext,

@@ -30,6 +30,10 @@ first load (and the cache is dropped when they are saved again); the small
 JSON and array artefacts are read on each call. Every write goes through the
 :class:`~uap_jax.runtime.workdir.Workdir`, which is where "only the main
 process writes" is enforced.
+
+:meth:`Artifacts.complete` tells whether a stage's artefacts are whole
+(cheaply: checkpoints hold a complete step with readable metadata, JSON
+files parse); the pipeline reruns a finished stage whose artefacts are not.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -70,11 +75,66 @@ class Fingerprints:
     raise ValueError("The fingerprints hold no victim; rerun the fingerprint stage.")
 
 
+# Per stage, the JSON files and the checkpoints it leaves (the table above;
+# the zoo's stacks are named in zoo.json, the report's files are its own).
+_STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "victim": (("victim.json",), ("victim",)),
+    "zoo": (("zoo.json",), ()),
+    "uap": (("uap.json",), ("uap",)),
+    "fingerprint": (("fingerprints.json",), ("fingerprints",)),
+    "encoder": (("split.json", "encoder.json"), ("encoder",)),
+    "verify": (("verify.json",), ("similarities",)),
+    "export_queries": (("queries.json",), ()),
+    "report": ((os.path.join("report", "results.json"),), ()),
+}
+
+
 class Artifacts:
   """Loads and saves the artefacts of one work directory (cached loads)."""
 
   def __init__(self, workdir: Workdir):
     self.workdir = workdir
+
+  def complete(self, stage: str) -> str | None:
+    """Why the artefacts of a finished ``stage`` are not whole, if they are not.
+
+    Cheap checks, no arrays read: each JSON file of the stage parses, each
+    checkpoint holds a complete step whose metadata reads; for the zoo, every
+    stack ``zoo.json`` names; for export_queries, ``queries.npz`` opens.
+
+    Args:
+      stage: a stage name (:data:`uap_jax.config.STAGES`).
+
+    Returns:
+      None when complete, else the reason (one line, naming the file).
+    """
+    files, checkpoints = _STAGE_FILES.get(stage, ((), ()))
+    for name in files:
+      problem = self._json_problem(name)
+      if problem:
+        return problem
+    if stage == "zoo":
+      stacks = self.workdir.read_json("zoo.json").get("stacks")
+      if not isinstance(stacks, list):
+        return f"{self.workdir.path('zoo.json')} lists no stacks"
+      checkpoints = tuple(str(s.get("checkpoint")) if isinstance(s, dict) else ""
+                          for s in stacks)
+    for name in checkpoints:
+      problem = _checkpoint_problem(self.workdir.checkpoint_dir(name))
+      if problem:
+        return problem
+    if stage == "export_queries":
+      return _npz_problem(self.queries_path)
+    return None
+
+  def _json_problem(self, name: str) -> str | None:
+    if not self.workdir.exists(name):
+      return f"{self.workdir.path(name)} is missing"
+    try:
+      self.workdir.read_json(name)
+    except ValueError:
+      return f"{self.workdir.path(name)} is not valid JSON"
+    return None
 
   # Victim.
 
@@ -229,3 +289,35 @@ class Artifacts:
                                   query_id=np.arange(len(queries), dtype=np.int32))
     self.workdir.write_json("queries.json", manifest)
     return path
+
+
+def _checkpoint_problem(directory: str) -> str | None:
+  """Why ``directory`` holds no whole checkpoint step, None when it does."""
+  try:
+    step = checkpoint.latest_step(directory)
+  except Exception as e:  # orbax raises many types for damaged folders
+    return f"{directory} cannot be read ({type(e).__name__})"
+  if step is None:
+    return f"{directory} holds no complete checkpoint"
+  # The arrays' item must be there too: a step that holds only its commit
+  # marker has readable metadata in nothing.
+  state = os.path.join(directory, str(step), "state")
+  if not os.path.isdir(state) or not os.listdir(state):
+    return f"{directory} step {step} has no arrays"
+  try:
+    checkpoint.load_meta(directory)
+  except (ValueError, FileNotFoundError) as e:
+    return f"{directory} step {step} has unreadable metadata ({type(e.__cause__ or e).__name__})"
+  return None
+
+
+def _npz_problem(path: str) -> str | None:
+  """Why the ``.npz`` at ``path`` does not open, None when it does."""
+  if not os.path.exists(path):
+    return f"{path} is missing"
+  try:
+    with zipfile.ZipFile(path) as z:
+      z.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return f"{path} is not a readable .npz"
+  return None

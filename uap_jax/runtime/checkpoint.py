@@ -207,6 +207,12 @@ def _open_for_restore(directory: str) -> ocp.CheckpointManager:
 
 
 def _corrupt_message(directory: str, error: Exception) -> str:
+  # The cause first and on one line (orbax and TensorStore errors run over
+  # many lines), so that the fix is what the message ends with.
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  cause = lines[0] if lines else ""
+  if len(cause) > 200:
+    cause = cause[:200] + "..."
   return (f"Checkpoint at {directory} is damaged or does not match its "
-          f"metadata ({type(error).__name__}: {str(error)[:300]}). Delete it and "
-          "rerun the stage that writes it (or rerun with --overwrite).")
+          f"metadata ({type(error).__name__}: {cause}). Delete that folder and "
+          "rerun: the stage that writes it runs again (or rerun with --overwrite).")

@@ -43,8 +43,13 @@ class RunContext:
                                  seed=self.cfg.seed)
 
   @functools.cached_property
-  def parts(self) -> dict[str, np.ndarray]:
-    """Disjoint, seeded training-index parts; made once, saved with the run."""
+  def planned_parts(self) -> dict[str, np.ndarray]:
+    """The partition :attr:`parts` holds, without writing ``partition.json``.
+
+    Read from the work directory when it has one (and checked against the
+    data), else computed from the seed; for the checks before a run, which
+    write nothing.
+    """
     path = self.workdir.path("partition.json")
     if os.path.exists(path):
       parts = data_lib.load_partition(path)
@@ -52,14 +57,21 @@ class RunContext:
       if max(int(p.max()) for p in parts.values() if len(p)) >= n:
         raise ValueError(
             f"{path} indexes past the {n} training images of {self.cfg.dataset}: the "
-            "work directory belongs to another data set. Use a new --workdir or --overwrite.")
+            "work directory belongs to another data set. Use a new --workdir, or "
+            "delete that file to partition this data set (with --overwrite).")
       return parts
     fractions = {"victim": self.cfg.victim_frac, "attacker": self.cfg.attacker_frac,
                  "independent": self.cfg.independent_frac}
-    parts = data_lib.partition(self.data.y_train, fractions, self.cfg.seed)
-    self.workdir.write_with("partition.json",
-                            lambda target: data_lib.save_partition(target, parts))
-    logging.info("Partition: %s", {k: len(v) for k, v in parts.items()})
+    return data_lib.partition(self.data.y_train, fractions, self.cfg.seed)
+
+  @functools.cached_property
+  def parts(self) -> dict[str, np.ndarray]:
+    """Disjoint, seeded training-index parts; made once, saved with the run."""
+    parts = self.planned_parts
+    if not self.workdir.exists("partition.json"):
+      self.workdir.write_with("partition.json",
+                              lambda target: data_lib.save_partition(target, parts))
+      logging.info("Partition: %s", {k: len(v) for k, v in parts.items()})
     return parts
 
   @property

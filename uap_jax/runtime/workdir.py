@@ -2,6 +2,7 @@
 
 Layout (all under ``--workdir``)::
 
+  lock                    held by the run writing here (host, pid, start)
   config.json             the run's settings
   partition.json          the seeded data partition (indices per part)
   stages/STAGE.json       written last by a finished stage (seconds, summary)
@@ -16,17 +17,28 @@ so an interrupted write never leaves half a file.
 In a multi-process run only the main process writes: every write of a run
 goes through a :class:`Workdir`, and on the other processes its writing
 methods do nothing (they return the path they would have written).
+
+One run at a time writes a work directory: the writing process holds
+:meth:`Workdir.lock` for the whole run (an ``fcntl.flock`` on
+``WORKDIR/lock``, which the kernel drops when the process dies, so a run
+killed with ``kill -9`` leaves no lock that blocks the next one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from absl import logging
 
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import distributed
@@ -36,7 +48,9 @@ class Workdir:
   """Paths, atomic writes and the done-markers of one run directory."""
 
   def __init__(self, root: str, writer: bool | None = None):
-    """Opens (and, on the writing process, creates) a run directory.
+    """Opens a run directory; it is created by the first write (or the lock).
+
+    Nothing is created here, so a run refused by its checks leaves no trace.
 
     Args:
       root: the directory.
@@ -44,8 +58,6 @@ class Workdir:
     """
     self.root = os.path.abspath(root)
     self._writer = writer
-    if self.is_writer:
-      os.makedirs(self.root, exist_ok=True)
 
   @property
   def is_writer(self) -> bool:
@@ -137,6 +149,19 @@ class Workdir:
     return target
 
   def read_json(self, name: str) -> Any:
+    """The JSON file ``name`` (relative), parsed.
+
+    Args:
+      name: the file, relative to the run directory.
+
+    Returns:
+      Its content.
+
+    Raises:
+      FileNotFoundError: it is missing.
+      ValueError: it is not valid JSON; the message names the stage that
+        rewrites it.
+    """
     target = self.path(name)
     if not os.path.exists(target):
       raise FileNotFoundError(
@@ -144,9 +169,9 @@ class Workdir:
     with open(target) as f:
       try:
         return json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{target} is not valid JSON ({e}); delete it and rerun "
-                         "the stage that writes it.") from e
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{target} is not valid JSON ({e}): it was cut short "
+                         f"or edited. {_rewrite_advice(name)}") from e
 
   def exists(self, name: str) -> bool:
     return os.path.exists(self.path(name))
@@ -174,6 +199,92 @@ class Workdir:
     elif os.path.exists(target):
       os.remove(target)
 
+  # The lock: one writing run per work directory.
+
+  def check_free(self) -> None:
+    """Refuses at once when another run holds the lock; takes nothing.
+
+    For the checks before a run's work: a busy directory is reported before
+    the data is loaded, and nothing is created or written.
+
+    Raises:
+      WorkdirInUse: another live process holds ``WORKDIR/lock``.
+    """
+    path = self.path(LOCK_FILE)
+    try:
+      fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+      return
+    try:
+      if not _try_flock(fd):
+        raise WorkdirInUse(_in_use_message(self.root, path, _read_holder(fd)))
+      fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+      os.close(fd)
+
+  @contextlib.contextmanager
+  def lock(self) -> Iterator[None]:
+    """Holds ``WORKDIR/lock`` (host, pid, start time) while the block runs.
+
+    Only the writing process locks; the others enter at once. A lock file
+    left by a process that died (``kill -9``, a crash) is not held by the
+    kernel any more: it is taken over with a warning. The file is removed
+    on exit, also when the block raises.
+
+    Yields:
+      Nothing; the lock is held inside the block.
+
+    Raises:
+      WorkdirInUse: another live process holds the lock.
+    """
+    if not self.is_writer:
+      yield
+      return
+    fd = self._acquire()
+    try:
+      yield
+    finally:
+      self._release(fd)
+
+  def _acquire(self) -> int:
+    """Takes the lock; returns the descriptor that holds it."""
+    os.makedirs(self.root, exist_ok=True)
+    path = self.path(LOCK_FILE)
+    while True:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      if not _try_flock(fd):
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise WorkdirInUse(_in_use_message(self.root, path, holder))
+      # The previous holder unlinks the file before it lets go: a lock taken
+      # on that old file guards nothing, so open the new one and try again.
+      if _same_file(fd, path):
+        break
+      os.close(fd)
+    previous = _read_holder(fd)
+    if previous is not None:
+      logging.warning(
+          "%s: taking over the lock left by pid %s on host %s (since %s), "
+          "which ended without releasing it (killed?).", self.root,
+          previous.get("pid"), previous.get("host"), previous.get("started"))
+    holder = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.datetime.now().astimezone().isoformat(
+                  timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    os.fsync(fd)
+    return fd
+
+  def _release(self, fd: int) -> None:
+    # Unlinked while still held: a process that opened it meanwhile sees
+    # another file at the path once it gets the lock, and retries.
+    try:
+      os.unlink(self.path(LOCK_FILE))
+    except FileNotFoundError:
+      pass
+    finally:
+      os.close(fd)  # closing drops the flock
+
 
 def _default(o):
   if isinstance(o, np.integer):
@@ -183,3 +294,73 @@ def _default(o):
   if isinstance(o, np.ndarray):
     return o.tolist()
   raise TypeError(f"Not JSON serialisable: {type(o).__name__}")
+
+
+LOCK_FILE = "lock"
+
+
+class WorkdirInUse(ValueError):
+  """Another run holds the work directory's lock."""
+
+
+def _try_flock(fd: int) -> bool:
+  """Takes an exclusive flock on ``fd`` without waiting; False when held."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      return False
+    raise
+  return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    on_disk = os.stat(path)
+  except FileNotFoundError:
+    return False
+  mine = os.fstat(fd)
+  return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _read_holder(fd: int) -> dict | None:
+  """The holder a lock file names, None when it is empty or unreadable."""
+  try:
+    holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+  except (ValueError, UnicodeDecodeError):
+    return None
+  return holder if isinstance(holder, dict) else None
+
+
+def _in_use_message(root: str, path: str, holder: dict | None) -> str:
+  if holder is None:  # it has the lock but has not written its details yet
+    who = "another run"
+  else:
+    who = (f"pid {holder.get('pid')} on host {holder.get('host')} since "
+           f"{holder.get('started')}")
+  return (f"{root} is in use by {who}; wait for it to finish, or, if that run "
+          f"is dead, delete {path} and rerun. To run both at once, give this "
+          "one another --workdir.")
+
+
+# The stage that rewrites each JSON file (markers: their own stage), for the
+# advice on a damaged file.
+_WRITTEN_BY = {
+    "partition.json": "victim", "victim.json": "victim", "zoo.json": "zoo",
+    "uap.json": "uap", "fingerprints.json": "fingerprint", "split.json": "encoder",
+    "encoder.json": "encoder", "verify.json": "verify",
+    "queries.json": "export_queries", os.path.join("report", "results.json"): "report",
+}
+
+
+def _rewrite_advice(name: str) -> str:
+  """How to get a good copy of the work directory's file ``name``."""
+  name = os.path.normpath(name)
+  if name == "config.json":
+    return "Delete it: the next run writes it again from its flags."
+  folder, base = os.path.split(name)
+  stage = base[:-len(".json")] if folder == "stages" else _WRITTEN_BY.get(name)
+  if stage is None:
+    return "Delete it and rerun the stage that writes it."
+  return (f"The {stage} stage writes it: delete it and rerun with "
+          f"--stages={stage} and the stages after it (or --overwrite).")
