@@ -208,7 +208,7 @@ def test_unreadable_answers_give_one_message(tmp_path, manifest, damage, message
   assert path in str(info.value)
   # The same message before any work (the stage's first check).
   with pytest.raises(ValueError, match=message):
-    verify_stage.check_suspect(path)
+    blackbox.check_suspect(path)
 
 
 def test_missing_answers_name_the_file(tmp_path, manifest):
@@ -216,13 +216,13 @@ def test_missing_answers_name_the_file(tmp_path, manifest):
   with pytest.raises(FileNotFoundError, match="nope.npz: no such file"):
     blackbox.load_answers(path, manifest)
   with pytest.raises(FileNotFoundError, match="nope.npz: no such file"):
-    verify_stage.check_suspect(path)
+    blackbox.check_suspect(path)
   with pytest.raises(FileNotFoundError, match="no such file or directory.*"
                      "checkpoint directory"):
-    verify_stage.check_suspect(str(tmp_path / "no_checkpoint"))
+    blackbox.check_suspect(str(tmp_path / "no_checkpoint"))
   with pytest.raises(ValueError, match="is a directory"):
     os.mkdir(tmp_path / "dir.npz")
-    verify_stage.check_suspect(str(tmp_path / "dir.npz"))
+    blackbox.check_suspect(str(tmp_path / "dir.npz"))
 
 
 def test_unreadable_manifest_names_the_fix(tmp_path):
@@ -416,3 +416,18 @@ def test_stage_refuses_a_missing_file_before_loading_anything(
                       property(lambda self: pytest.fail("loaded fingerprints")))
   with pytest.raises(FileNotFoundError, match="missing.npz: no such file"):
     verify_stage.verify_external(ctx, str(tmp_path / "missing.npz"))
+
+
+def test_a_bad_suspect_is_refused_before_the_run_writes_anything(tmp_path):
+  from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax import pipeline  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "run"
+  bad = tmp_path / "answers.npz"
+  bad.write_bytes(b"hello")
+  ran = []
+  for suspect, error in ((tmp_path / "missing.npz", FileNotFoundError),
+                         (bad, ValueError)):
+    cfg = config_lib.parse([f"--workdir={work}", "--stages=verify", f"--suspect={suspect}"])
+    with pytest.raises(error, match="answers|suspect"):
+      pipeline.run(cfg, stages={"verify": lambda ctx: ran.append(ctx)})
+  assert not ran and not work.exists()

@@ -26,6 +26,7 @@ from absl import logging
 
 from uap_jax import stages as stages_lib
 from uap_jax import zoo
+from uap_jax.fingerprint import blackbox
 from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
 from uap_jax.runtime import distributed
 from uap_jax.runtime import engine
@@ -50,8 +51,8 @@ def check(cfg: Config) -> None:
   checks itself: the model-axis strategy, the multi-process modes, the zoo's
   settings with its architecture names (:func:`uap_jax.zoo.check_config`),
   the encoder/calibration split (:func:`uap_jax.verify.splits.check_fractions`)
-  and, when the encoder or verify stage runs, the >= 3 independent models
-  that split needs.
+  when the encoder or verify stage runs, the >= 3 independent models that
+  split needs, and a ``--suspect`` path that exists and (an ``.npz``) reads.
 
   Args:
     cfg: the run's settings.
@@ -72,6 +73,8 @@ def check(cfg: Config) -> None:
     raise ValueError(f"--split_train={cfg.split_train}, --split_calib="
                      f"{cfg.split_calib}: {e}") from e
   _check_split_counts(cfg)
+  if cfg.suspect:
+    blackbox.check_suspect(cfg.suspect)
 
 
 def _check_same_run(cfg: Config, workdir: Workdir) -> None:

@@ -457,3 +457,26 @@ def _check_probabilities(outputs: np.ndarray, sums: np.ndarray,
         "(p / p.sum(-1, keepdims=True); an API that returns only its top-k "
         "probabilities is recorded as labels), or save logits with "
         "kind='logits' (np.savez(path, outputs=answers, kind='logits')).")
+
+
+def check_suspect(path: str) -> None:
+  """Checks ``--suspect`` on its own, before any work.
+
+  Cheap: the path exists; an ``.npz`` is readable and holds ``outputs``
+  (and a valid ``kind``). What needs the run (the manifest, the class count,
+  the fingerprint mode) is checked when the answers are loaded.
+
+  Args:
+    path: a suspect checkpoint directory or a recorded-answers ``.npz``.
+
+  Raises:
+    FileNotFoundError: nothing at ``path``.
+    ValueError: the ``.npz`` is unreadable or holds no answers.
+  """
+  if path.endswith(".npz"):
+    read_answers(path)
+  elif not os.path.exists(path):
+    raise FileNotFoundError(
+        f"--suspect={path}: no such file or directory (relative paths start at "
+        f"{os.getcwd()}); give a checkpoint directory saved by this project or "
+        "the .npz of a black-box suspect's answers.")

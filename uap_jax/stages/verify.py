@@ -63,29 +63,6 @@ def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
       sample_references=samples)
 
 
-def check_suspect(path: str) -> None:
-  """Checks ``--suspect`` on its own, before any work.
-
-  Cheap: the path exists; an ``.npz`` is readable and holds ``outputs``
-  (and a valid ``kind``). What needs the run (the manifest, the class count,
-  the fingerprint mode) is checked when the answers are loaded.
-
-  Args:
-    path: a suspect checkpoint directory or a recorded-answers ``.npz``.
-
-  Raises:
-    FileNotFoundError: nothing at ``path``.
-    ValueError: the ``.npz`` is unreadable or holds no answers.
-  """
-  if path.endswith(".npz"):
-    blackbox.read_answers(path)
-  elif not os.path.exists(path):
-    raise FileNotFoundError(
-        f"--suspect={path}: no such file or directory (relative paths start at "
-        f"{os.getcwd()}); give a checkpoint directory saved by this project or "
-        "the .npz of a black-box suspect's answers.")
-
-
 def _check_answers_fit_mode(path: str, kind: str, mode: str) -> None:
   """Refuses answers that cannot give this run's kind of fingerprints."""
   if kind == "labels" and mode != "labels":
@@ -128,7 +105,7 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
-  check_suspect(path)
+  blackbox.check_suspect(path)
   fp = ctx.artifacts.fingerprints
   names, suspect_fps = _suspect_fingerprints(ctx, path)
   results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.victim_index,
