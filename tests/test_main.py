@@ -1,4 +1,5 @@
-"""The command line's logging: which lines show at which verbosity.
+"""The command line's logging (which lines show at which verbosity), and the
+case table of ``experiments/bad_inputs.py`` (built, not run).
 
 One subprocess runs ``uap_jax.main.main`` under absl's ``app.run`` once per
 scenario (the flags re-parsed each time), with the victim stage replaced by
@@ -138,3 +139,37 @@ def test_filter_drops_library_info_only():
   assert filt.filter(_record(main_lib.pipeline.__file__))
   # A folder merely named like a library (a user's checkout) is not the library.
   assert filt.filter(_record("/home/jax/orbax/uap_jax/pipeline.py"))
+
+
+# --------------------------------------------------------------------------
+# experiments/bad_inputs.py: its case table (the script itself is not run).
+
+
+def _bad_inputs():
+  spec = importlib.util.spec_from_file_location(
+      "bad_inputs", os.path.join(REPO, "experiments", "bad_inputs.py"))
+  module = importlib.util.module_from_spec(spec)
+  # dataclasses look their module up in sys.modules.
+  sys.modules["bad_inputs"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bad_input_cases_are_40_distinct_and_each_builds_a_command(tmp_path):
+  bad_inputs = _bad_inputs()
+  cases = bad_inputs.CASES
+  names = [c.name for c in cases]
+  assert len(set(names)) == len(names) >= 40
+  for case in cases:
+    argv = bad_inputs.command(case, str(tmp_path / "wd"), str(tmp_path / "files"))
+    assert argv[:3] == [sys.executable, "-m", "uap_jax.main"], case.name
+    assert all(isinstance(a, str) and "{" not in a for a in argv), case.name
+    # The case's flags come last: absl keeps a flag's last value.
+    assert argv[len(argv) - len(case.flags):] == [
+        f.format(files=str(tmp_path / "files"), wd=str(tmp_path / "wd")) for f in case.flags]
+  assert sum(not c.control for c in cases) >= 40
+  # The table shows what each refusal lacks.
+  record = {"exit": 0, "traceback": True, "messages": 2, "seconds": 20.0, "written": ["x"]}
+  assert len(bad_inputs.problems(record, fast=15.0, timeout=60.0)) == 4
+  record.update(exit=1, traceback=False, messages=1, seconds=3.0, written=[])
+  assert bad_inputs.problems(record, fast=15.0, timeout=60.0) == []
