@@ -172,8 +172,10 @@ def test_stub_outside_suspect_is_judged_every_time_without_a_marker(tmp_path):
   stubs = Stubs()
   _stub_run(stubs, tmp_path)
   (tmp_path / "stages" / "verify.json").unlink()
+  suspect = tmp_path / "suspect_checkpoint"  # pipeline.check wants it to exist
+  suspect.mkdir()
   for _ in range(2):
-    _stub_run(stubs, tmp_path, stages=["verify"], suspect="some.npz")
+    _stub_run(stubs, tmp_path, stages=["verify"], suspect=str(suspect))
     assert stubs.calls == ["verify"]
   assert "verify" not in _markers(tmp_path)
 
