@@ -30,6 +30,10 @@ SCENARIOS = {
     "threshold": ["--stderrthreshold=warning"],
     "default-again": [],
     "bad-flag": ["--victim_arch=resnet99"],
+    # Flags parsed by main.parse_flags (app.run's parser), then main.main.
+    "parse-unknown-flag": ["--nonsense=1"],
+    "parse-not-a-number": ["--fp_k=many"],
+    "parse-positional": ["victim"],
 }
 
 # Runs each scenario of argv[2:] ("NAME FLAG FLAG ..." strings) in turn.
@@ -51,12 +55,13 @@ def scenarios(argv):
   for i, scenario in enumerate(argv[2:]):
     name, *extra = scenario.split()
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["uap_jax", f"--workdir={argv[1]}/{i}", "--stages=victim",
-                 "--dataset=digits", *extra])
     sys.stderr.write(f"=== {name}\n")
     sys.stderr.flush()
     try:
-      main.main(["uap_jax"])
+      args = (main.parse_flags if name.startswith("parse-") else flags.FLAGS)(
+          ["uap_jax", f"--workdir={argv[1]}/{i}", "--stages=victim",
+           "--dataset=digits", *extra])
+      main.main(args)
     except SystemExit as e:
       sys.stderr.write(f"EXIT {e.code}\n")
     sys.stderr.flush()
@@ -122,6 +127,16 @@ def test_error_is_said_once(stderr_of):
   lines = stderr_of["bad-flag"]
   assert lines[-1].startswith("EXIT error: Unknown architecture 'resnet99'")
   assert sum("resnet99" in line for line in lines) == 1, lines
+
+
+@pytest.mark.parametrize("scenario, message", [
+    ("parse-unknown-flag", "error: Unknown command line flag 'nonsense' (--helpfull"),
+    ("parse-not-a-number", "error: flag --fp_k=many: invalid literal"),
+    ("parse-positional", "error: unexpected arguments ['victim']: every setting is a --flag"),
+])
+def test_command_line_mistakes_are_one_error_line(stderr_of, scenario, message):
+  lines = stderr_of[scenario]
+  assert len(lines) == 1 and lines[0].startswith("EXIT " + message), lines
 
 
 def _record(pathname, level=std_logging.INFO, name="absl"):

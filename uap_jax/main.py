@@ -117,9 +117,29 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         _LEVELS[flag_values["stderrthreshold"].value]))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag said in one ``error:`` line.
+
+  absl's own parser prints the error and then a generic hint as the last
+  line; here the error is the last line, with the hint in it.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"error: {e} (--helpfull lists every flag).") from None
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]} (all settings are --flags).")
+    # Not app.UsageError: that prints the whole module doc before the reason.
+    raise SystemExit(f"error: unexpected arguments {argv[1:]}: every setting is a "
+                     "--flag, e.g. --stages=victim.")
   configure_logging()
   try:
     cfg = config.from_flags(flags.FLAGS)
@@ -130,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
