@@ -370,9 +370,23 @@ def test_cli_reports_a_bad_flag_in_one_line(tmp_path):
 
 
 def test_stage_needing_a_victim_says_so(tmp_path):
-  cfg = config_lib.Config(workdir=str(tmp_path), stages=["uap"], dataset="digits")
-  with pytest.raises(FileNotFoundError, match="victim"):
+  work = tmp_path / "run"
+  cfg = config_lib.Config(workdir=str(work), stages=["uap"], dataset="digits")
+  with pytest.raises(ValueError, match=r"uap needs what stage\(s\) victim make.*"
+                     r"--stages=victim,uap"):
     pipeline.run(cfg)
+  assert not work.exists()  # refused before anything was written
+
+
+def test_stage_inputs_from_finished_or_requested_stages(tmp_path):
+  stubs = Stubs()
+  with pytest.raises(ValueError, match=r"fingerprint needs what stage\(s\) victim, zoo, uap"):
+    _stub_run(stubs, tmp_path, stages=["fingerprint", "report"])
+  assert not stubs.calls
+  _stub_run(stubs, tmp_path, stages=["victim", "zoo", "uap"])
+  stubs.calls.clear()
+  _stub_run(stubs, tmp_path, stages=["fingerprint"])  # its inputs are done
+  assert stubs.calls == ["fingerprint"]
 
 
 def test_workdir_of_another_run_is_refused(tmp_path):

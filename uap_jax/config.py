@@ -34,6 +34,7 @@ KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
 STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
 DISTRIBUTED_MODES = ("auto", "true", "false")
 SHARE_MODES = ("contiguous", "strided")
+OPTIMIZERS = ("sgd", "adam")
 UAP_METHODS = ("deepfool", "pipelined", "sequential", "sgd")
 UAP_NORMS = ("2", "inf")
 POINT_RULES = ("kmeans", "margin", "random")
@@ -163,6 +164,7 @@ class Config:
           f"--victim_frac/--attacker_frac/--independent_frac = {fracs}: each must "
           "be > 0 and their sum <= 1.")
     _check_choice("augment", self.augment, ("auto", "true", "false"))
+    _check_choice("optimizer", self.optimizer, OPTIMIZERS)
     for name in ("epochs", "lr", "uap_xi", "enc_lr", "enc_temperature", "width"):
       if not getattr(self, name) > 0:
         raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")

@@ -75,6 +75,9 @@ def check(cfg: Config) -> None:
   _check_split_counts(cfg)
   if cfg.suspect:
     blackbox.check_suspect(cfg.suspect)
+  if os.path.exists(cfg.workdir) and not os.path.isdir(cfg.workdir):
+    raise ValueError(f"--workdir={cfg.workdir} is a file, not a directory: name "
+                     "a new or existing run directory.")
 
 
 def _check_same_run(cfg: Config, workdir: Workdir) -> None:
@@ -178,13 +181,30 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None, *,
   if workdir.is_writer:
     workdir.check_free()
   _check_same_run(cfg, workdir)
+  _check_inputs_exist(cfg, workdir)
   ctx = RunContext(cfg, workdir)
   if _needs_data(cfg, workdir):
     check_data(cfg, ctx.data, {k: len(v) for k, v in ctx.planned_parts.items()})
   with workdir.lock():
     _check_same_run(cfg, workdir)
-    workdir.write_text("config.json", cfg.to_json() + "\n")
+    if not cfg.suspect:
+      # Judging an outside suspect is a query of the run, not a change of
+      # its settings: the run's config.json stays as it was.
+      workdir.write_text("config.json", cfg.to_json() + "\n")
     return _run_stages(cfg, stages, ctx, verify_artifacts)
+
+
+def _check_inputs_exist(cfg: Config, workdir: Workdir) -> None:
+  """Every stage asked for has its inputs: from a stage run now or one done."""
+  for stage in cfg.stages:
+    absent = [s for s in stages_lib.needs(stage)
+              if s not in cfg.stages and not workdir.stage_done(s)]
+    if absent:
+      wanted = ",".join(s for s in STAGES if s in set(cfg.stages) | set(absent))
+      raise ValueError(
+          f"--stages={','.join(cfg.stages)}: {stage} needs what stage(s) "
+          f"{', '.join(absent)} make, and {workdir.root} has not finished them: "
+          f"run them too (--stages={wanted}), or point --workdir at a run that has.")
 
 
 def _run_stages(cfg: Config, stages: Mapping[str, stages_lib.StageRun],

@@ -35,7 +35,33 @@ if tuple(FLOW) != config.STAGES:
   raise ImportError(f"uap_jax.stages.FLOW {tuple(FLOW)} is not config.STAGES "
                     f"{config.STAGES}; keep them in the same order.")
 
+# The stages whose artefacts each stage reads (the rest follow from these).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "victim": (), "zoo": ("victim",), "uap": ("victim",),
+    "fingerprint": ("zoo", "uap"), "encoder": ("fingerprint",),
+    "verify": ("encoder",), "export_queries": ("fingerprint",),
+    "report": ("verify",),
+}
+
 StageRun = Callable[["RunContext"], dict]
+
+
+def needs(stage: str) -> list[str]:
+  """Every stage whose artefacts ``stage`` builds on, in pipeline order.
+
+  Args:
+    stage: a name of :data:`uap_jax.config.STAGES`.
+
+  Returns:
+    The stages it reads from, directly or through others.
+  """
+  out, todo = set(), list(NEEDS[stage])
+  while todo:
+    s = todo.pop()
+    if s not in out:
+      out.add(s)
+      todo.extend(NEEDS[s])
+  return [s for s in FLOW if s in out]
 
 
 def runs() -> dict[str, StageRun]:

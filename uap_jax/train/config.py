@@ -7,6 +7,8 @@ import math
 
 import optax
 
+from uap_jax import config
+
 TARGETS = ("labels", "soft", "teacher_soft", "teacher_hard", "distill")
 
 
@@ -41,7 +43,7 @@ class TrainConfig:
       raise ValueError(f"steps must be >= 0 (0: from epochs), got {self.steps}.")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
-    if self.optimizer not in ("sgd", "adam"):
+    if self.optimizer not in config.OPTIMIZERS:
       raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
     if self.schedule not in ("cosine", "constant"):
       raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}.")
