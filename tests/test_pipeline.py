@@ -25,14 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "experiments", "quickstart.flags")
 
 # The quickstart flagfile with everything made tiny (8x8 digits, MLPs).
-TINY = [
-    "--dataset=digits", "--victim_arch=mlp", "--zoo_archs=mlp", "--epochs=3",
-    "--zoo_count=1", "--zoo_counts=independent_seed:2,independent_arch:2,independent_data:2",
-    "--zoo_epochs=1", "--finetune_epochs=0.5", "--extract_rounds=1", "--batch_size=64",
-    "--uap_method=sgd", "--uap_max_passes=2", "--uap_samples=100", "--uap_xi=0.2",
-    "--fp_k=5", "--fp_v=6", "--n_views=4", "--enc_steps=40", "--split_train=0.4",
-    "--split_calib=0.3",
-]
+TINY = [line.strip() for line in open(os.path.join(REPO, "experiments", "tiny.flags"))
+       if line.startswith("--")]
 
 
 def _main(args, **kw):
