@@ -24,12 +24,14 @@ import json
 import math
 from typing import Any
 
-STAGES = ("victim", "zoo", "uap", "fingerprint", "encoder", "verify",
+STAGES = ("victim", "zoo", "reference", "uap", "fingerprint", "encoder", "verify",
           "export_queries", "report")
 PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
                 "finetune_all", "prune", "adv_train", "distill")
 INDEPENDENT_KINDS = ("independent_seed", "independent_arch", "independent_data")
 KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
+# Training recipes of the reference bank (uap_jax.zoo.reference.RECIPES).
+REFERENCE_RECIPES = ("base", "adam", "augment", "smooth", "short", "long", "narrow")
 # The choices of the other flags; the library takes its lists from here.
 STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
 DISTRIBUTED_MODES = ("auto", "true", "false")
@@ -40,6 +42,7 @@ UAP_NORMS = ("2", "inf")
 POINT_RULES = ("kmeans", "margin", "random")
 FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
+SCORES = ("uap_cosine", "raw_cosine", "encoder")
 
 
 def _f(default: Any, help: str, **kw):  # pylint: disable=redefined-builtin
@@ -113,6 +116,11 @@ class Config:
   extract_rounds: int = _f(2, "extract_adv: rounds of adding the substitute's adversarial examples.", stage="zoo")
   adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.", stage="zoo")
   distill_temperature: float = _f(4.0, "Distillation temperature.", stage="zoo")
+  # Reference bank.
+  reference_bank: str = _f("", "Directory of the reference bank of independent models, shared by runs on the same data and partition (empty: WORKDIR/reference_bank).")
+  reference_archs: list = _f(["mlp", "lenet5", "small_cnn"], "Architectures of the reference bank besides the victim's and --zoo_archs.", stage="reference")
+  reference_recipes: list = _f(list(REFERENCE_RECIPES), "Training recipes of the reference bank: " + ", ".join(REFERENCE_RECIPES) + ".", stage="reference")
+  reference_per_recipe: int = _f(2, "Reference models per architecture and recipe, spread over the victim's, the independent and the attacker's data parts (0: no bank).", stage="reference")
   # UAP.
   uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.", stage="uap")
   uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.", stage="uap")
@@ -137,7 +145,8 @@ class Config:
   # Verification.
   n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
-  test: str = _f("welch", "Piracy test: welch (the paper's t-test over views) | model (random-effects, models as units) | model_z (model on Fisher z = artanh of the similarities) | empirical (rank among reference models).", stage="verify")
+  test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify")
+  score: str = _f("uap_cosine", "Per-view score tested: uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views) | encoder (the contrastive encoder's similarity, the paper's).", stage="verify")
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -186,6 +195,8 @@ class Config:
     _check_choice("fp_mode", self.fp_mode, FP_MODES)
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
+    if self.score not in SCORES:
+      raise ValueError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}.")
 
   def _check_finite(self) -> None:
     """Every float setting, and every number of a float list, is finite."""

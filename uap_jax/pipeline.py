@@ -26,6 +26,7 @@ from absl import logging
 
 from uap_jax import stages as stages_lib
 from uap_jax import zoo
+from uap_jax.zoo import reference
 from uap_jax.fingerprint import blackbox
 from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
 from uap_jax.runtime import distributed
@@ -67,6 +68,7 @@ def check(cfg: Config) -> None:
   distributed.check_mode(cfg.distributed)
   distributed.check_share_mode(cfg.share_mode)
   zoo.check_config(cfg)
+  reference.check_config(cfg)
   try:
     splits.check_fractions(cfg.split_train, cfg.split_calib)
   except ValueError as e:

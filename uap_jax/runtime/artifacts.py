@@ -9,6 +9,8 @@ artefact                files under ``--workdir``                        made by
 ======================  ===============================================  ==============
 victim                  ``checkpoints/victim``, ``victim.json``          victim
 zoo                     ``checkpoints/zoo/KIND__ARCH``, ``zoo.json``     zoo
+reference bank          ``reference.json``; stacks in the bank           reference
+                        (``BANK/KEY/checkpoints/ARCH__RECIPE``)
 UAPs                    ``checkpoints/uap``, ``uap.json``                uap
 fingerprints + points   ``checkpoints/fingerprints``,                    fingerprint
                         ``fingerprints.json``
@@ -80,6 +82,7 @@ class Fingerprints:
 _STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "victim": (("victim.json",), ("victim",)),
     "zoo": (("zoo.json",), ()),
+    "reference": (("reference.json",), ()),
     "uap": (("uap.json",), ("uap",)),
     "fingerprint": (("fingerprints.json",), ("fingerprints",)),
     "encoder": (("split.json", "encoder.json"), ("encoder",)),
@@ -123,6 +126,11 @@ class Artifacts:
       problem = _checkpoint_problem(self.workdir.checkpoint_dir(name))
       if problem:
         return problem
+    if stage == "reference":
+      for s in self.workdir.read_json("reference.json").get("stacks", []):
+        problem = _checkpoint_problem(str(s.get("checkpoint")))
+        if problem:
+          return problem
     if stage == "export_queries":
       return _npz_problem(self.queries_path)
     return None
@@ -188,9 +196,41 @@ class Artifacts:
     return [checkpoint.load_stack(self.workdir.checkpoint_dir(s["checkpoint"]))
             for s in info["stacks"]]
 
+  # Reference bank (stacks live in the bank directory, which runs share).
+
+  def bank_stack_meta(self, directory: str) -> list[dict] | None:
+    """Per-model metadata of a saved bank stack, None when there is none.
+
+    Raises:
+      ValueError: the stack's checkpoint is unreadable.
+    """
+    if not checkpoint.exists(directory):
+      return None
+    return checkpoint.load_meta(directory)["models"]
+
+  def save_bank_stack(self, bank: Workdir, name: str, stack: stack_lib.Stack) -> str:
+    """Saves a bank stack as ``BANK/checkpoints/NAME``; returns its directory."""
+    bank.remove(os.path.join("checkpoints", name))
+    return bank.save_stack(name, stack)
+
+  def save_reference(self, summary: dict) -> None:
+    self.workdir.write_json("reference.json", summary)
+    self.__dict__.pop("reference", None)
+
+  def has_reference(self) -> bool:
+    return self.workdir.exists("reference.json")
+
+  @functools.cached_property
+  def reference(self) -> list[stack_lib.Stack]:
+    """Every bank stack of this run, in ``reference.json`` order."""
+    info = self.workdir.read_json("reference.json")
+    return [checkpoint.load_stack(s["checkpoint"]) for s in info["stacks"]]
+
   def all_stacks(self) -> list[stack_lib.Stack]:
-    """The victim (first) and every zoo stack: the models fingerprinted."""
-    return [self.victim] + list(self.zoo)
+    """The victim (first), every zoo stack, then the reference bank's: the
+    models fingerprinted."""
+    bank = list(self.reference) if self.has_reference() else []
+    return [self.victim] + list(self.zoo) + bank
 
   # UAPs.
 

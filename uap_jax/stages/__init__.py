@@ -1,6 +1,6 @@
 """The stages of a run, in the order the data flows through them::
 
-  victim -> zoo -> uap -> fingerprint -> encoder -> verify -> export_queries -> report
+  victim -> zoo -> reference -> uap -> fingerprint -> encoder -> verify -> export_queries -> report
 
 Each stage is a module of this package with ``run(ctx) -> dict`` (a summary
 for the log and the stage's done-marker): it loads what earlier stages made
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 FLOW: dict[str, str] = {
     "victim": "the owner's model, trained on its data part",
     "zoo": "the suspects: pirated copies and independent models",
+    "reference": "the reference bank: independents of many architectures and recipes",
     "uap": "the victim's universal adversarial perturbation(s)",
     "fingerprint": "fingerprint points and the fingerprints of every model",
     "encoder": "the split of the zoo and the contrastive encoder",
@@ -37,8 +38,8 @@ if tuple(FLOW) != config.STAGES:
 
 # The stages whose artefacts each stage reads (the rest follow from these).
 NEEDS: dict[str, tuple[str, ...]] = {
-    "victim": (), "zoo": ("victim",), "uap": ("victim",),
-    "fingerprint": ("zoo", "uap"), "encoder": ("fingerprint",),
+    "victim": (), "zoo": ("victim",), "reference": (), "uap": ("victim",),
+    "fingerprint": ("zoo", "reference", "uap"), "encoder": ("fingerprint",),
     "verify": ("encoder",), "export_queries": ("fingerprint",),
     "report": ("verify",),
 }

@@ -18,6 +18,8 @@ from uap_jax.verify import encoder as encoder_lib
 POSITIVE_FAMILIES = ("piracy",)
 NEGATIVE_FAMILY = "independent"
 VICTIM_FAMILY = "victim"
+# The reference bank's models (uap_jax.zoo.reference.REFERENCE_KIND).
+REFERENCE_KIND = "reference"
 
 
 def _family(m: dict) -> str:
@@ -124,8 +126,9 @@ def _base_split(meta: Sequence[dict], seed: int, train_frac: float,
   victims = [i for i, f in enumerate(families) if f == VICTIM_FAMILY]
   piracy = _interleave([i for i, f in enumerate(families)
                         if f in POSITIVE_FAMILIES], meta, rng)
+  bank = [i for i, m in enumerate(meta) if m.get("kind") == REFERENCE_KIND]
   independent = _interleave([i for i, f in enumerate(families)
-                             if f == NEGATIVE_FAMILY], meta, rng)
+                             if f == NEGATIVE_FAMILY and i not in bank], meta, rng)
   if len(independent) < 3:
     raise ValueError(
         f"Splitting needs >= 3 independent models (encoder training, "
@@ -145,7 +148,9 @@ def _base_split(meta: Sequence[dict], seed: int, train_frac: float,
                                (1, 1 if len(piracy) > 1 else 0))
   else:
     pir_train, pir_eval = [], []
-  return victims, (pir_train, pir_eval), (ind_train, ind_calib, ind_eval)
+  # The reference bank never trains the encoder and is never a zoo suspect:
+  # all of it calibrates (its own protocol evaluates it, leave-group-out).
+  return victims, (pir_train, pir_eval), (ind_train, ind_calib + bank, ind_eval)
 
 
 def split_models(meta: Sequence[dict], seed: int = 0, train_frac: float = 0.5,
@@ -229,7 +234,8 @@ def leave_kind_out_splits(meta: Sequence[dict], seed: int = 0,
     held = [i for i in piracy if kind[i] == k]
     folds.append(_as_split(meta, train, ind_calib, held + ind_eval,
                            held_out_kind=k, held_out_family="piracy", **info))
-  independent = [i for i, f in enumerate(families) if f == NEGATIVE_FAMILY]
+  independent = [i for i, f in enumerate(families)
+                 if f == NEGATIVE_FAMILY and kind[i] != REFERENCE_KIND]
   for k in sorted({kind[i] for i in independent}):
     train_ind = [i for i in ind_train if kind[i] != k]
     calib = [i for i in ind_calib if kind[i] != k]

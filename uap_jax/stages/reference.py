@@ -1,0 +1,115 @@
+"""Stage `reference`: the reference bank of independent models.
+
+Trains the missing stacks of the bank (:mod:`uap_jax.zoo.reference`) in
+``BANK/KEY/checkpoints/ARCH__RECIPE`` (BANK: ``--reference_bank``, default
+``WORKDIR/reference_bank``; KEY: the data and partition the bank is valid
+for), reusing every stack whose plan matches, so several runs on the same
+data share one bank and an interrupted build resumes. The bank directory is
+locked while stacks are trained. Writes ``reference.json``: the stacks with
+their checkpoint paths, one entry per model, and what building cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from uap_jax.runtime import stack as stack_lib
+from uap_jax.runtime.context import RunContext
+from uap_jax.runtime.workdir import Workdir
+from uap_jax.zoo import reference as bank_lib
+from uap_jax.zoo import summary as zoo_summary
+
+
+def bank_workdir(ctx: RunContext) -> Workdir:
+  """The bank's directory for this run's data and partition."""
+  root = ctx.cfg.reference_bank or ctx.workdir.path("reference_bank")
+  data = ctx.data
+  key = bank_lib.bank_key(ctx.cfg.dataset, data.image_shape, data.num_classes, ctx.parts)
+  return Workdir(os.path.join(os.path.abspath(root), key),
+                 writer=ctx.workdir.is_writer)
+
+
+def _saved(ctx: RunContext, plan, directory: str) -> list[dict] | None:
+  if ctx.cfg.overwrite:
+    return None
+  try:
+    saved = ctx.artifacts.bank_stack_meta(directory)
+  except ValueError as e:
+    logging.warning("Reference stack %s is unreadable (%s); retraining it.", directory, e)
+    return None
+  if saved is not None and not bank_lib.plan_matches(plan, saved):
+    logging.info("Reference stack %s: saved models differ from the plan; "
+                 "retraining it.", directory)
+    return None
+  return saved
+
+
+def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> tuple[list[dict], float]:
+  data = ctx.data
+  start = time.time()
+  stack, _ = bank_lib.train_bank_stack(
+      plan, data.x_train, data.y_train, ctx.parts, data_augment=ctx.augment,
+      arch_kwargs=ctx.arch_kwargs(), strategy=ctx.cfg.strategy)
+  accuracy = stack_lib.accuracy(stack, data.x_test, data.y_test, strategy=ctx.cfg.strategy)
+  seconds = time.time() - start
+  for m, a in zip(stack.meta, accuracy):
+    m.update(test_accuracy=float(a), train_seconds=seconds)
+  ctx.artifacts.save_bank_stack(bank, name, stack)
+  logging.info("Reference stack %s: %d model(s), test accuracy %s, %.1f s.", name,
+               stack.size, " ".join(f"{a:.3f}" for a in accuracy), seconds)
+  return stack.meta, seconds
+
+
+def run(ctx: RunContext) -> dict:
+  """Trains the bank's missing stacks and writes ``reference.json``.
+
+  Args:
+    ctx: the run's context.
+
+  Returns:
+    A summary: models, stacks trained / reused, seconds to build.
+  """
+  plans = bank_lib.plan_bank(ctx.cfg, victim_arch=ctx.artifacts.victim.arch
+                             if ctx.artifacts.has_victim() else None)
+  bank = bank_workdir(ctx)
+  entries, stacks, trained, reused, seconds = [], [], [], [], 0.0
+  start = time.time()
+  with bank.lock() if plans else contextlib.nullcontext():
+    for i, plan in enumerate(plans):
+      name = bank_lib.checkpoint_name(plan)
+      directory = bank.checkpoint_dir(name)
+      meta = _saved(ctx, plan, directory)
+      if meta is None:
+        logging.info("Reference stack %d/%d %s: training %d model(s).", i + 1,
+                     len(plans), name, len(plan.names))
+        meta, s = _train(ctx, bank, plan, name)
+        trained.append(name)
+        seconds += s
+      else:
+        reused.append(name)
+      stacks.append({"name": name, "checkpoint": directory, "arch": plan.arch,
+                     "recipe": plan.shared("recipe"), "size": len(plan.names),
+                     "seconds": float(meta[0].get("train_seconds", 0.0))})
+      entries.extend({**zoo_summary.zoo_entry(m), "recipe": m.get("recipe")} for m in meta)
+  accuracy = [e["test_accuracy"] for e in entries if "test_accuracy" in e]
+  summary = {
+      "bank": bank.root, "models": entries, "stacks": stacks,
+      "stacks_trained": trained, "stacks_reused": reused,
+      "train_seconds_this_run": seconds,
+      # What the whole bank cost to build, whichever runs trained it.
+      "build_seconds": float(sum(s["seconds"] for s in stacks)),
+      "test_accuracy_range": [float(np.min(accuracy)), float(np.max(accuracy))]
+                             if accuracy else None,
+  }
+  ctx.artifacts.save_reference(summary)
+  logging.info("Reference bank %s: %d models in %d stacks (%d trained, %d reused) "
+               "in %.1f s.", bank.root, len(entries), len(stacks), len(trained),
+               len(reused), time.time() - start)
+  return {"models": len(entries), "stacks_trained": trained, "stacks_reused": reused,
+          "train_seconds_this_run": seconds}
+
