@@ -350,15 +350,19 @@ class _StubArtifacts(Artifacts):
   def split(self):
     return {"calib": [1]}
 
+  @property
+  def uaps(self):
+    return np.zeros((1, 1, 1, 1))
+
 
 @pytest.fixture(name="stub_stage")
 def _stub_stage(tmp_path, manifest, monkeypatch):
   seen = {}
 
-  def judge(_, suspect_fps, *args):
+  def judge(_, suspect_fps, *args, **kwargs):
     seen["fps"] = suspect_fps
     return [{"verdict": "pirated", "p_value": 1e-3, "confidence": 0.999,
-             "views_used": V}]
+             "views_used": V, "statement": "pirated (stub)"}]
 
   def from_outputs(clean, perturbed, *, mode, outputs):
     seen["outputs"] = outputs
@@ -372,9 +376,10 @@ def _stub_stage(tmp_path, manifest, monkeypatch):
   def make(mode):
     import types  # pylint: disable=g-import-not-at-top
     workdir = Workdir(str(tmp_path / "run"), writer=True)
-    cfg = types.SimpleNamespace(test="welch", n_views=V, alpha=0.01, seed=0,
-                                split_train=0.5, split_calib=0.25)
-    return types.SimpleNamespace(cfg=cfg, workdir=workdir,
+    cfg = types.SimpleNamespace(test="welch", score="uap_cosine", n_views=V, alpha=0.01,
+                                seed=0, split_train=0.5, split_calib=0.25)
+    data = types.SimpleNamespace(y_train=np.zeros(1, int), num_classes=3)
+    return types.SimpleNamespace(cfg=cfg, workdir=workdir, data=data,
                                  artifacts=_StubArtifacts(workdir, manifest, mode))
   return make, seen
 

@@ -39,7 +39,8 @@ from uap_jax.verify import summary
 
 def _settings(ctx: RunContext) -> protocols.Settings:
   cfg = ctx.cfg
-  return protocols.Settings(method=cfg.test, num_views=cfg.n_views, alpha=cfg.alpha,
+  return protocols.Settings(method=cfg.test, score=cfg.score, num_views=cfg.n_views,
+                            alpha=cfg.alpha,
                             seed=cfg.seed, train_frac=cfg.split_train,
                             calib_frac=cfg.split_calib)
 
@@ -60,7 +61,12 @@ def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
   return protocols.evaluate_zoo(
       _saved_encoder(ctx), fp.fps, fp.models, fp.victim_index, split, _settings(ctx),
       num_uaps=len(art.uaps), num_classes=ctx.data.num_classes,
-      sample_references=samples)
+      point_labels=point_labels(ctx), sample_references=samples)
+
+
+def point_labels(ctx: RunContext) -> np.ndarray:
+  """``(V, K)`` true labels of the fingerprint points (view j, point i)."""
+  return np.asarray(ctx.data.y_train[ctx.artifacts.fingerprints.points]).T
 
 
 def _check_answers_fit_mode(path: str, kind: str, mode: str) -> None:
@@ -108,13 +114,15 @@ def verify_external(ctx: RunContext, path: str) -> dict:
   blackbox.check_suspect(path)
   fp = ctx.artifacts.fingerprints
   names, suspect_fps = _suspect_fingerprints(ctx, path)
-  results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.victim_index,
-                            ctx.artifacts.split()["calib"], _settings(ctx))
+  results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.models,
+                            fp.victim_index, ctx.artifacts.split()["calib"], _settings(ctx),
+                            num_uaps=len(ctx.artifacts.uaps),
+                            num_classes=ctx.data.num_classes,
+                            point_labels=point_labels(ctx))
   verdicts = []
   for name, v in zip(names, results):
     verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
-    logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
-                 v["verdict"], v["p_value"], v["confidence"], v["views_used"])
+    logging.info("Suspect %s: %s", name, v["statement"])
   out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
   file = save_verdicts(ctx.artifacts, ctx.workdir, out)
   logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
@@ -224,6 +232,11 @@ def run(ctx: RunContext) -> dict:
   result, sims = evaluate_zoo(ctx)
   ctx.artifacts.save_verification(result, sims)
   r = result["protocols"]["random"]
-  logging.info("Random split: AUC %s, TPR@1%%FPR %s, %d/%d independents accused",
-               r["auc"], r["tpr_at_1pct_fpr"], r["accused_independents"], r["num_independents"])
+  logging.info("Random split (%s, %s): AUC %s, TPR@1%%FPR %s, %d/%d independents accused, "
+               "%d/%d pirates detected", result["score"], r["method"], r["auc"],
+               r["tpr_at_1pct_fpr"], r["accused_independents"], r["num_independents"],
+               r["detected_piracy"], r["num_piracy"])
+  fa = result["false_accusations"]
+  logging.info("Held-out independents over every protocol: %d of %d accused (95%% "
+               "upper bound %.3f)", fa["accused"], fa["held_out"], fa["upper_95"] or 1.0)
   return summary.brief(r)

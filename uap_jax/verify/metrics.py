@@ -8,6 +8,7 @@ half, as scikit-learn does) and are tested against scikit-learn.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 
 def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +87,22 @@ def tpr_at_fpr(scores, labels, fpr: float) -> float:
   fprs, tprs, _ = roc_points(scores, labels)
   return float(tprs[fprs <= fpr + 1e-12].max())
 
+
+
+def clopper_pearson_upper(successes: int, trials: int, confidence: float = 0.95) -> float | None:
+  """One-sided Clopper-Pearson upper bound on a binomial rate.
+
+  Args:
+    successes: events seen (accusations).
+    trials: trials (held-out independents judged).
+    confidence: the bound's confidence.
+
+  Returns:
+    The rate below which the true rate lies with that confidence (for 0 of
+    n: ``1 - (1 - confidence) ** (1 / n)``); None without trials.
+  """
+  if trials <= 0:
+    return None
+  if successes >= trials:
+    return 1.0
+  return float(stats.beta.ppf(confidence, successes + 1, trials - successes))

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from uap_jax.verify import metrics
+from uap_jax.verify import population
 from uap_jax.verify import references
 from uap_jax.verify import similarity
 from uap_jax.verify import splits
@@ -28,13 +30,15 @@ class Settings:
 
   Attributes:
     method: the test (:data:`uap_jax.verify.tests.METHODS`).
+    score: the per-view score tested (:data:`uap_jax.verify.similarity.SCORES`).
     num_views: views tested per suspect.
     alpha: accusation level.
     seed: split seed.
     train_frac: fraction that trains the encoder.
     calib_frac: fraction of the independents that calibrates.
   """
-  method: str = "welch"
+  method: str = "model_z"
+  score: str = "uap_cosine"
   num_views: int = 20
   alpha: float = 0.01
   seed: int = 0
@@ -84,7 +88,9 @@ def _fold_row(result: dict, fold: dict) -> dict:
 
 
 def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
-                   encoder_config: dict, settings: Settings) -> dict[str, dict]:
+                   encoder_config: dict, settings: Settings, *,
+                   point_accuracy: np.ndarray, num_classes: int,
+                   sims: np.ndarray | None = None) -> dict[str, dict]:
   """Leave-kind-out folds, each with an encoder trained on its own part.
 
   Args:
@@ -93,6 +99,11 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
     victim: the victim's index.
     encoder_config: the saved encoder's config (each fold's encoder has it).
     settings: the run's settings.
+    point_accuracy: ``(M,)`` every model's accuracy on the points (the
+      reference's fitness and coverage, :mod:`uap_jax.verify.population`).
+    num_classes: C.
+    sims: ``(M, V)`` scores of an encoder-free ``settings.score``: no
+      fold trains an encoder then, since nothing is learned from the zoo.
 
   Returns:
     Per held-out kind its brief with ``family``, ``auc_held_out``,
@@ -106,11 +117,15 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
     kind = fold["held_out_kind"]
     logging.info("Leave-kind-out: %s (%d train, %d calib, %d eval)", kind,
                  len(fold["train"]), len(fold["calib"]), len(fold["eval"]))
-    fold_enc = splits.train_encoder(fps, meta, fold["train"], encoder_config)
-    fold_sims = similarity.similarities(fold_enc, fps, fps[victim])
+    if settings.score == "encoder" or sims is None:
+      fold_enc = splits.train_encoder(fps, meta, fold["train"], encoder_config)
+      fold_sims = similarity.similarities(fold_enc, fps, fps[victim])
+    else:
+      fold_sims = sims
     try:
-      result = summary.evaluate_split(fold_sims, meta, fold["eval"], fold["calib"],
-                                      **settings.test())
+      ref = population.reference(fold["calib"], meta, point_accuracy, victim, num_classes)
+      result = summary.evaluate_split(fold_sims, meta, fold["eval"], ref.index,
+                                      point_accuracy, ref, **settings.test())
     except ValueError as e:
       # E.g. holding out an independent kind leaves fewer calibration models
       # than the model-level tests need: that fold is reported, not fatal.
@@ -121,66 +136,172 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
   return folds
 
 
+def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
+                       calib: Sequence[int], point_accuracy: np.ndarray,
+                       num_classes: int, settings: Settings) -> dict[str, dict]:
+  """The bank's models judged as suspects, one group left out at a time.
+
+  For each architecture (then each recipe) of the reference bank, its bank
+  models are judged against the calibration models of every OTHER
+  architecture (recipe): the open-world case of an independent built in a
+  way the reference never saw.
+
+  Args:
+    sims: ``(M, V)`` scores of every model.
+    meta: per model its metadata (``kind``, ``arch``, ``recipe``).
+    victim: the victim's index.
+    calib: the calibration models (bank included).
+    point_accuracy: ``(M,)`` accuracies on the points.
+    num_classes: C.
+    settings: the run's settings.
+
+  Returns:
+    ``{"arch": ..., "recipe": ...}``, each with per group the models held
+    out, how many were accused and the least p-value, and in all
+    ``held_out`` / ``accused``.
+  """
+  bank = [i for i, m in enumerate(meta) if m.get("kind") == splits.REFERENCE_KIND]
+  out = {}
+  for by in ("arch", "recipe"):
+    groups, held_total, accused_total = {}, 0, 0
+    for group in sorted({str(meta[i].get(by)) for i in bank}):
+      held = [i for i in bank if str(meta[i].get(by)) == group]
+      others = [i for i in calib if str(meta[i].get(by)) != group]
+      try:
+        ref = population.reference(others, meta, point_accuracy, victim, num_classes)
+      except ValueError as e:
+        groups[group] = {"error": str(e)}
+        continue
+      result = summary.evaluate_split(sims, meta, held, ref.index, point_accuracy,
+                                      ref, **settings.test())
+      rows = result["suspects"]
+      accused = [r["name"] for r in rows if r["verdict"] == "pirated"]
+      groups[group] = {"held_out": len(rows), "accused": len(accused),
+                       "accused_names": accused, "reference_models": len(ref.index),
+                       "min_p_value": float(min(r["p_value"] for r in rows))}
+      held_total += len(rows)
+      accused_total += len(accused)
+    out[by] = {"groups": groups, "held_out": held_total, "accused": accused_total}
+  return out
+
+
+def false_accusations(random: dict, folds: dict, bank: dict) -> dict[str, Any]:
+  """Every held-out independent judged by the protocols, and how many were accused.
+
+  Args:
+    random: the random split's :func:`~uap_jax.verify.summary.evaluate` dict.
+    folds: :func:`leave_kind_out`'s folds (independent folds count).
+    bank: :func:`reference_held_out`'s dict.
+
+  Returns:
+    Per source its ``held_out`` and ``accused``, the totals, and the
+    Clopper-Pearson 95 % upper bound on the accusation rate.
+  """
+  sources = {"random_split": {
+      "held_out": int(random["num_independents"]),
+      "accused": int(random["accused_independents"])}}
+  for kind, fold in folds.items():
+    if fold.get("family") == "independent" and "held_out_verdicts" in fold:
+      v = fold["held_out_verdicts"]
+      sources[f"leave_kind_out/{kind}"] = {"held_out": int(sum(v.values())),
+                                           "accused": int(v.get("pirated", 0))}
+  for by, part in bank.items():
+    sources[f"reference_leave_{by}_out"] = {"held_out": part["held_out"],
+                                            "accused": part["accused"]}
+  held = sum(v["held_out"] for v in sources.values())
+  accused = sum(v["accused"] for v in sources.values())
+  return {"sources": sources, "held_out": held, "accused": accused,
+          "upper_95": metrics.clopper_pearson_upper(accused, held)}
+
+
 def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
                  split: dict, settings: Settings, *, num_uaps: int, num_classes: int,
+                 point_labels: np.ndarray,
                  sample_references: dict[str, dict] | None = None
                  ) -> tuple[dict[str, Any], np.ndarray]:
   """Every protocol on the zoo (what ``verify.json`` holds).
 
   Args:
     encoder: the trained encoder (a TrainedEncoder).
-    fps: ``(M, V, D)`` fingerprints of the victim and every zoo model.
+    fps: ``(M, V, D)`` fingerprints of the victim, every zoo model and the
+      reference bank.
     meta: per model its metadata (name, family, kind, arch, ...).
     victim: the victim's index.
     split: the saved model split.
     settings: the run's settings.
     num_uaps: U of the fingerprints.
     num_classes: C.
+    point_labels: ``(V, K)`` true labels of the fingerprint points.
     sample_references: the one-number-per-model references
       (:func:`uap_jax.verify.references.sample_references`), listed after
       the per-view ones.
 
   Returns:
-    ``({"protocols": {"random", "leave_kind_out"}, "other_tests",
-    "references", "victim_self"}, (M, V) similarities to the victim)``.
+    ``({"protocols": {"random", "leave_kind_out", "reference_held_out"},
+    "false_accusations", "reference", "other_tests", "references",
+    "victim_self"}, (M, V) scores of every model)``.
   """
-  sims = similarity.similarities(encoder, fps, fps[victim])
-  random = summary.evaluate_split(sims, meta, split["eval"], split["calib"],
+  sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
+                           num_classes=num_classes)
+  accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
+  ref = population.reference(split["calib"], meta, accuracy, victim, num_classes)
+  fit_split = dict(split, calib=ref.index)
+  random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
                                   **settings.test())
-  others = other_tests(sims, meta, split, settings)
-  refs = references.view_references(fps, meta, victim, split, num_uaps, num_classes,
+  others = other_tests(sims, meta, fit_split, settings)
+  refs = references.view_references(fps, meta, victim, fit_split, num_uaps, num_classes,
                                     **settings.test())
   refs.update(sample_references or {})
-  folds = leave_kind_out(fps, meta, victim, encoder.config, settings)
+  folds = leave_kind_out(fps, meta, victim, encoder.config, settings,
+                         point_accuracy=accuracy, num_classes=num_classes, sims=sims)
+  bank = reference_held_out(sims, meta, victim, split["calib"], accuracy, num_classes,
+                            settings)
   zoo_rows = {m["name"]: m for m in meta}
   for row in random["suspects"]:
     src = zoo_rows[row["name"]]
     row.update(arch=src.get("arch"), test_accuracy=src.get("test_accuracy"),
                agreement=src.get("agreement"))
-  victim_self = tests.verify_suspect(sims[victim], sims[split["calib"]],
+  victim_self = tests.verify_suspect(sims[victim], sims[ref.index],
                                      num_views=settings.num_views,
                                      method=settings.method, alpha=settings.alpha)
-  return {"protocols": {"random": random, "leave_kind_out": folds},
+  return {"protocols": {"random": random, "leave_kind_out": folds,
+                        "reference_held_out": bank},
+          "false_accusations": false_accusations(random, folds, bank),
+          "reference": ref.description, "score": settings.score,
           "other_tests": others, "references": refs, "victim_self": victim_self}, sims
 
 
-def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, victim: int,
-          calib: Sequence[int], settings: Settings) -> list[dict[str, Any]]:
+def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence[dict],
+          victim: int, calib: Sequence[int], settings: Settings, *, num_uaps: int,
+          num_classes: int, point_labels: np.ndarray) -> list[dict[str, Any]]:
   """Verdicts on suspects from outside the zoo.
 
   Args:
     encoder: the trained encoder.
     suspect_fps: ``(S, V, D)`` the suspects' fingerprints.
-    fps: ``(M, V, D)`` the zoo's fingerprints.
+    fps: ``(M, V, D)`` the run's fingerprints (victim, zoo, bank).
+    meta: per model of ``fps`` its metadata.
     victim: the victim's index in ``fps``.
-    calib: the calibration independents (the reference).
+    calib: the calibration models (the reference, before the fitness rule).
     settings: the run's settings.
+    num_uaps: U.
+    num_classes: C.
+    point_labels: ``(V, K)`` true labels of the points.
 
   Returns:
-    Per suspect its :func:`~uap_jax.verify.tests.verify_suspect` dict.
+    Per suspect its :func:`~uap_jax.verify.tests.verify_suspect` dict with
+    the coverage rule applied and its ``statement``
+    (:func:`uap_jax.verify.population.apply_coverage`).
   """
-  reference = similarity.similarities(encoder, fps[calib], fps[victim])
-  sims = similarity.similarities(encoder, suspect_fps, fps[victim])
-  return [tests.verify_suspect(s, reference, num_views=settings.num_views,
-                               method=settings.method, alpha=settings.alpha)
-          for s in sims]
+  accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
+  ref = population.reference(calib, meta, accuracy, victim, num_classes)
+  score = lambda f: similarity.scores(settings.score, encoder, f, fps[victim],
+                                      num_uaps=num_uaps, num_classes=num_classes)
+  reference, sims = score(fps[ref.index]), score(suspect_fps)
+  suspect_accuracy = population.point_accuracy(suspect_fps, point_labels, num_uaps,
+                                               num_classes)
+  return [population.apply_coverage(
+              tests.verify_suspect(s, reference, num_views=settings.num_views,
+                                   method=settings.method, alpha=settings.alpha),
+              a, ref)
+          for s, a in zip(sims, suspect_accuracy)]

@@ -28,6 +28,7 @@ import numpy as np
 from uap_jax.fingerprint import layout
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.verify import sac
+from uap_jax.verify import similarity
 from uap_jax.verify import summary
 
 # SAC-m reference: CutMix-ed inputs from the victim's training part. SAC's
@@ -57,10 +58,7 @@ def raw_similarities(fps: np.ndarray, victim: int, clean_only: bool = False,
   """
   if clean_only:
     fps = layout.clean_only(fps, num_uaps, num_classes)
-  unit = fps / np.maximum(np.linalg.norm(fps, axis=-1, keepdims=True), 1e-12)
-  proto = unit[victim].mean(0)
-  proto = proto / max(np.linalg.norm(proto), 1e-12)
-  return unit @ proto
+  return similarity.raw_cosine(fps, fps[victim])
 
 
 def agreement_scores(fps: np.ndarray, victim: int, num_uaps: int,

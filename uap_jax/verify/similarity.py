@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from uap_jax import config
+from uap_jax.fingerprint import layout
 from uap_jax.verify import encoder as encoder_lib
 
 
@@ -53,3 +55,59 @@ def similarities(encoder: Any, suspect_fingerprints: np.ndarray,
         f"{suspect_fingerprints.shape}.")
   emb = encoder_lib.embed(encoder, suspect_fingerprints)
   return emb @ victim_embedding(encoder, victim_fingerprints)
+
+
+# The scores a verification can test (--score).
+SCORES = config.SCORES
+
+
+def raw_cosine(suspect_fingerprints: np.ndarray, victim_fingerprints: np.ndarray) -> np.ndarray:
+  """Encoder-free: cosine of every raw view with the victim's mean raw view.
+
+  Nothing is learned, so nothing in it can key on what the zoo's pirates
+  happened to look like (an architecture, a recipe).
+
+  Args:
+    suspect_fingerprints: ``(..., V, D)`` views of one or more suspects.
+    victim_fingerprints: ``(V_victim, D)`` views of the victim.
+
+  Returns:
+    ``(..., V)`` cosines in [-1, 1].
+  """
+  unit = lambda f: f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  proto = unit(np.asarray(victim_fingerprints, np.float64)).mean(0)
+  proto = proto / max(float(np.linalg.norm(proto)), 1e-12)
+  return (unit(np.asarray(suspect_fingerprints, np.float64)) @ proto).astype(np.float32)
+
+
+def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
+           victim_fingerprints: np.ndarray, *, num_uaps: int,
+           num_classes: int) -> np.ndarray:
+  """The per-view score ``score`` of suspects against the victim.
+
+  Args:
+    score: :data:`SCORES`: ``uap_cosine`` (:func:`raw_cosine` of the outputs
+      on the UAP-shifted points only: where the victim's UAP sends the
+      victim, a copy follows, an independent model much less; the clean
+      outputs, on which every good classifier agrees, would only dilute
+      it), ``raw_cosine`` (of whole views) or ``encoder``.
+    encoder: the trained encoder (only ``encoder`` uses it; may be None).
+    suspect_fingerprints: ``(..., V, D)``.
+    victim_fingerprints: ``(V_victim, D)``.
+    num_uaps: U of the fingerprints (``uap_cosine`` without a UAP is
+      ``raw_cosine``).
+    num_classes: C.
+
+  Returns:
+    ``(..., V)`` scores, higher meaning closer to the victim.
+  """
+  if score == "uap_cosine":
+    if num_uaps:
+      pick = lambda f: layout.join(layout.split(np.asarray(f), num_uaps, num_classes)[..., 1:, :])
+      return raw_cosine(pick(suspect_fingerprints), pick(victim_fingerprints))
+    score = "raw_cosine"
+  if score == "raw_cosine":
+    return raw_cosine(suspect_fingerprints, victim_fingerprints)
+  if score == "encoder":
+    return similarities(encoder, suspect_fingerprints, victim_fingerprints)
+  raise ValueError(f"Unknown score {score!r} (--score); choose from {', '.join(SCORES)}.")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from uap_jax.verify import metrics
+from uap_jax.verify import population
 from uap_jax.verify import splits
 from uap_jax.verify import tests
 
@@ -119,7 +120,8 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
              reference: np.ndarray, *, names: Sequence[str] | None = None,
              num_views: int = 20, method: str = "welch", alpha: float = 0.01,
              upper: float = 0.5,
-             target_confidence: float = 0.9999) -> dict[str, Any]:
+             target_confidence: float = 0.9999,
+             coverage: tuple[Sequence[float], Any] | None = None) -> dict[str, Any]:
   """Detection quality over evaluated suspects with views.
 
   Args:
@@ -135,6 +137,9 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
     alpha: accusation level.
     upper: clearing level.
     target_confidence: for ``views_for_target`` (0.9999).
+    coverage: ``(point accuracy per suspect, population.Reference)``: apply
+      the coverage rule (:func:`uap_jax.verify.population.apply_coverage`)
+      to every verdict before counting.
 
   Returns:
     JSON-able dict: method, alpha, num_views, ``score``
@@ -153,6 +158,11 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
                                alpha=alpha, upper=upper,
                                target_confidence=target_confidence)
     rows.append(dict(name=str(name), family=str(family), kind=str(kind), **row))
+  if coverage is not None:
+    accuracy, ref = coverage
+    if len(accuracy) != len(rows):
+      raise ValueError(f"Got {len(accuracy)} point accuracies for {len(rows)} suspects.")
+    rows = [population.apply_coverage(r, a, ref) for r, a in zip(rows, accuracy)]
   score = np.array([r["similarity_mean"] for r in rows])
   return {
       "method": method,
@@ -165,6 +175,7 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
 
 
 def evaluate_split(sims: np.ndarray, meta: Sequence[dict], eval_idx, calib_idx,
+                   point_accuracy: np.ndarray | None = None, ref: Any = None,
                    **test) -> dict[str, Any]:
   """:func:`evaluate` on one part of a split of a zoo.
 
@@ -173,15 +184,22 @@ def evaluate_split(sims: np.ndarray, meta: Sequence[dict], eval_idx, calib_idx,
     meta: per model its metadata (name, family, kind).
     eval_idx: the evaluated suspects.
     calib_idx: the calibration independents (the reference).
+    point_accuracy: ``(M,)`` every model's point accuracy, with ``ref``:
+      the coverage rule applies.
+    ref: the :class:`~uap_jax.verify.population.Reference` (its models
+      must be ``calib_idx``).
     **test: ``num_views``, ``method``, ``alpha`` of :func:`evaluate`.
 
   Returns:
     :func:`evaluate`'s dict.
   """
+  coverage = None
+  if ref is not None and point_accuracy is not None:
+    coverage = ([float(point_accuracy[i]) for i in eval_idx], ref)
   return evaluate(
       sims[eval_idx], [meta[i]["family"] for i in eval_idx],
       [meta[i]["kind"] for i in eval_idx], sims[calib_idx],
-      names=[meta[i]["name"] for i in eval_idx], **test)
+      names=[meta[i]["name"] for i in eval_idx], coverage=coverage, **test)
 
 
 def evaluate_scores(suspect_scores: np.ndarray | Sequence[float],

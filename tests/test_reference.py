@@ -1,0 +1,186 @@
+"""The reference bank's plan, the reference population's rules, the open-world
+tally and the encoder-free scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from uap_jax import config as config_lib
+from uap_jax.fingerprint import layout
+from uap_jax.verify import metrics
+from uap_jax.verify import population
+from uap_jax.verify import protocols
+from uap_jax.verify import similarity
+from uap_jax.verify import splits
+from uap_jax.zoo import reference
+
+
+def _cfg(**kw):
+  base = dict(victim_arch="lenet5", zoo_archs=["mlp"], reference_archs=["small_cnn"],
+              reference_recipes=["base", "adam", "narrow"], reference_per_recipe=3)
+  return config_lib.Config(**{**base, **kw})
+
+
+def test_recipes_match_the_config_choices():
+  assert tuple(reference.RECIPES) == config_lib.REFERENCE_RECIPES
+
+
+def test_bank_plan_covers_every_architecture_recipe_and_part():
+  plans = reference.plan_bank(_cfg())
+  assert [(p.arch, p.shared("recipe")) for p in plans] == [
+      (a, r) for a in ("lenet5", "mlp", "small_cnn") for r in ("base", "adam", "narrow")]
+  for p in plans:
+    assert [h["part"] for h in p.hparams] == list(reference.REFERENCE_PARTS)
+    assert len(set(p.seeds)) == len(p.seeds)
+  narrow = [p for p in plans if p.shared("recipe") == "narrow"][0]
+  adam = [p for p in plans if p.shared("recipe") == "adam"][0]
+  assert narrow.shared("width") == 0.5 and adam.shared("optimizer") == "adam"
+  names = [n for p in plans for n in p.names]
+  assert len(set(names)) == len(names)
+  assert reference.plan_bank(_cfg(reference_per_recipe=0)) == []
+
+
+def test_bank_plan_match_and_key():
+  plan = reference.plan_bank(_cfg())[0]
+  meta = reference.plan_meta(plan)
+  assert reference.plan_matches(plan, meta)
+  changed = [dict(m) for m in meta]
+  changed[1]["hparams"] = dict(changed[1]["hparams"], lr=9.0)
+  assert not reference.plan_matches(plan, changed)
+  parts = {"victim": np.arange(3), "independent": np.arange(3, 6), "attacker": np.arange(6, 9)}
+  key = reference.bank_key("digits", (8, 8, 1), 10, parts)
+  assert key == reference.bank_key("digits", (8, 8, 1), 10, dict(parts))
+  assert key != reference.bank_key("digits", (8, 8, 1), 10, {**parts, "victim": np.arange(1, 4)})
+  assert key != reference.bank_key("mnist5k", (8, 8, 1), 10, parts)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(reference_per_recipe=-1), "--reference_per_recipe"),
+    (dict(reference_recipes=["base", "bogus"]), "unknown recipe"),
+    (dict(reference_archs=["resnet99"]), "resnet99"),
+    (dict(reference_recipes=[]), "--reference_recipes is empty"),
+])
+def test_bad_bank_settings_are_refused(kw, match):
+  with pytest.raises(ValueError, match=match):
+    reference.check_config(_cfg(**kw))
+
+
+def test_smoothed_targets_are_distributions():
+  t = reference._targets(np.array([0, 2, 1]), 3, 0.1)
+  np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+  assert np.all(t.argmax(-1) == [0, 2, 1]) and t.min() > 0
+  np.testing.assert_array_equal(reference._targets(np.array([1]), 3, 0.0), [1])
+
+
+def _fps_with_accuracy(accuracies, v=4, k=5, c=3, u=1, seed=0):
+  """Fingerprints whose clean top-1 is right on the given share of points."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, c, (v, k))
+  outs = np.full((len(accuracies), v, k, 1 + u, c), 0.1, np.float32)
+  for m, a in enumerate(accuracies):
+    right = rng.random((v, k)) < a
+    top = np.where(right, labels, (labels + 1) % c)
+    np.put_along_axis(outs[m, :, :, 0], top[..., None], 0.8, axis=-1)
+    outs[m, :, :, 1:, 0] = 0.8
+  return layout.join(outs), labels
+
+
+def test_point_accuracy_reads_the_clean_outputs():
+  fps, labels = _fps_with_accuracy([1.0, 0.0])
+  np.testing.assert_allclose(population.point_accuracy(fps, labels, 1, 3), [1.0, 0.0])
+  with pytest.raises(ValueError, match="do not match"):
+    population.point_accuracy(fps, labels[:, :2], 1, 3)
+
+
+def test_unfit_references_are_left_out_and_coverage_is_one_sided():
+  meta = [{"name": f"m{i}", "kind": "reference", "arch": "mlp"} for i in range(6)]
+  acc = np.array([0.95, 0.9, 0.92, 0.88, 0.2, 0.91])  # model 0: the victim
+  ref = population.reference([1, 2, 3, 4, 5], meta, acc, 0, 10)
+  assert ref.index == [1, 2, 3, 5] and ref.left_out == ["m4"]
+  assert ref.description["models"] == 4 and ref.description["archs"] == {"mlp": 4}
+  assert ref.covers(0.99) and ref.covers(0.86) and not ref.covers(0.80)
+  row = {"verdict": "pirated", "p_value": 1e-6, "method": "model_z"}
+  outside = population.apply_coverage(row, 0.5, ref)
+  assert outside["verdict"] == "inconclusive" and outside["outside_reference"]
+  assert "below every one" in outside["statement"]
+  inside = population.apply_coverage(row, 0.9, ref)
+  assert inside["verdict"] == "pirated" and "4 fit reference models" in inside["statement"]
+  with pytest.raises(ValueError, match="reach point accuracy"):
+    population.reference([4], meta, acc, 0, 10)
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (0, 100), (3, 50), (50, 50)])
+def test_clopper_pearson_upper_bound(k, n):
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  upper = metrics.clopper_pearson_upper(k, n)
+  if k == n:
+    assert upper == 1.0
+  else:
+    # At the bound, seeing <= k events has probability 5 %.
+    assert stats.binom.cdf(k, n, upper) == pytest.approx(0.05, abs=1e-6)
+  if k == 0:
+    assert upper == pytest.approx(1 - 0.05 ** (1 / n))
+  assert metrics.clopper_pearson_upper(0, 0) is None
+
+
+def test_uap_cosine_ignores_the_clean_outputs():
+  rng = np.random.default_rng(1)
+  outs = rng.random((3, 4, 5, 2, 3)).astype(np.float32)
+  victim = layout.join(outs[0])
+  base = similarity.scores("uap_cosine", None, layout.join(outs), victim, num_uaps=1,
+                           num_classes=3)
+  changed = outs.copy()
+  changed[1:, :, :, 0] = rng.random(changed[1:, :, :, 0].shape)
+  np.testing.assert_allclose(
+      similarity.scores("uap_cosine", None, layout.join(changed), victim, num_uaps=1,
+                        num_classes=3), base, rtol=1e-6)
+  raw = similarity.scores("raw_cosine", None, layout.join(changed), victim, num_uaps=1,
+                          num_classes=3)
+  assert not np.allclose(raw[1:], base[1:])
+  # Without a UAP the score is the whole-view cosine.
+  clean = layout.join(outs[..., :1, :])
+  np.testing.assert_allclose(
+      similarity.scores("uap_cosine", None, clean, clean[0], num_uaps=0, num_classes=3),
+      similarity.raw_cosine(clean, clean[0]))
+  with pytest.raises(ValueError, match="Unknown score"):
+    similarity.scores("bogus", None, clean, clean[0], num_uaps=0, num_classes=3)
+
+
+def test_split_keeps_the_bank_out_of_training_and_evaluation():
+  meta = [{"name": "victim", "family": "victim", "kind": "victim"}]
+  meta += [{"name": f"p{i}", "family": "piracy", "kind": "extract_soft"} for i in range(4)]
+  meta += [{"name": f"i{i}", "family": "independent", "kind": "independent_seed"}
+           for i in range(6)]
+  bank = list(range(len(meta), len(meta) + 5))
+  meta += [{"name": f"r{i}", "family": "independent", "kind": "reference"} for i in range(5)]
+  split = splits.split_models(meta, seed=0, train_frac=0.4, calib_frac=0.3)
+  assert set(bank) <= set(split["calib"])
+  assert not set(bank) & (set(split["train"]) | set(split["eval"]))
+  for fold in splits.leave_kind_out_splits(meta, seed=0, train_frac=0.4, calib_frac=0.3):
+    assert fold["held_out_kind"] != "reference"
+    assert set(bank) <= set(fold["calib"])
+
+
+def test_reference_held_out_accuses_no_independent_of_a_shared_population():
+  rng = np.random.default_rng(0)
+  archs = ["a", "b", "c"]
+  meta = [{"name": "victim", "family": "victim", "kind": "victim", "arch": "a"}]
+  meta += [{"name": f"r{i}", "family": "independent", "kind": "reference",
+            "arch": archs[i % 3], "recipe": ["x", "y"][i % 2]} for i in range(24)]
+  sims = np.concatenate([np.full((1, 6), 0.99), 0.5 + 0.05 * rng.standard_normal((24, 6))])
+  acc = np.full(len(meta), 0.9)
+  out = protocols.reference_held_out(sims, meta, 0, list(range(1, 25)), acc, 10,
+                                     protocols.Settings(alpha=1e-4, num_views=6))
+  assert out["arch"]["held_out"] == 24 and out["recipe"]["held_out"] == 24
+  assert out["arch"]["accused"] == 0
+  # A group far above the others is accused when it is held out.
+  sims[[i for i, m in enumerate(meta) if m.get("arch") == "c"]] = 0.98
+  out = protocols.reference_held_out(sims, meta, 0, list(range(1, 25)), acc, 10,
+                                     protocols.Settings(alpha=1e-4, num_views=6))
+  assert out["arch"]["groups"]["c"]["accused"] == 8
+  tally = protocols.false_accusations(
+      {"num_independents": 2, "accused_independents": 0}, {}, out)
+  assert tally["held_out"] == 2 + 48 and tally["accused"] == out["arch"]["accused"] + \
+      out["recipe"]["accused"]
+  assert 0 < tally["upper_95"] < 1

@@ -1,0 +1,187 @@
+"""Who a suspect is compared with, and whether that comparison covers it.
+
+A p-value says how unusual a suspect's score is among reference models; it
+is worth what that population is worth. Two rules keep it honest:
+
+* **Fit references only.** A model that failed to learn the task (accuracy
+  near chance) is no one's product, yet its outlying score would widen the
+  reference spread and with it hide every pirate. References must reach
+  :func:`accuracy_floor` on the fingerprint points.
+* **Coverage.** A suspect that is a worse classifier than every reference
+  model (by more than :data:`COVERAGE_MARGIN`) lies outside what the
+  reference describes: its verdict is ``inconclusive``, never ``pirated``.
+
+Accuracy here is the top-1 accuracy on the clean fingerprint points, which
+every suspect's fingerprint holds (white box or recorded answers alike).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from uap_jax.fingerprint import layout
+
+# A reference must close at least this share of the gap from chance to the
+# victim's accuracy on the points.
+FIT_SHARE = 0.5
+# A suspect below the least accurate reference by more than this is outside
+# the reference.
+COVERAGE_MARGIN = 0.05
+
+
+def point_accuracy(fps: np.ndarray, labels: np.ndarray, num_uaps: int,
+                   num_classes: int) -> np.ndarray:
+  """Top-1 accuracy of each model on its clean fingerprint points.
+
+  Args:
+    fps: ``(M, V, D)`` fingerprints.
+    labels: ``(V, K)`` true labels of the points (view j, point i).
+    num_uaps: U of the fingerprints.
+    num_classes: C.
+
+  Returns:
+    ``(M,)`` accuracies in [0, 1].
+  """
+  top1 = layout.top1(np.asarray(fps), num_uaps, num_classes)[..., 0]  # (M, V, K)
+  labels = np.asarray(labels)
+  if labels.shape != top1.shape[1:]:
+    raise ValueError(f"Point labels of shape {labels.shape} do not match fingerprints "
+                     f"of {top1.shape[1]} views of {top1.shape[2]} points.")
+  return (top1 == labels[None]).mean((1, 2))
+
+
+def accuracy_floor(victim_accuracy: float, num_classes: int) -> float:
+  """The least point accuracy of a fit reference model.
+
+  Args:
+    victim_accuracy: the victim's accuracy on the points.
+    num_classes: C (chance is 1 / C).
+
+  Returns:
+    ``chance + FIT_SHARE * (victim_accuracy - chance)``.
+  """
+  chance = 1.0 / num_classes
+  return chance + FIT_SHARE * max(victim_accuracy - chance, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  """The reference population of a verification.
+
+  Attributes:
+    index: model indices (into the fingerprints) of the fit references.
+    left_out: names of the references left out as unfit.
+    accuracy_min: the least point accuracy among ``index``.
+    description: JSON-able: how many models of which kinds, architectures
+      and recipes, their accuracy range, and what was left out.
+  """
+  index: list[int]
+  left_out: list[str]
+  accuracy_min: float
+  description: dict
+
+  def covers(self, suspect_accuracy: float) -> bool:
+    """Whether a suspect of this point accuracy is within the reference."""
+    return suspect_accuracy >= self.accuracy_min - COVERAGE_MARGIN
+
+
+def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
+              victim: int, num_classes: int) -> Reference:
+  """The fit part of the calibration models, described.
+
+  Args:
+    calib: the calibration independents.
+    meta: per model its metadata (name, kind, arch, recipe).
+    accuracy: ``(M,)`` :func:`point_accuracy` of every model.
+    victim: the victim's index.
+    num_classes: C.
+
+  Returns:
+    The :class:`Reference`.
+
+  Raises:
+    ValueError: fewer than 3 fit references remain.
+  """
+  floor = accuracy_floor(float(accuracy[victim]), num_classes)
+  fit = [int(i) for i in calib if accuracy[i] >= floor]
+  left_out = [str(meta[i].get("name")) for i in calib if accuracy[i] < floor]
+  if len(fit) < 3:
+    raise ValueError(
+        f"Only {len(fit)} of {len(calib)} calibration models reach point accuracy "
+        f"{floor:.3f} (half way from chance to the victim's): the reference "
+        "needs >= 3. Train the reference bank longer (--zoo_epochs) or with "
+        "more models (--reference_per_recipe).")
+  count = lambda key: _counts(meta[i].get(key) for i in fit)
+  description = {
+      "models": len(fit),
+      "kinds": count("kind"), "archs": count("arch"), "recipes": count("recipe"),
+      "point_accuracy": [float(accuracy[fit].min()), float(accuracy[fit].max())],
+      "accuracy_floor": float(floor),
+      "left_out_unfit": left_out,
+  }
+  return Reference(index=fit, left_out=left_out,
+                   accuracy_min=float(accuracy[fit].min()), description=description)
+
+
+def _counts(values) -> dict[str, int]:
+  out: dict[str, int] = {}
+  for v in values:
+    if v is not None:
+      out[str(v)] = out.get(str(v), 0) + 1
+  return dict(sorted(out.items()))
+
+
+def statement(verdict: dict[str, Any], ref: Reference) -> str:
+  """One sentence that says what the confidence is over.
+
+  Args:
+    verdict: a :func:`uap_jax.verify.tests.verify_suspect` dict (with
+      ``verdict``, ``p_value``, ``method``).
+    ref: the reference it was tested against.
+
+  Returns:
+    E.g. "pirated: of 24 reference models (archs lenet5 x8, mlp x8, ...),
+    none is expected to come this close (p = 2e-06, model_z)".
+  """
+  d = ref.description
+  archs = ", ".join(f"{a} x{n}" for a, n in d["archs"].items())
+  population = f"{d['models']} fit reference models ({archs})"
+  v, p, method = verdict["verdict"], verdict["p_value"], verdict["method"]
+  if v == "invalid answers" or p is None:
+    return f"{v}: not judged."
+  if verdict.get("outside_reference"):
+    return (f"inconclusive: the suspect's point accuracy "
+            f"{verdict['point_accuracy']:.3f} is below every one of the {population} "
+            f"(least {ref.accuracy_min:.3f}), so they do not tell how unusual its "
+            f"score is (p = {p:.2g} against them, {method}).")
+  if v == "pirated":
+    return (f"pirated: among {population}, a score this close to the victim's has "
+            f"probability {p:.2g} ({method}).")
+  return (f"{v}: among {population}, a score at least this close to the victim's "
+          f"has probability {p:.2g} ({method}).")
+
+
+def apply_coverage(verdict: dict[str, Any], suspect_accuracy: float,
+                   ref: Reference) -> dict[str, Any]:
+  """The verdict with the coverage rule applied and the statement added.
+
+  Args:
+    verdict: a :func:`uap_jax.verify.tests.verify_suspect` dict.
+    suspect_accuracy: the suspect's point accuracy.
+    ref: the reference.
+
+  Returns:
+    A new dict with ``point_accuracy``, ``outside_reference``,
+    ``reference_population`` and ``statement``; ``pirated`` becomes
+    ``inconclusive`` when the suspect is outside the reference.
+  """
+  out = dict(verdict, point_accuracy=float(suspect_accuracy),
+             outside_reference=not ref.covers(suspect_accuracy),
+             reference_population=ref.description)
+  if out["outside_reference"] and out["verdict"] == "pirated":
+    out["verdict"] = "inconclusive"
+  out["statement"] = statement(out, ref)
+  return out
