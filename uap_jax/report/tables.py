@@ -54,9 +54,11 @@ def markdown(res: dict) -> str:
          (f"UAP: {u['algorithm']}, p = {u['p']}, xi = {u['xi']}; fooling rate on the victim "
           f"{_fmt(u['fooling_rate_train'])} (train) / {_fmt(u['fooling_rate_test'])} (test)."
           if u.get("num_uaps", 1) else "No UAP (--num_uaps=0): fingerprints of clean outputs only."), "",
-         f"Test: {res['test']}, alpha = {res['alpha']}, {res['num_views']} views per suspect. "
+         f"Test: {res['test']} on the {res.get('score') or 'encoder'} score, alpha = "
+         f"{res['alpha']}, {res['num_views']} views per suspect. "
          f"Independents accused: {res['accused_independents']} of {res['num_independents']}; "
          f"piracy detected: {res['detected_piracy']} of {res['num_piracy']}.", "",
+         *_population(res),
          "## Detection (random split of models)", "",
          _table(["kind", "AUC"], [[k, a] for k, a in res["auc"].items()]), "",
          f"TPR at 1 % FPR: {_fmt(res['tpr_at_1pct_fpr'])}; at 5 % FPR: "
@@ -87,3 +89,28 @@ def markdown(res: dict) -> str:
          "", "## Seconds per stage", "",
          _table(["stage", "seconds"], [[k, s] for k, s in res["seconds"].items()]), ""]
   return "\n".join(out)
+
+
+def _population(res: dict) -> list[str]:
+  """The reference population and every held-out independent's fate."""
+  ref, fa = res.get("reference"), res.get("false_accusations")
+  if not ref or not fa:
+    return []
+  archs = ", ".join(f"{a} x{n}" for a, n in ref["archs"].items())
+  recipes = ", ".join(f"{r} x{n}" for r, n in ref["recipes"].items()) or "the zoo's"
+  left = ref["left_out_unfit"]
+  upper = fa["upper_95"]
+  return [
+      "## Who a suspect is compared with", "",
+      f"{ref['models']} fit reference models: architectures {archs}; recipes {recipes}; "
+      f"point accuracy {ref['point_accuracy'][0]:.3f}-{ref['point_accuracy'][1]:.3f}"
+      + (f"; left out as unfit (below {ref['accuracy_floor']:.3f}): {', '.join(left)}"
+         if left else "") + ". A suspect less accurate than all of them reads "
+      "inconclusive.", "",
+      "## Held-out independents (false accusations)", "",
+      _table(["protocol", "held out", "accused"],
+             [[name, v["held_out"], v["accused"]] for name, v in fa["sources"].items()]
+             + [["all", fa["held_out"], fa["accused"]]]), "",
+      f"{fa['accused']} of {fa['held_out']} held-out independents accused; 95 % upper "
+      f"bound on the accusation rate (Clopper-Pearson): "
+      f"{_fmt(upper) if upper is not None else '–'}.", ""]
