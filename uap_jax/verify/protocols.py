@@ -251,6 +251,11 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   others = other_tests(sims, meta, fit_split, settings)
   refs = references.view_references(fps, meta, victim, fit_split, num_uaps, num_classes,
                                     **settings.test())
+  if settings.score != "encoder":
+    # The paper's learned score on the same suspects and references.
+    encoder_sims = similarity.similarities(encoder, fps, fps[victim])
+    refs["encoder"] = summary.brief(summary.evaluate_split(
+        encoder_sims, meta, split["eval"], ref.index, **settings.test()))
   refs.update(sample_references or {})
   folds = leave_kind_out(fps, meta, victim, encoder.config, settings,
                          point_accuracy=accuracy, num_classes=num_classes, sims=sims)
