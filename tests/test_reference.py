@@ -184,3 +184,38 @@ def test_reference_held_out_accuses_no_independent_of_a_shared_population():
   assert tally["held_out"] == 2 + 48 and tally["accused"] == out["arch"]["accused"] + \
       out["recipe"]["accused"]
   assert 0 < tally["upper_95"] < 1
+
+
+def test_label_answers_are_judged_by_a_probability_run():
+  rng = np.random.default_rng(3)
+  m, v, k, c = 12, 6, 8, 5
+  # Point i of every view comes from cluster i (as the point rule makes them):
+  # one class per cluster; under the UAP the victim sends cluster i to one
+  # class, every reference model elsewhere at random.
+  labels = np.broadcast_to(np.arange(k) % c, (v, k)).copy()
+  outs = rng.random((m, v, k, 2, c)).astype(np.float32)
+  outs[0, :, :, 1] = 0.05
+  outs[0, :, np.arange(k), 1, (np.arange(k) + 1) % c] = 0.9
+  outs[:, :, :, 0] = 0.05
+  np.put_along_axis(outs[:, :, :, 0], np.broadcast_to(labels[None, ..., None], (m, v, k, 1)),
+                    0.9, axis=-1)
+  outs /= outs.sum(-1, keepdims=True)
+  fps = layout.join(outs)
+  meta = [{"name": "victim", "kind": "victim", "family": "victim"}] + [
+      {"name": f"r{i}", "kind": "reference", "family": "independent", "arch": "mlp"}
+      for i in range(m - 1)]
+  copy = layout.as_labels(fps[:1], 1, c)            # the victim's own labels
+  other = layout.as_labels(fps[5:6], 1, c)          # a reference model's labels
+  settings = protocols.Settings(alpha=1e-4, num_views=v)
+  judge = lambda s, **kw: protocols.judge(
+      None, s, fps, meta, 0, list(range(1, m)), settings, num_uaps=1, num_classes=c,
+      point_labels=labels, **kw)
+  pirated, = judge(copy, labels_only=True)
+  independent, = judge(other, labels_only=True)
+  assert pirated["verdict"] == "pirated" and pirated["point_accuracy"] == 1.0
+  assert independent["verdict"] != "pirated"
+  with pytest.raises(ValueError, match="--fp_mode=labels"):
+    protocols.judge(None, copy, fps, meta, 0, list(range(1, m)),
+                    protocols.Settings(score="encoder"), num_uaps=1, num_classes=c,
+                    point_labels=labels, labels_only=True)
+  np.testing.assert_array_equal(layout.as_labels(fps, 1, c).sum(-1), 2 * k)

@@ -77,3 +77,23 @@ def top1(fingerprints, num_uaps: int, num_classes: int) -> np.ndarray:
     ``(..., V, K, 1 + U)`` int class indices, as numpy.
   """
   return np.asarray(split(fingerprints, num_uaps, num_classes)).argmax(-1)
+
+
+def as_labels(fingerprints, num_uaps: int, num_classes: int) -> np.ndarray:
+  """Fingerprints as a label-only API would give them: one-hot top-1 outputs.
+
+  Lets a run made with probabilities or logits judge a suspect whose
+  answers are labels: the victim's and the references' fingerprints are
+  reduced the same way, so every model is compared on what a label-only
+  suspect reveals.
+
+  Args:
+    fingerprints: ``(..., V, D)`` fingerprints.
+    num_uaps: U.
+    num_classes: C.
+
+  Returns:
+    ``(..., V, D)`` float32 one-hot rows.
+  """
+  top = top1(fingerprints, num_uaps, num_classes)
+  return join(np.eye(num_classes, dtype=np.float32)[top])

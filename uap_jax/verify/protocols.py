@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from uap_jax.fingerprint import layout
 from uap_jax.verify import metrics
 from uap_jax.verify import population
 from uap_jax.verify import references
@@ -278,7 +279,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
 
 def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence[dict],
           victim: int, calib: Sequence[int], settings: Settings, *, num_uaps: int,
-          num_classes: int, point_labels: np.ndarray) -> list[dict[str, Any]]:
+          num_classes: int, point_labels: np.ndarray,
+          labels_only: bool = False) -> list[dict[str, Any]]:
   """Verdicts on suspects from outside the zoo.
 
   Args:
@@ -292,12 +294,25 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     num_uaps: U.
     num_classes: C.
     point_labels: ``(V, K)`` true labels of the points.
+    labels_only: the suspects' fingerprints are labels (one-hot) while the
+      run's hold probabilities or logits: the run's are reduced to labels
+      too (:func:`uap_jax.fingerprint.layout.as_labels`), which an
+      encoder-free score allows; the encoder needs a run made with
+      ``--fp_mode=labels``.
 
   Returns:
     Per suspect its :func:`~uap_jax.verify.tests.verify_suspect` dict with
     the coverage rule applied and its ``statement``
     (:func:`uap_jax.verify.population.apply_coverage`).
   """
+  if labels_only:
+    if settings.score == "encoder":
+      raise ValueError(
+          "Label-only answers cannot be scored by an encoder trained on this run's "
+          "probability fingerprints: use the default --score=uap_cosine, or rerun "
+          "the run with --fp_mode=labels.")
+    fps = layout.as_labels(fps, num_uaps, num_classes)
+    suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(calib, meta, accuracy, victim, num_classes)
   score = lambda f: similarity.scores(settings.score, encoder, f, fps[victim],

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Rebuilds the README's headline tables from scratch: every setting over
+# several run seeds, then one mean-and-range table per setting
+# (experiments/seed_table.py -> experiments/results/seeds_NAME.{md,json}).
+#
+#   bash experiments/reproduce.sh            # quickstart x3 (about 10 min on 2 CPU cores)
+#   bash experiments/reproduce.sh all        # + Fashion-MNIST x3 (about 20 min each)
+#                                            #   and CIFAR-10 x2 (about 40 min each)
+#
+# Each run is a work directory runs/NAME_seedS; a rerun resumes (finished runs
+# only rebuild their report). Fashion-MNIST needs Debian's
+# dataset-fashion-mnist (apt install dataset-fashion-mnist); CIFAR-10 needs
+# ../shared/data/cifar10_10k.npz or another CIFAR-10 npz (edit the flagfile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run_seeds() {  # NAME FLAGFILE SEED...
+  local name=$1 flagfile=$2; shift 2
+  local dirs=()
+  for seed in "$@"; do
+    local dir="runs/${name}_seed${seed}"
+    python -m uap_jax.main --flagfile="$flagfile" --seed="$seed" --workdir="$dir"
+    dirs+=("$dir")
+  done
+  python experiments/seed_table.py "${dirs[@]}" --name="$name" \
+      --out="experiments/results/seeds_${name}"
+}
+
+run_seeds quickstart experiments/quickstart.flags 0 1 2
+if [[ "${1:-}" == "all" ]]; then
+  run_seeds fashion_mnist experiments/fashion_mnist.flags 0 1 2
+  run_seeds cifar10_cpu experiments/cifar10_cpu.flags 0 1
+fi
