@@ -27,7 +27,9 @@ def _manifest():
   rng = np.random.default_rng(0)
   x_points = rng.uniform(0, 1, (K, V, 3, 3, 1)).astype(np.float32)
   uaps = rng.uniform(-0.1, 0.1, (U, 3, 3, 1)).astype(np.float32)
-  return blackbox.make_queries(x_points, uaps, num_classes=C)[1]
+  # No control queries: these tests are about reading a file; the controls
+  # have their own (tests/test_controls.py).
+  return blackbox.make_queries(x_points, uaps, num_classes=C, num_repeats=0)[1]
 
 
 def _probs(seed=0):

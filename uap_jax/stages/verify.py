@@ -8,7 +8,10 @@ similarities.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
 model in it is judged) or an ``.npz`` of a black-box suspect's recorded
-answers to ``WORKDIR/queries.npz`` (stage export_queries). Writes
+answers to ``WORKDIR/queries.npz`` (stage export_queries); answers that do
+not look like a classifier's in query order
+(:mod:`uap_jax.fingerprint.controls`) get ``invalid_answers`` with the
+reason and no test. Writes
 ``verdicts/NAME.json``, NAME the suspect's file or folder name; a suspect at
 another path with the same name gets ``NAME-HASH.json`` (HASH from its
 absolute path), so no verdict replaces another's. ``verdicts/index.json`` and
@@ -27,6 +30,7 @@ from absl import logging
 
 from uap_jax import fingerprint as fp_lib
 from uap_jax.fingerprint import blackbox
+from uap_jax.fingerprint import controls
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
@@ -79,8 +83,12 @@ def _check_answers_fit_mode(path: str, kind: str, mode: str) -> None:
         "kind='logits'), or rerun the run with --fp_mode=probs.")
 
 
-def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.ndarray]:
-  """Names and ``(S, V, D)`` fingerprints of the suspect(s) at ``path``."""
+def _suspect_fingerprints(ctx: RunContext, path: str
+                          ) -> tuple[list[str], np.ndarray | None,
+                                     controls.AnswerCheck | None]:
+  """Names, ``(S, V, D)`` fingerprints and the answer check (None for a
+  checkpoint) of the suspect(s) at ``path``; no fingerprints for answers
+  that fail the check."""
   fp = ctx.artifacts.fingerprints
   if path.endswith(".npz"):
     manifest = ctx.artifacts.queries_manifest_path
@@ -89,10 +97,16 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
           f"{manifest} is missing: run --stages=export_queries, have the suspect "
           "answer WORKDIR/queries.npz, then verify its answers.")
     answers = blackbox.load_answers(path, manifest)
-    _check_answers_fit_mode(path, answers.kind, fp.mode)
     names = [os.path.splitext(os.path.basename(path))[0]]
+    check = answers.check()
+    if answers.controls is None:
+      logging.warning("%s: %s.", manifest, controls.NO_CONTROLS_NOTE)
+    if not check.valid:
+      return names, None, check
+    _check_answers_fit_mode(path, answers.kind, fp.mode)
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
-        answers.clean, answers.perturbed, mode=fp.mode, outputs=answers.kind))[None]
+        answers.clean, answers.perturbed, mode=fp.mode,
+        outputs=answers.kind))[None], check
   suspect = checkpoint.load_stack(path)
   if suspect.num_classes != ctx.data.num_classes:
     raise ValueError(
@@ -100,21 +114,31 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
         f"has {ctx.data.num_classes}: it cannot answer the same task.")
   return suspect.names, np.asarray(fp_lib.fingerprints(
       suspect, ctx.data.x_train[fp.points], ctx.artifacts.uaps,
-      mode=fp.mode, strategy=ctx.cfg.strategy))
+      mode=fp.mode, strategy=ctx.cfg.strategy)), None
 
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
   blackbox.check_suspect(path)
   fp = ctx.artifacts.fingerprints
-  names, suspect_fps = _suspect_fingerprints(ctx, path)
-  results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.victim_index,
-                            ctx.artifacts.split()["calib"], _settings(ctx))
+  names, suspect_fps, check = _suspect_fingerprints(ctx, path)
+  if suspect_fps is None:
+    results = [controls.invalid_verdict(check)]
+  else:
+    results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps,
+                              fp.victim_index, ctx.artifacts.split()["calib"],
+                              _settings(ctx))
+    if check is not None:
+      results = [dict(v, answer_check=check.as_json()) for v in results]
   verdicts = []
   for name, v in zip(names, results):
     verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
-    logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
-                 v["verdict"], v["p_value"], v["confidence"], v["views_used"])
+    if v["p_value"] is None:
+      logging.warning("Suspect %s: %s, not judged: %s", name, v["verdict"],
+                      v.get("reason", ""))
+    else:
+      logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
+                   v["verdict"], v["p_value"], v["confidence"], v["views_used"])
   out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
   file = save_verdicts(ctx.artifacts, ctx.workdir, out)
   logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
@@ -195,7 +219,9 @@ def _write_index(workdir: Workdir) -> None:
     try:
       out = workdir.read_json(rel)
       rows = [{"suspect": v["suspect"], "verdict": v["verdict"],
-               "p_value": v["p_value"]} for v in out["verdicts"]]
+               "p_value": v["p_value"],
+               **({"reason": v["reason"]} if "reason" in v else {})}
+              for v in out["verdicts"]]
     except (ValueError, KeyError, TypeError) as e:
       logging.warning("Verdict file %s is unreadable (%s); left out of the "
                       "index.", path, e)
@@ -211,8 +237,11 @@ def _index_markdown(entries: list[dict]) -> str:
            "|---|---|---|---|---|"]
   for e in entries:
     for v in e["verdicts"]:
+      # No test ran on invalid answers: no p-value, the reason instead.
+      p_value = ("–" if v["p_value"] is None else f"{float(v['p_value']):.3g}")
+      verdict = v["verdict"] + (f": {v['reason']}" if v.get("reason") else "")
       lines.append(f"| `{e['file']}` | `{e['source']}` | {v['suspect']} | "
-                   f"{v['verdict']} | {float(v['p_value']):.3g} |")
+                   f"{verdict.replace('|', '/')} | {p_value} |")
   return "\n".join(lines) + "\n"
 
 
