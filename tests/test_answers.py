@@ -27,7 +27,9 @@ def _manifest():
   rng = np.random.default_rng(0)
   x_points = rng.uniform(0, 1, (K, V, 3, 3, 1)).astype(np.float32)
   uaps = rng.uniform(-0.1, 0.1, (U, 3, 3, 1)).astype(np.float32)
-  return blackbox.make_queries(x_points, uaps, num_classes=C)[1]
+  # No control queries: these tests are about reading a file; the controls
+  # have their own (tests/test_controls.py).
+  return blackbox.make_queries(x_points, uaps, num_classes=C, num_repeats=0)[1]
 
 
 def _probs(seed=0):
@@ -247,14 +249,18 @@ def test_unreadable_queries_file(tmp_path):
 
 
 def test_label_answers_for_a_probs_run_name_the_flag():
-  with pytest.raises(ValueError, match="labels only.*--fp_mode=probs.*rerun "
-                     "the run with --fp_mode=labels"):
-    verify_stage._check_answers_fit_mode("a.npz", "labels", "probs")  # pylint: disable=protected-access
+  check = verify_stage._check_answers_fit_mode  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="labels only.*--fp_mode=probs.*--score=uap_cosine.*"
+                     "rerun the run with --fp_mode=labels"):
+    check("a.npz", "labels", "probs", "encoder")
   with pytest.raises(ValueError, match="probabilities.*--fp_mode=logits"):
-    verify_stage._check_answers_fit_mode("a.npz", "probs", "logits")  # pylint: disable=protected-access
+    check("a.npz", "probs", "logits", "uap_cosine")
+  # Labels against a probability run: judged on labels, encoder-free.
+  assert check("a.npz", "labels", "probs", "uap_cosine")
+  assert check("a.npz", "labels", "logits", "raw_cosine")
   for kind, mode in (("labels", "labels"), ("probs", "probs"),
                      ("probs", "labels"), ("logits", "logits")):
-    verify_stage._check_answers_fit_mode("a.npz", kind, mode)  # pylint: disable=protected-access
+    assert not check("a.npz", kind, mode, "encoder")
 
 
 # -------------------------------------------------------- verdict files
@@ -361,6 +367,7 @@ def _stub_stage(tmp_path, manifest, monkeypatch):
 
   def judge(_, suspect_fps, *args, **kwargs):
     seen["fps"] = suspect_fps
+    seen["labels_only"] = kwargs.get("labels_only")
     return [{"verdict": "pirated", "p_value": 1e-3, "confidence": 0.999,
              "views_used": V, "statement": "pirated (stub)"}]
 
@@ -402,15 +409,20 @@ def test_stage_passes_the_declared_kind_and_names_the_file(
   assert out2["file"] != out["file"]
 
 
-def test_stage_refuses_label_answers_in_a_probs_run(tmp_path, stub_stage):
+def test_stage_judges_label_answers_in_a_probs_run_without_an_encoder(
+    tmp_path, stub_stage):
   make, seen = stub_stage
   _, probs = _probs()
   path = _save(tmp_path, outputs=probs.argmax(-1))
+  ctx = make("probs")
+  ctx.cfg.score = "encoder"
   with pytest.raises(ValueError, match="rerun the run with --fp_mode=labels"):
-    verify_stage.verify_external(make("probs"), path)
+    verify_stage.verify_external(ctx, path)
   assert "outputs" not in seen
+  verify_stage.verify_external(make("probs"), path)
+  assert seen["outputs"] == "labels" and seen["labels_only"]
   verify_stage.verify_external(make("labels"), path)
-  assert seen["outputs"] == "labels"
+  assert seen["outputs"] == "labels" and not seen["labels_only"]
 
 
 def test_stage_refuses_a_missing_file_before_loading_anything(

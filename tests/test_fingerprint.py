@@ -313,7 +313,12 @@ def test_export_manifest(export):
     assert json.load(f) == manifest
   queries = blackbox.load_queries(path)
   assert queries.dtype == np.uint8
-  assert queries.shape == ((1 + U) * V * K,) + IMAGE_SHAPE
+  controls = manifest["controls"]
+  num_repeats = len(controls["repeat_positions"])
+  assert num_repeats == (1 + U) * V * K  # a small grid is repeated whole
+  assert controls["holdout_positions"] == []  # none given
+  assert queries.shape == (2 * (1 + U) * V * K,) + IMAGE_SHAPE
+  assert manifest["num_grid_queries"] == (1 + U) * V * K
   assert (manifest["K"], manifest["V"], manifest["U"]) == (K, V, U)
   assert manifest["C"] == IMAGE_SHAPE[-1]
   assert manifest["num_classes"] == NUM_CLASSES
@@ -343,7 +348,7 @@ def test_black_box_without_uaps(models, points_and_uaps, tmp_path):
   none = np.zeros((0,) + IMAGE_SHAPE, np.float32)
   path = str(tmp_path / "queries.npz")
   manifest = blackbox.export_queries(path, x_points, none, num_classes=NUM_CLASSES)
-  assert (manifest["U"], manifest["num_queries"]) == (0, V * K)
+  assert (manifest["U"], manifest["num_grid_queries"]) == (0, V * K)
   np.savez(tmp_path / "answers.npz", outputs=answer(models, 2, path, "logits"))
   clean, perturbed = blackbox.load_recorded_outputs(
       str(tmp_path / "answers.npz"), manifest)

@@ -328,6 +328,15 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
   assert a["p_value"] < 0.01 and abs(a["p_value"] - b["p_value"]) < 1e-3
   assert abs(a["similarity_mean"] - b["similarity_mean"]) < 1e-4
   assert a["statement"].startswith(a["verdict"]) and "reference models" in a["statement"]
+  assert a["answer_check"]["valid"] and a["answer_check"]["controls"]
+  # The same answers one row off (a recording slip) are not judged.
+  shifted = os.path.join(workdir, "shifted_answers.npz")
+  np.savez(shifted, outputs=np.roll(probs, 1, axis=0))
+  _run_in_process(workdir, "--stages=verify", f"--suspect={shifted}")
+  with open(os.path.join(workdir, "verdicts", "shifted_answers.json")) as f:
+    v = json.load(f)["verdicts"][0]
+  assert v["verdict"] == "invalid_answers" and v["p_value"] is None
+  assert "repeated queries answered differently" in v["reason"]
 
 
 def test_wrong_recorded_outputs_are_refused(tiny_run, tmp_path):

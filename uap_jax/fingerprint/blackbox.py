@@ -8,15 +8,22 @@ manifest; the suspect's answers come back as an ``.npz`` that
 the ``(clean, perturbed)`` arrays of
 :func:`uap_jax.fingerprint.fingerprints_from_outputs`.
 
-Query order (documented in the manifest): the queries form a
-``(1 + U, V, K)`` grid flattened row-major, query
-``q = (u * V + j) * K + i`` is point i of view j, clean for ``u = 0`` and
+Query order (documented in the manifest): the fingerprint queries form a
+``(1 + U, V, K)`` grid flattened row-major, grid query
+``g = (u * V + j) * K + i`` is point i of view j, clean for ``u = 0`` and
 plus UAP ``u - 1`` (clipped to [0, 1], rounded to uint8) for ``u >= 1``.
+The export adds control queries (:mod:`uap_jax.fingerprint.controls`:
+repeats of some grid queries and held-out labelled images of the task) and
+presents every query in one seeded random order: ``queries.npz`` position
+``p`` holds the query the manifest's ``controls`` map says (grid query g is
+at ``grid_position[g]``). The manifest is the owner's; only the images go to
+the suspect. Exports made before the controls (format ``v1``) present the
+grid in grid order and are still read.
 
 Recorded-outputs file: an ``.npz`` with key ``outputs``, either ``(Q, C)``
 probabilities or logits, ``(Q, C)`` one-hot labels, or ``(Q,)`` integer
-labels, in query order. Optional keys: ``kind`` (``'probs'``, ``'logits'`` or
-``'labels'``: what ``outputs`` holds), ``query_id`` ``(Q,)``, the query index
+labels, one row per query of ``queries.npz``, in its order. Optional keys: ``kind`` (``'probs'``, ``'logits'`` or
+``'labels'``: what ``outputs`` holds), ``query_id`` ``(Q,)``, the index in ``queries.npz`` of the query
 each row answers (rows are then put back in query order), and
 ``queries_sha256``, the manifest's checksum (guards against answers to a
 different export).
@@ -50,14 +57,19 @@ import jax
 import numpy as np
 
 from uap_jax.fingerprint import compute
+from uap_jax.fingerprint import controls as controls_lib
 from uap_jax.fingerprint import queries as queries_lib
 
-FORMAT = "uap_jax.queries/v1"
+FORMAT = "uap_jax.queries/v2"
+# v1: the grid alone, in grid order (no control queries).
+FORMAT_V1 = "uap_jax.queries/v1"
 KINDS = ("probs", "logits", "labels")
 _SAVE_HINT = "np.savez(path, outputs=answers)"
-ORDER = ("(1 + U, V, K) row-major: q = (u * V + j) * K + i; point i of view j; "
-         "u = 0 clean, u >= 1 the point plus UAP u - 1, clipped to [0, 1] and "
-         "rounded to uint8")
+ORDER = ("grid (1 + U, V, K) row-major: g = (u * V + j) * K + i; point i of "
+         "view j; u = 0 clean, u >= 1 the point plus UAP u - 1, clipped to "
+         "[0, 1] and rounded to uint8. With control queries (repeats of grid "
+         "queries, held-out labelled images) in one seeded random order: grid "
+         "query g is at position controls.grid_position[g] of queries.npz")
 
 
 def manifest_path_for(path_npz: str) -> str:
@@ -67,7 +79,9 @@ def manifest_path_for(path_npz: str) -> str:
 
 
 def make_queries(x_points: np.ndarray | jax.Array, uaps: np.ndarray | jax.Array, *,
-                 num_classes: int, queries_file: str = "queries.npz"
+                 num_classes: int, queries_file: str = "queries.npz",
+                 holdout: tuple[np.ndarray, np.ndarray] | None = None,
+                 num_repeats: int | None = None, seed: int = 0
                  ) -> tuple[np.ndarray, dict[str, Any]]:
   """The query images of a fingerprint and their manifest, without writing.
 
@@ -77,12 +91,21 @@ def make_queries(x_points: np.ndarray | jax.Array, uaps: np.ndarray | jax.Array,
     uaps: ``(U, H, W, C)`` UAPs (or one ``(H, W, C)``; U may be 0).
     num_classes: classes of the victim's task; answers must have this many.
     queries_file: the name the images will be saved under (recorded).
+    holdout: ``(images, labels)``: held-out labelled uint8 images of the
+      task (:func:`uap_jax.fingerprint.controls.holdout_draw`), mixed in as
+      controls; None for none.
+    num_repeats: fingerprint queries repeated at a second position as
+      controls; default
+      :func:`uap_jax.fingerprint.controls.num_repeats_for`, 0 for none.
+    seed: seed of the repeats and of the presented order.
 
   Returns:
-    ``(Q, H, W, C)`` uint8 images in query order, and the manifest: format,
-    order, K (points per view), V (views), U (UAPs), C (image channels),
-    num_classes, image_shape ``[H, W, C]``, num_queries ``(1 + U) * V * K``,
-    dtype, queries_file, queries_sha256, outputs_file_format.
+    ``(Q, H, W, C)`` uint8 images in the order presented to the suspect,
+    and the manifest: format, order, K (points per view), V (views), U
+    (UAPs), C (image channels), num_classes, image_shape ``[H, W, C]``,
+    num_grid_queries ``(1 + U) * V * K``, num_queries (grid plus
+    controls), dtype, queries_file, queries_sha256, outputs_file_format and
+    controls (:func:`uap_jax.fingerprint.controls.add_controls`).
   """
   if int(num_classes) < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -90,6 +113,13 @@ def make_queries(x_points: np.ndarray | jax.Array, uaps: np.ndarray | jax.Array,
   grid = queries.shape[:3]  # (1 + U, V, K)
   pixels = np.asarray(np.round(np.asarray(queries) * 255.0), np.uint8)
   pixels = pixels.reshape((-1,) + pixels.shape[3:])
+  images, labels = holdout if holdout is not None else (None, None)
+  if labels is not None and len(labels) and (
+      np.min(labels) < 0 or np.max(labels) >= int(num_classes)):
+    raise ValueError(f"Held-out labels must lie in [0, {int(num_classes) - 1}].")
+  presented, controls = controls_lib.add_controls(
+      pixels, holdout_images=images, holdout_labels=labels,
+      num_repeats=num_repeats, seed=seed)
   manifest = {
       "format": FORMAT,
       "order": ORDER,
@@ -99,21 +129,27 @@ def make_queries(x_points: np.ndarray | jax.Array, uaps: np.ndarray | jax.Array,
       "C": int(pixels.shape[-1]),
       "num_classes": int(num_classes),
       "image_shape": [int(s) for s in pixels.shape[1:]],
-      "num_queries": int(len(pixels)),
+      "num_grid_queries": int(len(pixels)),
+      "num_queries": int(len(presented)),
       "dtype": "uint8",
       "queries_file": queries_file,
-      "queries_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+      "queries_sha256": hashlib.sha256(presented.tobytes()).hexdigest(),
       "outputs_file_format": (
           "npz with key 'outputs': (Q, num_classes) probabilities or logits, "
-          "(Q, num_classes) one-hot labels or (Q,) integer labels, in query "
-          "order; optional 'query_id' (Q,) and 'queries_sha256'"),
+          "(Q, num_classes) one-hot labels or (Q,) integer labels, one row per "
+          "query of queries.npz in its order; optional 'kind', 'query_id' (Q,) "
+          "and 'queries_sha256'"),
+      "controls": controls,
   }
-  return pixels, manifest
+  return presented, manifest
 
 
 def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
                    uaps: np.ndarray | jax.Array, *, num_classes: int,
-                   manifest_path: str | None = None) -> dict[str, Any]:
+                   manifest_path: str | None = None,
+                   holdout: tuple[np.ndarray, np.ndarray] | None = None,
+                   num_repeats: int | None = None, seed: int = 0
+                   ) -> dict[str, Any]:
   """Writes the query images of a fingerprint and their manifest.
 
   For use outside a run; a run's ``export_queries`` stage saves the same
@@ -121,18 +157,23 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
 
   Args:
     path_npz: output ``.npz``; holds ``queries`` ``(Q, H, W, C)`` uint8 and
-      ``query_id`` ``(Q,)`` int32.
+      ``query_id`` ``(Q,)`` int32, what the suspect is sent.
     x_points: ``(K, V, H, W, C)`` fingerprint points, float in [0, 1] or
       uint8.
     uaps: ``(U, H, W, C)`` UAPs (or one ``(H, W, C)``).
     num_classes: classes of the victim's task; answers must have this many.
-    manifest_path: JSON manifest; default :func:`manifest_path_for`.
+    manifest_path: JSON manifest, kept by the owner (it says which queries
+      are controls); default :func:`manifest_path_for`.
+    holdout, num_repeats, seed: the control queries, as for
+      :func:`make_queries`.
 
   Returns:
     The manifest (also written), as :func:`make_queries` gives it.
   """
   pixels, manifest = make_queries(x_points, uaps, num_classes=num_classes,
-                                  queries_file=os.path.basename(path_npz))
+                                  queries_file=os.path.basename(path_npz),
+                                  holdout=holdout, num_repeats=num_repeats,
+                                  seed=seed)
   os.makedirs(os.path.dirname(os.path.abspath(path_npz)), exist_ok=True)
   with open(path_npz, "wb") as f:
     np.savez_compressed(f, queries=pixels,
@@ -143,22 +184,36 @@ def export_queries(path_npz: str, x_points: np.ndarray | jax.Array,
 
 
 def load_manifest(manifest: dict | str) -> dict[str, Any]:
-  """Reads and checks a manifest (a dict or a JSON path)."""
+  """Reads and checks a manifest (a dict or a JSON path).
+
+  A manifest of format v1 (before the control queries) is read as it was:
+  ``num_grid_queries`` = ``num_queries`` and ``controls`` None.
+  """
   if isinstance(manifest, (str, os.PathLike)):
     manifest = _read_manifest_json(os.fspath(manifest))
-  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+  if not isinstance(manifest, dict) or manifest.get("format") not in (
+      FORMAT, FORMAT_V1):
     raise ValueError(
         f"Not a uap-jax query manifest (format {FORMAT!r} expected); pass the "
         "JSON written by export_queries.")
   missing = [k for k in ("K", "V", "U", "num_classes", "num_queries")
              if k not in manifest]
+  if manifest["format"] == FORMAT:
+    missing += [k for k in ("num_grid_queries", "controls") if k not in manifest]
   if missing:
     raise ValueError(f"Manifest lacks {missing}; re-export the queries.")
+  manifest = dict(manifest)
+  if manifest["format"] == FORMAT_V1:
+    manifest.update(num_grid_queries=manifest["num_queries"], controls=None)
   expected = (manifest["U"] + 1) * manifest["V"] * manifest["K"]
-  if manifest["num_queries"] != expected:
+  if manifest["num_grid_queries"] != expected:
     raise ValueError(
-        f"Manifest says {manifest['num_queries']} queries but (1 + U) * V * K = "
-        f"{expected}; re-export the queries.")
+        f"Manifest says {manifest['num_grid_queries']} fingerprint queries but "
+        f"(1 + U) * V * K = {expected}; re-export the queries.")
+  if manifest["controls"] is not None:
+    controls_lib.check_controls_manifest(
+        manifest["controls"], expected, manifest["num_queries"],
+        manifest["num_classes"])
   return manifest
 
 
@@ -255,11 +310,22 @@ class RecordedAnswers:
     kind: what they are, ``probs``, ``logits`` or ``labels`` (the
       ``outputs=`` of :func:`uap_jax.fingerprint.fingerprints_from_outputs`).
     declared: whether the file said so (key ``kind``) or it was inferred.
+    rows: ``(Q, C)`` float32, every answer (labels as one-hot rows) in the
+      order of ``queries.npz``, controls included.
+    controls: the manifest's ``controls`` (which rows are controls), None
+      for an export made before them.
   """
   clean: np.ndarray
   perturbed: np.ndarray
   kind: str
   declared: bool
+  rows: np.ndarray | None = None
+  controls: dict | None = None
+
+  def check(self) -> controls_lib.AnswerCheck:
+    """Whether these answers look like a classifier's, in query order
+    (:func:`uap_jax.fingerprint.controls.check_answers`)."""
+    return controls_lib.check_answers(self.rows, self.controls)
 
 
 def load_recorded_outputs(path_npz: str, manifest: dict | str
@@ -300,7 +366,7 @@ def load_answers(path_npz: str, manifest: dict | str) -> RecordedAnswers:
   """
   manifest = load_manifest(manifest)
   k, v, u, c = (manifest[n] for n in ("K", "V", "U", "num_classes"))
-  q = manifest["num_queries"]
+  q, controls = manifest["num_queries"], manifest["controls"]
   data = read_answers(path_npz)
   outputs = data["outputs"]
   declared = _declared_kind(data, path_npz)
@@ -310,10 +376,14 @@ def load_answers(path_npz: str, manifest: dict | str) -> RecordedAnswers:
         "The answers are for a different set of queries (queries_sha256 does "
         "not match the manifest); answer the queries of this export.")
   if outputs.shape[:1] != (q,) or outputs.ndim not in (1, 2):
+    rows = ("Q = (1 + U) * V * K" if controls is None else
+            f"Q = (1 + U) * V * K = {manifest['num_grid_queries']} "
+            "fingerprint queries + "
+            f"{q - manifest['num_grid_queries']} controls")
     raise ValueError(
-        f"outputs must be (Q, {c}) or (Q,) with Q = (1 + U) * V * K = {q} "
-        f"answers in the manifest's query order, got shape {outputs.shape}; "
-        "answer every query of the export, one row per query.")
+        f"outputs must be (Q, {c}) or (Q,) with {rows} = {q} answers, one per "
+        f"image of queries.npz in its order, got shape {outputs.shape}; answer "
+        "every query of the export, one row per query.")
   outputs = _in_query_order(outputs, data.get("query_id"), q)
   labels = outputs.ndim == 1 or np.issubdtype(outputs.dtype, np.integer)
   if labels:
@@ -331,9 +401,12 @@ def load_answers(path_npz: str, manifest: dict | str) -> RecordedAnswers:
   if not np.all(np.isfinite(outputs)):
     raise ValueError("The answers contain NaN or inf; re-record them.")
   kind = "labels" if labels else _float_kind(outputs, declared, path_npz)
-  grid = outputs.reshape(u + 1, v, k, c)
+  grid = outputs if controls is None else outputs[
+      np.asarray(controls["grid_position"], np.int64)]
+  grid = grid.reshape(u + 1, v, k, c)
   return RecordedAnswers(clean=grid[0], perturbed=grid[1:], kind=kind,
-                         declared=declared is not None)
+                         declared=declared is not None, rows=outputs,
+                         controls=controls)
 
 
 def read_answers(path_npz: str) -> dict[str, np.ndarray]:
@@ -380,9 +453,9 @@ def _in_query_order(outputs: np.ndarray, query_id: np.ndarray | None,
   if (query_id.shape != (q,) or not np.issubdtype(query_id.dtype, np.integer)
       or not np.array_equal(np.sort(query_id), np.arange(q))):
     raise ValueError(
-        f"query_id must be a permutation of 0..{q - 1} naming the query each "
-        "row answers; fix the ids or drop query_id and save rows in query "
-        "order.")
+        f"query_id must be a permutation of 0..{q - 1} naming the query of "
+        "queries.npz each row answers; fix the ids or drop query_id and save "
+        "the rows in the order of queries.npz.")
   ordered = np.empty_like(outputs)
   ordered[query_id] = outputs
   return ordered

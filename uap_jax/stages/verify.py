@@ -8,7 +8,10 @@ similarities.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
 model in it is judged) or an ``.npz`` of a black-box suspect's recorded
-answers to ``WORKDIR/queries.npz`` (stage export_queries). Writes
+answers to ``WORKDIR/queries.npz`` (stage export_queries); answers that do
+not look like a classifier's in query order
+(:mod:`uap_jax.fingerprint.controls`) get ``invalid_answers`` with the
+reason and no test. Writes
 ``verdicts/NAME.json``, NAME the suspect's file or folder name; a suspect at
 another path with the same name gets ``NAME-HASH.json`` (HASH from its
 absolute path), so no verdict replaces another's. ``verdicts/index.json`` and
@@ -27,6 +30,7 @@ from absl import logging
 
 from uap_jax import fingerprint as fp_lib
 from uap_jax.fingerprint import blackbox
+from uap_jax.fingerprint import controls
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
@@ -69,24 +73,36 @@ def point_labels(ctx: RunContext) -> np.ndarray:
   return np.asarray(ctx.data.y_train[ctx.artifacts.fingerprints.points]).T
 
 
-def _check_answers_fit_mode(path: str, kind: str, mode: str) -> None:
-  """Refuses answers that cannot give this run's kind of fingerprints."""
+def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str) -> bool:
+  """Refuses answers that cannot give this run's kind of fingerprints.
+
+  Returns:
+    Whether the answers are labels judged by a run of probabilities or
+    logits (every fingerprint is then reduced to labels).
+  """
   if kind == "labels" and mode != "labels":
+    if score != "encoder":
+      return True
     raise ValueError(
-        f"The answers in {path} are labels only, but this run's fingerprints "
-        f"use --fp_mode={mode}: rerun the run with --fp_mode=labels (it redoes "
-        "the fingerprint stage and those after it, so the encoder is trained "
-        "on label fingerprints), then verify these answers with the same "
-        "flags.")
+        f"The answers in {path} are labels only, but this run scores with an "
+        f"encoder trained on --fp_mode={mode} fingerprints: verify them with the "
+        "encoder-free default --score=uap_cosine, or rerun the run with "
+        "--fp_mode=labels (it redoes the fingerprint stage and those after it).")
   if kind == "probs" and mode == "logits":
     raise ValueError(
         f"The answers in {path} are probabilities, but this run's fingerprints "
         "use --fp_mode=logits: record the suspect's logits (saved with "
         "kind='logits'), or rerun the run with --fp_mode=probs.")
+  return False
 
 
-def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.ndarray]:
-  """Names and ``(S, V, D)`` fingerprints of the suspect(s) at ``path``."""
+def _suspect_fingerprints(ctx: RunContext, path: str
+                          ) -> tuple[list[str], np.ndarray | None,
+                                     controls.AnswerCheck | None, bool]:
+  """Names, ``(S, V, D)`` fingerprints, the answer check (None for a
+  checkpoint) of the suspect(s) at ``path``, and whether they are labels to
+  judge against a run of probabilities; no fingerprints for answers that
+  fail the check."""
   fp = ctx.artifacts.fingerprints
   if path.endswith(".npz"):
     manifest = ctx.artifacts.queries_manifest_path
@@ -95,10 +111,16 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
           f"{manifest} is missing: run --stages=export_queries, have the suspect "
           "answer WORKDIR/queries.npz, then verify its answers.")
     answers = blackbox.load_answers(path, manifest)
-    _check_answers_fit_mode(path, answers.kind, fp.mode)
     names = [os.path.splitext(os.path.basename(path))[0]]
+    check = answers.check()
+    if answers.controls is None:
+      logging.warning("%s: %s.", manifest, controls.NO_CONTROLS_NOTE)
+    if not check.valid:
+      return names, None, check, False
+    labels_only = _check_answers_fit_mode(path, answers.kind, fp.mode, ctx.cfg.score)
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
-        answers.clean, answers.perturbed, mode=fp.mode, outputs=answers.kind))[None]
+        answers.clean, answers.perturbed, mode="labels" if labels_only else fp.mode,
+        outputs=answers.kind))[None], check, labels_only
   suspect = checkpoint.load_stack(path)
   if suspect.num_classes != ctx.data.num_classes:
     raise ValueError(
@@ -106,23 +128,32 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
         f"has {ctx.data.num_classes}: it cannot answer the same task.")
   return suspect.names, np.asarray(fp_lib.fingerprints(
       suspect, ctx.data.x_train[fp.points], ctx.artifacts.uaps,
-      mode=fp.mode, strategy=ctx.cfg.strategy))
+      mode=fp.mode, strategy=ctx.cfg.strategy)), None, False
 
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
   blackbox.check_suspect(path)
   fp = ctx.artifacts.fingerprints
-  names, suspect_fps = _suspect_fingerprints(ctx, path)
-  results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.models,
-                            fp.victim_index, ctx.artifacts.split()["calib"], _settings(ctx),
-                            num_uaps=len(ctx.artifacts.uaps),
-                            num_classes=ctx.data.num_classes,
-                            point_labels=point_labels(ctx))
+  names, suspect_fps, check, labels_only = _suspect_fingerprints(ctx, path)
+  if suspect_fps is None:
+    results = [controls.invalid_verdict(check)]
+  else:
+    results = protocols.judge(
+        _saved_encoder(ctx), suspect_fps, fp.fps, fp.models, fp.victim_index,
+        ctx.artifacts.split()["calib"], _settings(ctx), num_uaps=len(ctx.artifacts.uaps),
+        num_classes=ctx.data.num_classes, point_labels=point_labels(ctx),
+        labels_only=labels_only)
+    if check is not None:
+      results = [dict(v, answer_check=check.as_json()) for v in results]
   verdicts = []
   for name, v in zip(names, results):
     verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
-    logging.info("Suspect %s: %s", name, v["statement"])
+    if v["p_value"] is None:
+      logging.warning("Suspect %s: %s, not judged: %s", name, v["verdict"],
+                      v.get("reason", ""))
+    else:
+      logging.info("Suspect %s: %s", name, v["statement"])
   out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
   file = save_verdicts(ctx.artifacts, ctx.workdir, out)
   logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
@@ -203,7 +234,9 @@ def _write_index(workdir: Workdir) -> None:
     try:
       out = workdir.read_json(rel)
       rows = [{"suspect": v["suspect"], "verdict": v["verdict"],
-               "p_value": v["p_value"]} for v in out["verdicts"]]
+               "p_value": v["p_value"],
+               **({"reason": v["reason"]} if "reason" in v else {})}
+              for v in out["verdicts"]]
     except (ValueError, KeyError, TypeError) as e:
       logging.warning("Verdict file %s is unreadable (%s); left out of the "
                       "index.", path, e)
@@ -219,8 +252,11 @@ def _index_markdown(entries: list[dict]) -> str:
            "|---|---|---|---|---|"]
   for e in entries:
     for v in e["verdicts"]:
+      # No test ran on invalid answers: no p-value, the reason instead.
+      p_value = ("–" if v["p_value"] is None else f"{float(v['p_value']):.3g}")
+      verdict = v["verdict"] + (f": {v['reason']}" if v.get("reason") else "")
       lines.append(f"| `{e['file']}` | `{e['source']}` | {v['suspect']} | "
-                   f"{v['verdict']} | {float(v['p_value']):.3g} |")
+                   f"{verdict.replace('|', '/')} | {p_value} |")
   return "\n".join(lines) + "\n"
 
 

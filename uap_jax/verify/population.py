@@ -150,7 +150,7 @@ def statement(verdict: dict[str, Any], ref: Reference) -> str:
   archs = ", ".join(f"{a} x{n}" for a, n in d["archs"].items())
   population = f"{d['models']} fit reference models ({archs})"
   v, p, method = verdict["verdict"], verdict["p_value"], verdict["method"]
-  if v == "invalid answers" or p is None:
+  if v == "invalid_answers" or p is None:
     return f"{v}: not judged."
   if verdict.get("outside_reference"):
     return (f"inconclusive: the suspect's point accuracy "
