@@ -81,7 +81,7 @@ class Config:
   stages: list = _f(list(STAGES), "Stages to run, in pipeline order.", choices=STAGES)
   overwrite: bool = _f(False, "Recompute the requested stages even if finished.")
   seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.", stage="victim")
-  strategy: str = _f("auto", "Model-axis strategy (auto: the fastest for the devices).", choices=STRATEGIES)
+  strategy: str = _f("auto", "Model-axis strategy (auto: the measured-fastest for the backend and devices).", choices=STRATEGIES)
   mesh: str = _f("", "Device mesh for --strategy=shard: models:N[,data:M] (empty: all local devices on models).")
   distributed: str = _f("auto", "Multi-process run: auto (start when flags or a launcher say so) | true | false.", choices=DISTRIBUTED_MODES)
   coordinator_address: str = _f("", "HOST:PORT of process 0 (empty: detected).")
