@@ -1,8 +1,10 @@
 """Every setting of a run, in one dataclass; absl flags are generated from it.
 
-A field's type says how its flag parses (lists are comma-separated) and its
-``help`` metadata is the flag's help text, and its ``stage`` metadata the
-first stage whose output the setting changes (none for settings that only
+A field's type says how its flag parses (lists are comma-separated), its
+``help`` metadata is the flag's help text, its ``choices`` metadata (a tuple)
+makes the flag an enum (a list of them for list fields) that refuses any
+other value as it parses, and its ``stage`` metadata the first stage whose
+output the setting changes (none for settings that only
 steer how a run executes: work directory, devices, processes). A finished
 stage records the settings it depends on, so a rerun with other values redoes
 it and the stages after it. The config of a run is saved as
@@ -43,6 +45,7 @@ POINT_RULES = ("kmeans", "margin", "random")
 FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
 SCORES = ("uap_cosine", "raw_cosine", "encoder")
+AUGMENT_MODES = ("auto", "true", "false")
 
 
 def _f(default: Any, help: str, **kw):  # pylint: disable=redefined-builtin
@@ -78,33 +81,33 @@ class Config:
   """All settings of a run (defaults: the quickstart on mnist5k)."""
   # Run.
   workdir: str = _f("runs/quickstart", "Directory holding every artefact of the run.")
-  stages: list = _f(list(STAGES), "Comma list of stages to run, in pipeline order.")
+  stages: list = _f(list(STAGES), "Stages to run, in pipeline order.", choices=STAGES)
   overwrite: bool = _f(False, "Recompute the requested stages even if finished.")
   seed: int = _f(0, "Run seed: every model, split and attack seed derives from it.", stage="victim")
-  strategy: str = _f("auto", "Model-axis strategy: auto|vmap|map|loop|shard.")
+  strategy: str = _f("auto", "Model-axis strategy (auto: the measured-fastest for the backend and devices).", choices=STRATEGIES)
   mesh: str = _f("", "Device mesh for --strategy=shard: models:N[,data:M] (empty: all local devices on models).")
-  distributed: str = _f("auto", "Multi-process run: auto (start when flags or a launcher say so) | true | false.")
+  distributed: str = _f("auto", "Multi-process run: auto (start when flags or a launcher say so) | true | false.", choices=DISTRIBUTED_MODES)
   coordinator_address: str = _f("", "HOST:PORT of process 0 (empty: detected).")
   num_processes: int = _f(0, "Number of processes (0: detected).")
   process_id: int = _f(-1, "This process, 0..N-1 (-1: detected).")
-  share_mode: str = _f("contiguous", "How suspects are shared among processes: contiguous | strided.")
+  share_mode: str = _f("contiguous", "How suspects are shared among processes.", choices=SHARE_MODES)
   # Data.
   dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).", stage="victim")
   data_dir: str = _f("", "tfds data_dir for tfds:NAME data sets.")
   victim_frac: float = _f(0.4, "Fraction of the training set for the victim.", stage="victim")
   attacker_frac: float = _f(0.3, "Fraction for the attacker's query data.", stage="victim")
   independent_frac: float = _f(0.3, "Fraction for independent trainers (disjoint data).", stage="victim")
-  augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.", stage="victim")
+  augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.", stage="victim", choices=AUGMENT_MODES)
   # Victim.
   victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models).", stage="victim")
   width: float = _f(1.0, "Channel width multiplier of every model.", stage="victim")
   epochs: float = _f(8, "Victim training epochs.", stage="victim")
   batch_size: int = _f(128, "Training batch size.", stage="victim")
-  optimizer: str = _f("sgd", "sgd (momentum 0.9, nesterov) | adam.", stage="victim")
+  optimizer: str = _f("sgd", "sgd (momentum 0.9, nesterov) | adam.", stage="victim", choices=OPTIMIZERS)
   lr: float = _f(0.05, "Peak learning rate (cosine schedule).", stage="victim")
   weight_decay: float = _f(5e-4, "Weight decay.", stage="victim")
   # Zoo.
-  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.", stage="zoo")
+  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.", stage="zoo", choices=KINDS)
   zoo_count: int = _f(2, "Models per kind (per kind and architecture list entry: spread round-robin).", stage="zoo")
   zoo_counts: list = _f([], "Per-kind overrides, e.g. extract_soft:4,prune:6.", stage="zoo")
   zoo_archs: list = _f(["mlp"], "Architectures for kinds that may differ from the victim's (extract_*, distill, independent_arch).", stage="zoo")
@@ -119,11 +122,11 @@ class Config:
   # Reference bank.
   reference_bank: str = _f("", "Directory of the reference bank of independent models, shared by runs on the same data and partition (empty: WORKDIR/reference_bank).")
   reference_archs: list = _f(["mlp", "lenet5", "small_cnn"], "Architectures of the reference bank besides the victim's and --zoo_archs.", stage="reference")
-  reference_recipes: list = _f(list(REFERENCE_RECIPES), "Training recipes of the reference bank: " + ", ".join(REFERENCE_RECIPES) + ".", stage="reference")
+  reference_recipes: list = _f(list(REFERENCE_RECIPES), "Training recipes of the reference bank.", stage="reference", choices=REFERENCE_RECIPES)
   reference_per_recipe: int = _f(2, "Reference models per architecture and recipe, spread over the victim's, the independent and the attacker's data parts (0: no bank).", stage="reference")
   # UAP.
-  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.", stage="uap")
-  uap_p: str = _f("inf", "Norm of the UAP ball: 2 | inf.", stage="uap")
+  uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.", stage="uap", choices=UAP_METHODS)
+  uap_p: str = _f("inf", "Norm of the UAP ball.", stage="uap", choices=UAP_NORMS)
   uap_xi: float = _f(0.1, "UAP radius in pixel units of [0, 1] images.", stage="uap")
   uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.", stage="uap")
   uap_max_passes: int = _f(5, "Most passes over the UAP data.", stage="uap")
@@ -132,8 +135,8 @@ class Config:
   # Fingerprints.
   fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).", stage="fingerprint")
   fp_v: int = _f(40, "Views per model (neighbours per cluster V).", stage="fingerprint")
-  fp_rule: str = _f("kmeans", "Point rule: kmeans | margin | random.", stage="fingerprint")
-  fp_mode: str = _f("probs", "Suspect outputs used: probs | logits | labels.", stage="fingerprint")
+  fp_rule: str = _f("kmeans", "How fingerprint points are chosen.", stage="fingerprint", choices=POINT_RULES)
+  fp_mode: str = _f("probs", "Suspect outputs used.", stage="fingerprint", choices=FP_MODES)
   # Encoder.
   enc_hidden: int = _f(50, "Encoder hidden width.", stage="encoder")
   enc_embed: int = _f(20, "Encoder embedding size.", stage="encoder")
@@ -145,8 +148,8 @@ class Config:
   # Verification.
   n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
-  test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify")
-  score: str = _f("uap_cosine", "Per-view score tested: uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views) | encoder (the contrastive encoder's similarity, the paper's).", stage="verify")
+  test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify", choices=TESTS)
+  score: str = _f("uap_cosine", "Per-view score tested: uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views) | encoder (the contrastive encoder's similarity, the paper's).", stage="verify", choices=SCORES)
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -172,7 +175,7 @@ class Config:
       raise ValueError(
           f"--victim_frac/--attacker_frac/--independent_frac = {fracs}: each must "
           "be > 0 and their sum <= 1.")
-    _check_choice("augment", self.augment, ("auto", "true", "false"))
+    _check_choice("augment", self.augment, AUGMENT_MODES)
     _check_choice("optimizer", self.optimizer, OPTIMIZERS)
     for name in ("epochs", "lr", "uap_xi", "enc_lr", "enc_temperature", "width"):
       if not getattr(self, name) > 0:
@@ -195,8 +198,7 @@ class Config:
     _check_choice("fp_mode", self.fp_mode, FP_MODES)
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
-    if self.score not in SCORES:
-      raise ValueError(f"--score must be one of {', '.join(SCORES)}, got {self.score!r}.")
+    _check_choice("score", self.score, SCORES)
 
   def _check_finite(self) -> None:
     """Every float setting, and every number of a float list, is finite."""
@@ -261,6 +263,11 @@ def _default_of(field: dataclasses.Field) -> Any:
 def define_flags(flags_module, flag_values=None) -> None:
   """Defines one absl flag per Config field (types from the annotations).
 
+  A field with ``choices`` metadata becomes an enum flag (``DEFINE_enum``;
+  for a list field, a comma list whose every item must be a choice), so a
+  bad value is refused while the flags parse, in one line that lists the
+  choices.
+
   Args:
     flags_module: ``absl.flags``.
     flag_values: a ``FlagValues`` to define them in (default: the global one).
@@ -269,6 +276,7 @@ def define_flags(flags_module, flag_values=None) -> None:
   for field in dataclasses.fields(Config):
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     help_text = field.metadata["help"]
+    choices = field.metadata.get("choices")
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     if kind == "bool":
       flags_module.DEFINE_bool(field.name, default, help_text, **fv)
@@ -276,18 +284,56 @@ def define_flags(flags_module, flag_values=None) -> None:
       flags_module.DEFINE_integer(field.name, default, help_text, **fv)
     elif kind == "float":
       flags_module.DEFINE_float(field.name, float(default), help_text, **fv)
+    elif isinstance(default, list) and choices:
+      flags_module.DEFINE(
+          _choice_list_parser(flags_module, tuple(choices)), field.name,
+          [str(d) for d in default],
+          f"{help_text} Items: {', '.join(choices)}.",
+          serializer=flags_module.CsvListSerializer(","), **fv)
     elif isinstance(default, list):
       flags_module.DEFINE_list(field.name, [str(d) for d in default], help_text, **fv)
+    elif choices:
+      flags_module.DEFINE_enum(field.name, default, list(choices), help_text, **fv)
     else:
       flags_module.DEFINE_string(field.name, default, help_text, **fv)
 
 
+def _choice_list_parser(flags_module, choices: tuple[str, ...]):
+  """An absl comma-list parser that refuses items outside ``choices``."""
+
+  class ChoiceListParser(flags_module.ListParser):
+
+    def parse(self, argument):
+      items = super().parse(argument)
+      bad = [item for item in items if item not in choices]
+      if bad:
+        # absl prefixes "flag --NAME=VALUE: ".
+        raise ValueError(f"unknown {', '.join(map(repr, bad))}; each item must "
+                         f"be one of <{'|'.join(choices)}>")
+      return items
+
+  return ChoiceListParser()
+
+
 def parse(argv: list[str]) -> Config:
-  """A Config from command-line style arguments (``--flag=value``, flagfiles)."""
+  """A Config from command-line style arguments (``--flag=value``, flagfiles).
+
+  Args:
+    argv: the arguments, without the program name.
+
+  Returns:
+    The Config (not yet validated).
+
+  Raises:
+    ValueError: a flag absl refuses (unknown, not a number, not a choice).
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FlagValues()
   define_flags(flags, flag_values)
-  flag_values(["uap_jax"] + list(argv))
+  try:
+    flag_values(["uap_jax"] + list(argv))
+  except flags.Error as e:
+    raise ValueError(str(e)) from None
   return from_flags(flag_values)
 
 

@@ -1,7 +1,10 @@
-"""Command line: ``python -m uap_jax.main --flagfile=experiments/NAME.flags``.
+"""Command line: ``uap-jax --preset=NAME`` or ``python -m uap_jax.main --flagfile=FILE``.
 
-Only parses flags, sets up logging and calls the library; every other flag is
-a field of :class:`uap_jax.config.Config` (``--helpfull`` lists them).
+Only parses flags, sets up logging and calls the library; every flag but
+``--preset`` and absl's is a field of :class:`uap_jax.config.Config`.
+``--help`` lists them by stage, ``--helpfull`` adds absl's and the
+libraries' (:mod:`uap_jax.cli`). The console script ``uap-jax`` calls
+:func:`run`.
 
 Logging: by default uap-jax's own progress shows at INFO (stages, steps,
 losses, accuracies, ETAs) while the INFO lines of the libraries in
@@ -23,10 +26,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from uap_jax import cli
 from uap_jax import config
 from uap_jax import pipeline
 
 config.define_flags(flags)
+cli.define_flags()
 
 # Libraries whose INFO lines are their internals: before this default they
 # were 2,121 of the quickstart's 2,403 lines.
@@ -123,16 +128,23 @@ def parse_flags(argv: list[str]) -> list[str]:
   absl's own parser prints the error and then a generic hint as the last
   line; here the error is the last line, with the hint in it.
 
+  ``--preset=NAME`` is read as ``--flagfile`` of the shipped preset, in place.
+
   Args:
     argv: the command line.
 
   Returns:
     The arguments left after the flags.
   """
+  cli.install_help_flags()
+  try:
+    argv = cli.expand_presets(argv)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    raise SystemExit(f"error: {e} (--helpfull lists every flag).") from None
+    raise SystemExit(f"error: {e} (--help lists the tool's flags).") from None
 
 
 def main(argv):
@@ -142,6 +154,7 @@ def main(argv):
                      "--flag, e.g. --stages=victim.")
   configure_logging()
   try:
+    cli.check_presets()
     cfg = config.from_flags(flags.FLAGS)
     pipeline.run(cfg)
   except (ValueError, FileNotFoundError) as e:
@@ -149,5 +162,10 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The console script ``uap-jax``: absl's app with :func:`parse_flags`."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
