@@ -84,6 +84,10 @@ CASES: tuple[Case, ...] = (
     _flag("dataset_unknown", "--dataset=nope"),
     _flag("dataset_npz_missing", "--dataset=npz:{files}/no_such.npz"),
     _flag("dataset_npz_not_zip", "--dataset=npz:{files}/not_a_zip.npz"),
+    _flag("dataset_npz_empty_file", "--dataset=npz:{files}/data_empty.npz"),
+    _flag("dataset_npz_is_npy", "--dataset=npz:{files}/data_single_array.npz"),
+    _flag("dataset_npz_truncated", "--dataset=npz:{files}/data_truncated.npz"),
+    _flag("dataset_npz_corrupted_member", "--dataset=npz:{files}/data_corrupted.npz"),
     _flag("dataset_npz_missing_keys", "--dataset=npz:{files}/data_missing_keys.npz"),
     _flag("dataset_npz_length_mismatch", "--dataset=npz:{files}/data_length_mismatch.npz"),
     _flag("dataset_npz_labels_to_1000", "--dataset=npz:{files}/data_labels_1000.npz"),
@@ -206,6 +210,23 @@ def make_data_files(files: str) -> None:
            x_test=images(100), y_test=rng.integers(0, 10, 100))
   np.savez(os.path.join(files, "data_one_class.npz"), x_train=images(300),
            y_train=np.zeros(300, np.int64), x_test=images(100), y_test=np.zeros(100, np.int64))
+  # Unreadable data-set files: empty, a lone .npy under an .npz name, a good
+  # data set cut short, and one with a flipped byte in a member (bad CRC-32).
+  open(os.path.join(files, "data_empty.npz"), "wb").close()
+  with open(os.path.join(files, "data_single_array.npz"), "wb") as f:
+    np.save(f, images(10))
+  good_path = os.path.join(files, "data_good.npz")
+  np.savez(good_path, x_train=images(300), y_train=rng.integers(0, 10, 300),
+           x_test=images(100), y_test=rng.integers(0, 10, 100))
+  with open(good_path, "rb") as f:
+    good = f.read()
+  os.remove(good_path)
+  with open(os.path.join(files, "data_truncated.npz"), "wb") as f:
+    f.write(good[:len(good) // 2])
+  corrupted = bytearray(good)
+  corrupted[len(good) // 4] ^= 0xFF  # inside x_train's (uncompressed) data
+  with open(os.path.join(files, "data_corrupted.npz"), "wb") as f:
+    f.write(bytes(corrupted))
 
 
 def good_answers(run: str) -> np.ndarray:

@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -237,9 +238,52 @@ def test_npz_errors(tmp_path, change, message):
 def test_npz_missing_or_unreadable(tmp_path):
   with pytest.raises(ValueError, match="no such file"):
     data.load_dataset(f"npz:{tmp_path / 'nope.npz'}")
-  (tmp_path / "junk.npz").write_text("not a zip")
-  with pytest.raises(ValueError, match="np.savez"):
-    data.load_dataset(f"npz:{tmp_path / 'junk.npz'}")
+
+
+def _npz_bytes_cut_short(tmp_path):
+  np.savez(tmp_path / "whole.npz", **tiny_arrays())
+  return (tmp_path / "whole.npz").read_bytes()[:200]
+
+
+def _npz_bytes_with_a_bad_member(tmp_path):
+  np.savez(tmp_path / "whole.npz", **tiny_arrays())
+  raw = bytearray((tmp_path / "whole.npz").read_bytes())
+  raw[raw.index(b"\x93NUMPY") + 200] ^= 0xFF  # in x_train's data: its CRC fails
+  return bytes(raw)
+
+
+def _npz_bytes_with_objects(tmp_path):
+  np.savez(tmp_path / "objects.npz", **tiny_arrays(),
+           class_names=np.array(["x", None, 3], dtype=object))
+  return (tmp_path / "objects.npz").read_bytes()
+
+
+def _npy_bytes(tmp_path):
+  np.save(tmp_path / "one.npy", np.zeros((3, 4)))
+  return (tmp_path / "one.npy").read_bytes()
+
+
+@pytest.mark.parametrize("content, reason", [
+    (lambda _: b"x_train,y_train\n1,2\n",
+     r"is not an .npz file \(an .npz is a zip archive; this one is a file starting "
+     r"with b'x_tr'\)"),
+    (lambda _: b"", r"is not an .npz file \(an .npz is a zip archive; this one is empty\)"),
+    (_npy_bytes, "is a single .npy array, not an .npz archive"),
+    (_npz_bytes_cut_short, "cannot be read: it is truncated or damaged"),
+    (_npz_bytes_with_a_bad_member, "cannot be read: a member is corrupted"),
+    (_npz_bytes_with_objects, r"holds object \(pickled\) arrays"),
+])
+def test_npz_that_is_not_a_readable_npz_says_what_it_is(tmp_path, content, reason):
+  path = tmp_path / "data.npz"
+  path.write_bytes(content(tmp_path))
+  with pytest.raises(ValueError) as error:
+    data.load_dataset(f"npz:{path}")
+  message = str(error.value)
+  assert message.startswith(f"npz:{path}: the file ")  # names the file
+  assert re.search(reason, message), message
+  assert "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)" in message
+  if "object" not in reason:
+    assert "pickle" not in message  # numpy's misleading reason for a non-zip
 
 
 @pytest.mark.skipif(not CIFAR10_10K.exists(),

@@ -184,9 +184,11 @@ def _worker(process_id: int, port: int, out_dir: str) -> None:
       np.array([10.0 * process_id]), [process_id], 2, everywhere=True)
   share = distributed.share_indices(NUM_SUSPECTS, mode="contiguous").tolist()
   loaded = _workdir_round_trip(process_id, s, os.path.join(out_dir, "run"))
+  refusals = _refusals(os.path.join(out_dir, "busy"))
   with open(os.path.join(out_dir, f"share{process_id}.json"), "w") as f:
     json.dump({"share": share, "everywhere": everywhere.tolist(),
-               "got_result": results["contiguous"] is not None, **loaded}, f)
+               "got_result": results["contiguous"] is not None, **loaded,
+               "refusals": refusals}, f)
   if distributed.is_main_process():
     np.savez(os.path.join(out_dir, "gathered.npz"), **results)
   distributed.sync("done")
@@ -215,6 +217,25 @@ def _workdir_round_trip(process_id: int, s, root: str) -> dict:
           "steps": checkpoint.latest_step(workdir.checkpoint_dir("victim"))}
 
 
+def _refusals(root: str) -> dict:
+  """What each process hears from the pipeline's two lock steps on ``root``,
+  whose lock the test (another process) holds: only process 0 can see it."""
+  from uap_jax.runtime.workdir import Workdir, WorkdirInUse  # pylint: disable=g-import-not-at-top
+  workdir = Workdir(root)
+  heard = {}
+  try:
+    workdir.check_free()
+    heard["check_free"] = None
+  except WorkdirInUse as e:
+    heard["check_free"] = str(e)
+  try:
+    with workdir.lock():
+      heard["lock"] = None
+  except WorkdirInUse as e:
+    heard["lock"] = str(e)
+  return heard
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -228,18 +249,21 @@ def two_process_run(tmp_path_factory):
          if k not in CLUSTER_VARS and k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, __file__, str(pid), str(port), str(out_dir)], env=env,
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for pid in (0, 1)]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=120)[0])
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    pytest.fail("the 2-process run did not finish within 120 s")
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  # A run of this process holds "busy" while the two processes try it.
+  with Workdir(str(out_dir / "busy"), writer=True).lock():
+    procs = [subprocess.Popen(
+        [sys.executable, __file__, str(pid), str(port), str(out_dir)], env=env,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in (0, 1)]
+    logs = []
+    try:
+      for p in procs:
+        logs.append(p.communicate(timeout=120)[0])
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      pytest.fail("the 2-process run did not finish within 120 s")
   codes = [p.returncode for p in procs]
   if SKIP_EXIT in codes:
     pytest.skip("CPU collectives unavailable in this jax build: "
@@ -267,6 +291,18 @@ def test_only_process_0_writes_and_both_read_its_checkpoints(two_process_run):
     assert s["victim_seed"] == 0 and s["victim_diff"] == 0.0
     assert s["uap"] == [0.0, 0.0, 0.0]
     assert s["steps"] == 0
+
+
+def test_a_lock_refusal_stops_every_process_with_the_same_message(two_process_run):
+  # Only process 0 holds (and so sees) the lock; without the broadcast of its
+  # refusal, process 1 would go on alone into the run (or hang in its first
+  # collective).
+  heard = [json.loads((two_process_run / f"share{p}.json").read_text())["refusals"]
+           for p in (0, 1)]
+  expected = f"is in use by pid {os.getpid()} on host "
+  for step in ("check_free", "lock"):
+    assert heard[0][step] is not None and expected in heard[0][step], heard
+    assert heard[1][step] == heard[0][step], step
 
 
 @pytest.mark.parametrize("mode", distributed.SHARE_MODES)

@@ -10,10 +10,13 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -287,6 +290,159 @@ def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_p
     assert not np.allclose(old[key], new[key]), name
   old_uap, new_uap = _latest(workdir, "uap")[1]["uaps"], _latest(copy, "uap")[1]["uaps"]
   assert np.abs(old_uap).max() <= 0.2 + 1e-6 and np.abs(new_uap).max() <= 0.25 + 1e-6
+
+
+# --------------------------------------------------------------------------
+# kill -9 in the zoo, fingerprint and verify stages, then rerun: the same
+# results, bit for bit, as the uninterrupted tiny_run.
+
+
+def _without_timings(obj):
+  """``obj`` (parsed JSON) without the keys that hold wall-clock figures."""
+  if isinstance(obj, dict):
+    return {k: _without_timings(v) for k, v in obj.items()
+            if "second" not in k}  # seconds, train_seconds, examples_per_second
+  if isinstance(obj, list):
+    return [_without_timings(v) for v in obj]
+  return obj
+
+
+def _saved_results(workdir):
+  """Every result a run saved, as ``{name: array or JSON}``, via its Artifacts.
+
+  The arrays (victim, each zoo stack's params and statistics, the UAPs,
+  fingerprints and their points, the encoder, the similarities) and the
+  JSON results (zoo table, split, verify.json, results.json) with their
+  timings left out.
+  """
+  from uap_jax.runtime.artifacts import Artifacts  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  artifacts = Artifacts(Workdir(workdir, writer=False))
+  out = {}
+
+  def add(prefix, tree):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
+
+  add("victim", (artifacts.victim.params, artifacts.victim.rest))
+  for stack in artifacts.zoo:
+    add(f"zoo:{stack.meta[0]['checkpoint']}", (stack.params, stack.rest))
+  out["uaps"] = artifacts.uaps
+  fingerprints = artifacts.fingerprints
+  out["fingerprints"], out["points"] = fingerprints.fps, fingerprints.points
+  state, config, history = artifacts.encoder()
+  add("encoder", state)
+  out["encoder_history"] = history
+  out["similarities"] = artifacts.similarities()
+  out["encoder_config"] = config
+  out["split.json"] = artifacts.split()
+  out["verify.json"] = artifacts.verification()
+  for name in ("zoo.json", os.path.join("report", "results.json")):
+    out[name] = _without_timings(artifacts.workdir.read_json(name))
+  return out
+
+
+def _assert_bit_identical(got, want):
+  assert sorted(got) == sorted(want)
+  for name, value in want.items():
+    if isinstance(value, np.ndarray):
+      assert (got[name].dtype, got[name].shape) == (value.dtype, value.shape), name
+      assert got[name].tobytes() == value.tobytes(), f"{name} differs"
+    else:
+      assert got[name] == value, f"{name} differs"
+
+
+def _markers_now(workdir):
+  folder = os.path.join(workdir, "stages")
+  return set(f[:-len(".json")] for f in os.listdir(folder)
+             if f.endswith(".json")) if os.path.isdir(folder) else set()
+
+
+def _saved_zoo_stacks(workdir):
+  """Zoo stacks with a finished checkpoint step (orbax renames a step's
+  temporary folder to its number only once the step is whole)."""
+  folder = os.path.join(workdir, "checkpoints", "zoo")
+  if not os.path.isdir(folder):
+    return 0
+  return sum(any(step.isdigit() for step in os.listdir(os.path.join(folder, stack)))
+             for stack in os.listdir(folder))
+
+
+def _kill_when(workdir, log_path, ready, what, timeout=300):
+  """Runs the tiny CLI on ``workdir``; SIGKILLs it as soon as ``ready()``.
+
+  The work directory is polled every 5 ms: the kill lands a few ms after the
+  condition holds, well inside stages that take seconds.
+
+  Returns:
+    The stage markers left at the kill.
+  """
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uap_jax.main", f"--flagfile={QUICKSTART}",
+         f"--workdir={workdir}", *TINY], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + timeout
+    try:
+      while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+          with open(log_path) as f:
+            pytest.fail(f"the run ended (rc {proc.poll()}) before {what}:\n"
+                        f"{f.read()[-3000:]}")
+        time.sleep(0.005)
+      os.kill(proc.pid, signal.SIGKILL)
+    finally:
+      proc.kill()  # no-op once dead; never leaves a run behind on a failure
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  return _markers_now(workdir)
+
+
+def test_kill_9_in_zoo_fingerprint_and_verify_then_rerun_is_bit_identical(tiny_run, tmp_path):
+  """A run SIGKILLed in the zoo, the fingerprint and the verify stage, rerun
+  with the same flags each time, ends bit-identical to an uninterrupted run.
+
+  The chain: kill in the zoo (after 2 of its stacks were saved, so the rerun
+  reuses some stacks and trains the rest), rerun and kill in fingerprint
+  (just after the uap stage's marker appears), rerun and kill in verify (just
+  after the encoder's marker), rerun to the end. Each kill counts: a kill
+  that landed only after the stage finished would leave that stage's marker
+  (written last, after its artefacts), and the test asserts it is absent
+  while the previous stage's is present, so a late kill fails the test
+  instead of passing silently. Each rerun takes over the lock the killed
+  run left.
+
+  It also shows determinism: the chain starts in an empty work directory,
+  as ``tiny_run`` (the reference) did, so two fresh runs with the same
+  flags (one of them interrupted three times) give the same bits.
+  """
+  reference, _ = tiny_run
+  workdir = str(tmp_path / "run")
+  with open(os.path.join(reference, "zoo.json")) as f:
+    planned_stacks = len(json.load(f)["stacks"])
+  marker = lambda stage: os.path.exists(os.path.join(workdir, "stages", f"{stage}.json"))
+
+  left = _kill_when(workdir, tmp_path / "zoo.log",
+                    lambda: _saved_zoo_stacks(workdir) >= 2, "2 zoo stacks were saved")
+  assert left == {"victim"}, left  # killed in the zoo stage
+  assert 2 <= _saved_zoo_stacks(workdir) < planned_stacks
+
+  left = _kill_when(workdir, tmp_path / "fingerprint.log", lambda: marker("uap"),
+                    "the uap stage finished")
+  assert left == {"victim", "zoo", "uap"}, left  # killed in the fingerprint stage
+  with open(tmp_path / "fingerprint.log") as f:
+    log = f.read()
+  assert "taking over the lock left by pid" in log
+  assert "Zoo stack extract_soft__mlp: already trained, reusing it." in log
+
+  left = _kill_when(workdir, tmp_path / "verify.log", lambda: marker("encoder"),
+                    "the encoder stage finished")
+  # Killed in the verify stage.
+  assert left == {"victim", "zoo", "uap", "fingerprint", "encoder"}, left
+
+  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _markers_now(workdir) == set(STAGES)
+  _assert_bit_identical(_saved_results(workdir), _saved_results(reference))
 
 
 def test_stage_settings_hold_their_own_and_earlier_stages_only():

@@ -180,8 +180,7 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None, *,
   workdir = Workdir(cfg.workdir)
   # The cheap refusals first, before the data set loads; both again below,
   # under the lock, where no other run can change the directory meanwhile.
-  if workdir.is_writer:
-    workdir.check_free()
+  workdir.check_free()  # every process: all get the writer's answer
   _check_same_run(cfg, workdir)
   _check_inputs_exist(cfg, workdir)
   ctx = RunContext(cfg, workdir)

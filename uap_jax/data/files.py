@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -47,21 +49,15 @@ def load_npz(path: str) -> Dataset:
   """
   p = _require(path, "file", "npz")
   name = f"npz:{path}"
-  try:
-    archive = np.load(p, allow_pickle=False)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{name}: not a readable .npz file ({e}); write it with "
-                     "np.savez(path, x_train=..., y_train=..., x_test=..., "
-                     "y_test=...).") from e
-  with archive:
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test")
-               if k not in archive.files]
-    if missing:
-      raise ValueError(
-          f"{name}: missing arrays {missing} (has {archive.files}); write it "
-          "with np.savez(path, x_train=..., y_train=..., x_test=..., "
-          "y_test=..., class_names=...).")
-    arrays = {k: archive[k] for k in archive.files}
+  write_it = ("write it with np.savez(path, x_train=..., y_train=..., x_test=..., "
+              "y_test=...)")
+  arrays = _read_npz_arrays(p, name, write_it)
+  missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+  if missing:
+    raise ValueError(
+        f"{name}: missing arrays {missing} (has {sorted(arrays)}); write it "
+        "with np.savez(path, x_train=..., y_train=..., x_test=..., "
+        "y_test=..., class_names=...).")
   x_train = dataset_lib.as_uint8_images(arrays["x_train"], what=f"{name} x_train")
   x_test = dataset_lib.as_uint8_images(arrays["x_test"], what=f"{name} x_test")
   y_train = dataset_lib.as_int32_labels(arrays["y_train"], what=f"{name} y_train")
@@ -71,6 +67,51 @@ def load_npz(path: str) -> Dataset:
   else:
     class_names = dataset_lib.default_class_names(y_train, y_test, what=name)
   return Dataset(name, x_train, y_train, x_test, y_test, class_names)
+
+
+def _read_npz_arrays(p: pathlib.Path, name: str, write_it: str) -> dict[str, np.ndarray]:
+  """Every array of the ``.npz`` at ``p``; one message per way it is unreadable.
+
+  numpy reads a file that is neither a zip nor an ``.npy`` as a pickle and,
+  with pickles refused, blames "pickled data", which misleads: the file's
+  first bytes say what it is, so they are looked at first.
+
+  Args:
+    p: the file (it exists).
+    name: the data set's spec, for messages.
+    write_it: how to write a good file, for messages.
+
+  Returns:
+    key -> array.
+
+  Raises:
+    ValueError: not an .npz, truncated, a corrupted member, object arrays.
+  """
+  with open(p, "rb") as f:
+    head = f.read(6)
+  if head.startswith(b"\x93NUMPY"):
+    raise ValueError(f"{name}: the file is a single .npy array, not an .npz archive of "
+                     f"the named arrays x_train, y_train, x_test, y_test; {write_it}.")
+  if not head.startswith(b"PK"):
+    what = "empty" if not head else f"a file starting with {head[:4]!r}"
+    raise ValueError(f"{name}: the file is not an .npz file (an .npz is a zip archive; "
+                     f"this one is {what}); {write_it}.")
+  try:
+    with np.load(p, allow_pickle=False) as archive:
+      return {k: archive[k] for k in archive.files}
+  except zipfile.BadZipFile as e:
+    reason = "a member is corrupted" if "CRC" in str(e) else "it is truncated or damaged"
+    raise ValueError(f"{name}: the file cannot be read: {reason} ({e}); copy it "
+                     f"again, or {write_it}.") from e
+  except (zlib.error, EOFError, OSError) as e:
+    raise ValueError(f"{name}: the file cannot be read: a member is corrupted ({e}); "
+                     f"copy it again, or {write_it}.") from e
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"{name}: the file holds object (pickled) arrays, which are not "
+                       "loaded for safety; store numeric arrays (class_names as "
+                       f"strings): {write_it}.") from e
+    raise ValueError(f"{name}: the file cannot be read ({e}); {write_it}.") from e
 
 
 def _read_image(path: pathlib.Path):

@@ -196,6 +196,37 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+# The longest message :func:`main_process_refusal` carries (bytes of UTF-8).
+REFUSAL_BYTES = 4096
+
+
+def main_process_refusal(message: str | None) -> str | None:
+  """Process 0's refusal to go on, or None, the same on every process.
+
+  For a decision only process 0 can take (the work directory's lock, which
+  only it holds): it passes its refusal's message, the others pass None, and
+  every process gets process 0's message back, so all stop with it instead
+  of the others going on alone or waiting for a peer that has left. Every
+  process must call this at the same point (it is a collective); in a
+  single process it returns ``message``.
+
+  Args:
+    message: process 0's reason to stop (ignored on the other processes);
+      None or empty to go on.
+
+  Returns:
+    Process 0's message (at most :data:`REFUSAL_BYTES` bytes of it), or None.
+  """
+  if jax.process_count() == 1:
+    return message or None
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  buffer = np.zeros(REFUSAL_BYTES, np.uint8)
+  raw = (message or "").encode()[:REFUSAL_BYTES]
+  buffer[:len(raw)] = np.frombuffer(raw, np.uint8)
+  got = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+  return bytes(got).rstrip(b"\0").decode(errors="replace") or None
+
+
 # --------------------------------------------------------------------------
 # Shares of suspects.
 

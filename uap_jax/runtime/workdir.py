@@ -205,20 +205,30 @@ class Workdir:
     """Refuses at once when another run holds the lock; takes nothing.
 
     For the checks before a run's work: a busy directory is reported before
-    the data is loaded, and nothing is created or written.
+    the data is loaded, and nothing is created or written. The writing
+    process looks; in a multi-process run every process must call this, and
+    all get its answer (:func:`distributed.main_process_refusal`).
 
     Raises:
       WorkdirInUse: another live process holds ``WORKDIR/lock``.
     """
+    problem = self._in_use_problem() if self.is_writer else None
+    problem = distributed.main_process_refusal(problem)
+    if problem:
+      raise WorkdirInUse(problem)
+
+  def _in_use_problem(self) -> str | None:
+    """Who holds ``WORKDIR/lock`` (the message), None when nobody does."""
     path = self.path(LOCK_FILE)
     try:
       fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-      return
+      return None
     try:
       if not _try_flock(fd):
-        raise WorkdirInUse(_in_use_message(self.root, path, _read_holder(fd)))
+        return _in_use_message(self.root, path, _read_holder(fd))
       fcntl.flock(fd, fcntl.LOCK_UN)
+      return None
     finally:
       os.close(fd)
 
@@ -226,21 +236,33 @@ class Workdir:
   def lock(self) -> Iterator[None]:
     """Holds ``WORKDIR/lock`` (host, pid, start time) while the block runs.
 
-    Only the writing process locks; the others enter at once. A lock file
-    left by a process that died (``kill -9``, a crash) is not held by the
-    kernel any more: it is taken over with a warning. The file is removed
-    on exit, also when the block raises.
+    Only the writing process locks; in a multi-process run the others wait
+    for its outcome (:func:`distributed.main_process_refusal`) and stop with
+    its message when it could not lock, instead of running on alone. A lock
+    file left by a process that died (``kill -9``, a crash) is not held by
+    the kernel any more: it is taken over with a warning. The file is
+    removed on exit, also when the block raises.
 
     Yields:
       Nothing; the lock is held inside the block.
 
     Raises:
-      WorkdirInUse: another live process holds the lock.
+      WorkdirInUse: another live process holds the lock (on every process).
     """
     if not self.is_writer:
+      problem = distributed.main_process_refusal(None)
+      if problem:
+        raise WorkdirInUse(problem)
       yield
       return
-    fd = self._acquire()
+    try:
+      fd = self._acquire()
+    except Exception as e:
+      # The others stop with the same message (any failure: they must not
+      # wait in the collective for a process that has left).
+      distributed.main_process_refusal(str(e) or type(e).__name__)
+      raise
+    distributed.main_process_refusal(None)
     try:
       yield
     finally:
