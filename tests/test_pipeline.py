@@ -428,7 +428,7 @@ def test_kill_9_in_zoo_fingerprint_and_verify_then_rerun_is_bit_identical(tiny_r
 
   left = _kill_when(workdir, tmp_path / "fingerprint.log", lambda: marker("uap"),
                     "the uap stage finished")
-  assert left == {"victim", "zoo", "uap"}, left  # killed in the fingerprint stage
+  assert left == {"victim", "zoo", "reference", "uap"}, left  # killed in the fingerprint stage
   with open(tmp_path / "fingerprint.log") as f:
     log = f.read()
   assert "taking over the lock left by pid" in log
@@ -437,7 +437,7 @@ def test_kill_9_in_zoo_fingerprint_and_verify_then_rerun_is_bit_identical(tiny_r
   left = _kill_when(workdir, tmp_path / "verify.log", lambda: marker("encoder"),
                     "the encoder stage finished")
   # Killed in the verify stage.
-  assert left == {"victim", "zoo", "uap", "fingerprint", "encoder"}, left
+  assert left == {"victim", "zoo", "reference", "uap", "fingerprint", "encoder"}, left
 
   proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY], timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
