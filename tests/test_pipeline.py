@@ -730,3 +730,35 @@ def test_marker_over_missing_or_damaged_artefacts_reruns_that_stage(tmp_path):
   (tmp_path / "stages" / "victim.json").write_text("{")  # a damaged marker
   _artifact_run(stubs, tmp_path)
   assert stubs.calls == ["victim", "zoo", "uap"]
+
+
+def test_python_api_gives_the_command_lines_verdicts(tiny_run, tmp_path):
+  import uap_jax  # pylint: disable=g-import-not-at-top
+  workdir, _ = tiny_run
+  verifier = uap_jax.Verifier.from_workdir(workdir)
+  queries = verifier.export_queries(str(tmp_path / "queries.npz"))
+  stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
+  with np.load(queries) as q:
+    from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
+    probs = stack_lib.predict(stack, q["queries"], output="probs")[0]
+  answers = str(tmp_path / "api_victim.npz")
+  np.savez(answers, outputs=probs)
+  api, = verifier.verify_outputs(answers)
+  _run_in_process(workdir, "--stages=verify", f"--suspect={answers}")
+  with open(os.path.join(workdir, "verdicts", "api_victim.json")) as f:
+    cli, = json.load(f)["verdicts"]
+  assert api["verdict"] == cli["verdict"] and api["p_value"] == cli["p_value"]
+  # A white-box suspect as a bare function: the victim's own forward pass.
+  params = jax.tree.map(lambda v: v[0], stack.params)
+  rest = jax.tree.map(lambda v: v[0], stack.rest)
+  white = verifier.verify(stack.logits_fn, (params, rest), name="victim_fn")
+  assert white["verdict"] == cli["verdict"]
+  assert abs(white["similarity_mean"] - cli["similarity_mean"]) < 1e-4
+  with pytest.raises(ValueError, match="probabilities .* not logits"):
+    verifier.verify(lambda v, x: jax.nn.softmax(stack.logits_fn(v, x)), (params, rest))
+  with pytest.raises(ValueError, match="must return"):
+    verifier.verify(lambda v, x: stack.logits_fn(v, x)[:, :2], (params, rest))
+  with pytest.raises(ValueError, match="Unknown setting"):
+    uap_jax.Verifier.from_workdir(workdir, alpah=0.1)
+  with pytest.raises(FileNotFoundError, match="has not finished"):
+    uap_jax.Verifier.from_workdir(str(tmp_path / "empty"))

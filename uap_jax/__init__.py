@@ -4,7 +4,7 @@ The owner of a classifier (the *victim*) tells stolen copies of it from
 independent models. A run is a pipeline of stages, in the order the data
 flows::
 
-  victim -> zoo -> uap -> fingerprint -> encoder -> verify -> report
+  victim -> zoo -> reference -> uap -> fingerprint -> encoder -> verify -> report
 
 Where things are:
 
@@ -26,11 +26,25 @@ Where things are:
 * ``verify/``: the contrastive encoder, similarities, piracy tests, splits,
   summaries and reference methods (fingerprints -> verdicts).
 * ``report/``: results.json, report.md and plots of a finished run.
+* ``api.py``: :class:`Verifier`, suspects judged from Python against a
+  finished run (``uap_jax.Verifier.from_workdir(path)``).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+
+__all__ = ["Verifier", "__version__"]
+
+
+def __getattr__(name: str):
+  # Lazily, so that importing uap_jax.config (the command line's flags)
+  # does not start JAX.
+  if name == "Verifier":
+    from uap_jax.api import Verifier  # pylint: disable=g-import-not-at-top
+    return Verifier
+  raise AttributeError(f"module 'uap_jax' has no attribute {name!r}")
+
 
 try:
   __version__ = importlib.metadata.version("uap-jax")
