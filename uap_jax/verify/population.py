@@ -89,7 +89,7 @@ class Reference:
 
 
 def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
-              victim: int, num_classes: int) -> Reference:
+              victim: int, num_classes: int, minimum: int = 3) -> Reference:
   """The fit part of the calibration models, described.
 
   Args:
@@ -98,22 +98,28 @@ def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
     accuracy: ``(M,)`` :func:`point_accuracy` of every model.
     victim: the victim's index.
     num_classes: C.
+    minimum: the fewest fit references the test needs (3 for the
+      model-level tests, 2 for Welch's).
 
   Returns:
     The :class:`Reference`.
 
   Raises:
-    ValueError: fewer than 3 fit references remain.
+    ValueError: fewer than ``minimum`` fit references remain.
   """
   floor = accuracy_floor(float(accuracy[victim]), num_classes)
   fit = [int(i) for i in calib if accuracy[i] >= floor]
   left_out = [str(meta[i].get("name")) for i in calib if accuracy[i] < floor]
-  if len(fit) < 3:
+  if len(fit) < minimum and len(fit) < len(calib):
     raise ValueError(
         f"Only {len(fit)} of {len(calib)} calibration models reach point accuracy "
         f"{floor:.3f} (half way from chance to the victim's): the reference "
-        "needs >= 3. Train the reference bank longer (--zoo_epochs) or with "
-        "more models (--reference_per_recipe).")
+        f"needs >= {minimum}. Train the reference bank longer (--zoo_epochs) or "
+        "with more models (--reference_per_recipe).")
+  if len(fit) < minimum:
+    raise ValueError(
+        f"The reference holds {len(fit)} calibration model(s) and the test needs "
+        f">= {minimum}: add independents (--reference_per_recipe, --zoo_counts).")
   count = lambda key: _counts(meta[i].get(key) for i in fit)
   description = {
       "models": len(fit),

@@ -46,6 +46,11 @@ class Settings:
   train_frac: float = 0.5
   calib_frac: float = 0.25
 
+  @property
+  def min_reference(self) -> int:
+    """The fewest reference models the test takes."""
+    return 2 if self.method == "welch" else 3
+
   def test(self, method: str | None = None) -> dict[str, Any]:
     """Keyword arguments of :func:`uap_jax.verify.summary.evaluate`."""
     return dict(num_views=self.num_views, method=method or self.method, alpha=self.alpha)
@@ -124,7 +129,8 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
     else:
       fold_sims = sims
     try:
-      ref = population.reference(fold["calib"], meta, point_accuracy, victim, num_classes)
+      ref = population.reference(fold["calib"], meta, point_accuracy, victim, num_classes,
+                                   minimum=settings.min_reference)
       result = summary.evaluate_split(fold_sims, meta, fold["eval"], ref.index,
                                       point_accuracy, ref, **settings.test())
     except ValueError as e:
@@ -169,7 +175,8 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
       held = [i for i in bank if str(meta[i].get(by)) == group]
       others = [i for i in calib if str(meta[i].get(by)) != group]
       try:
-        ref = population.reference(others, meta, point_accuracy, victim, num_classes)
+        ref = population.reference(others, meta, point_accuracy, victim, num_classes,
+                             minimum=settings.min_reference)
       except ValueError as e:
         groups[group] = {"error": str(e)}
         continue
@@ -245,7 +252,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
                            num_classes=num_classes)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
-  ref = population.reference(split["calib"], meta, accuracy, victim, num_classes)
+  ref = population.reference(split["calib"], meta, accuracy, victim, num_classes,
+                             minimum=settings.min_reference)
   fit_split = dict(split, calib=ref.index)
   random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
                                   **settings.test())
@@ -314,7 +322,8 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     fps = layout.as_labels(fps, num_uaps, num_classes)
     suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
-  ref = population.reference(calib, meta, accuracy, victim, num_classes)
+  ref = population.reference(calib, meta, accuracy, victim, num_classes,
+                             minimum=settings.min_reference)
   score = lambda f: similarity.scores(settings.score, encoder, f, fps[victim],
                                       num_uaps=num_uaps, num_classes=num_classes)
   reference, sims = score(fps[ref.index]), score(suspect_fps)
