@@ -206,7 +206,7 @@ def test_label_answers_are_judged_by_a_probability_run():
       for i in range(m - 1)]
   copy = layout.as_labels(fps[:1], 1, c)            # the victim's own labels
   other = layout.as_labels(fps[5:6], 1, c)          # a reference model's labels
-  settings = protocols.Settings(alpha=1e-4, num_views=v)
+  settings = protocols.Settings(alpha=1e-4, num_views=v, score="uap_cosine")
   judge = lambda s, **kw: protocols.judge(
       None, s, fps, meta, 0, list(range(1, m)), settings, num_uaps=1, num_classes=c,
       point_labels=labels, **kw)

@@ -44,7 +44,7 @@ UAP_NORMS = ("2", "inf")
 POINT_RULES = ("kmeans", "margin", "random")
 FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
-SCORES = ("uap_cosine", "raw_cosine", "encoder")
+SCORES = ("encoder", "uap_cosine", "raw_cosine")
 AUGMENT_MODES = ("auto", "true", "false")
 
 
@@ -149,7 +149,7 @@ class Config:
   n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
   test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify", choices=TESTS)
-  score: str = _f("uap_cosine", "Per-view score tested: uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views) | encoder (the contrastive encoder's similarity, the paper's).", stage="verify", choices=SCORES)
+  score: str = _f("encoder", "Per-view score tested: encoder (the contrastive encoder's similarity, the paper's) | uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views).", stage="verify", choices=SCORES)
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
