@@ -25,9 +25,9 @@ from typing import Mapping
 from absl import logging
 
 from uap_jax import adapters
+from uap_jax.adapters import suspects
 from uap_jax import stages as stages_lib
 from uap_jax import zoo
-from uap_jax.fingerprint import blackbox
 from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
 from uap_jax.runtime import distributed
 from uap_jax.runtime import engine
@@ -75,7 +75,7 @@ def check(cfg: Config) -> None:
                      f"{cfg.split_calib}: {e}") from e
   _check_split_counts(cfg)
   if cfg.suspect:
-    blackbox.check_suspect(cfg.suspect)
+    suspects.check_sources(cfg.suspect)
   if cfg.victim and "victim" in cfg.stages:
     adapters.check_spec(cfg.victim)
   if os.path.exists(cfg.workdir) and not os.path.isdir(cfg.workdir):

@@ -7,8 +7,11 @@ encoder-free references (:func:`uap_jax.verify.protocols.evaluate_zoo`,
 similarities.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
-model in it is judged) or an ``.npz`` of a black-box suspect's recorded
-answers to ``WORKDIR/queries.npz`` (stage export_queries). Writes
+model in it is judged), any other model spec (``py:MODULE:FUNCTION``, a
+TorchScript or ``.keras`` file; :mod:`uap_jax.adapters`) or an ``.npz`` of a
+black-box suspect's recorded answers to ``WORKDIR/queries.npz`` (stage
+export_queries); or several of them, a comma list or a directory of them,
+fingerprinted and judged as one batch, one verdict file each. Writes
 ``verdicts/NAME.json``, NAME the suspect's file or folder name; a suspect at
 another path with the same name gets ``NAME-HASH.json`` (HASH from its
 absolute path), so no verdict replaces another's. ``verdicts/index.json`` and
@@ -25,7 +28,10 @@ import os
 import numpy as np
 from absl import logging
 
+from uap_jax import adapters
 from uap_jax import fingerprint as fp_lib
+from uap_jax.adapters import spec as spec_lib
+from uap_jax.adapters import suspects
 from uap_jax.fingerprint import blackbox
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
@@ -93,7 +99,13 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
     names = [os.path.splitext(os.path.basename(path))[0]]
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
         answers.clean, answers.perturbed, mode=fp.mode, outputs=answers.kind))[None]
-  suspect = checkpoint.load_stack(path)
+  if spec_lib.is_stack_checkpoint(path):
+    suspect = checkpoint.load_stack(path)
+  else:  # a model from anywhere: checked on the data, then one model's stack
+    adapter = adapters.check_against_data(path, ctx.data, flag="--suspect")
+    suspect = adapters.to_stack(
+        adapter, {"name": suspects.display_name(path), "source": path},
+        num_classes=ctx.data.num_classes, image_shape=ctx.data.image_shape)
   if suspect.num_classes != ctx.data.num_classes:
     raise ValueError(
         f"The suspect at {path} has {suspect.num_classes} classes but the victim "
@@ -105,21 +117,43 @@ def _suspect_fingerprints(ctx: RunContext, path: str) -> tuple[list[str], np.nda
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
-  blackbox.check_suspect(path)
+  return verify_sources(ctx, [path])[0]
+
+
+def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
+  """Verdicts on several suspects, judged as one batch; one file each.
+
+  Args:
+    ctx: the run's context.
+    sources: suspect sources (see :func:`uap_jax.adapters.suspects.split_sources`).
+
+  Returns:
+    Per source ``{"suspect", "verdicts", "file"}``.
+  """
+  for source in sources:
+    if suspects.is_answers(source) or not source.startswith("py:"):
+      blackbox.check_suspect(source)
   fp = ctx.artifacts.fingerprints
-  names, suspect_fps = _suspect_fingerprints(ctx, path)
-  results = protocols.judge(_saved_encoder(ctx), suspect_fps, fp.fps, fp.victim_index,
-                            ctx.artifacts.split()["calib"], _settings(ctx))
-  verdicts = []
-  for name, v in zip(names, results):
-    verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
-    logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
-                 v["verdict"], v["p_value"], v["confidence"], v["views_used"])
-  out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
-  file = save_verdicts(ctx.artifacts, ctx.workdir, out)
-  logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
-               ctx.workdir.path(_INDEX + ".md"))
-  return {**out, "file": file}
+  # Every model is checked and fingerprinted before any verdict is written.
+  per_source = [_suspect_fingerprints(ctx, source) for source in sources]
+  results = protocols.judge(_saved_encoder(ctx),
+                            np.concatenate([fps for _, fps in per_source]), fp.fps,
+                            fp.victim_index, ctx.artifacts.split()["calib"], _settings(ctx))
+  outs, start = [], 0
+  for source, (names, _) in zip(sources, per_source):
+    source_id = suspects.source_id(source)
+    verdicts = []
+    for name, v in zip(names, results[start:start + len(names)]):
+      verdicts.append(dict(suspect=name, source=source_id, **v))
+      logging.info("Suspect %s: %s (p = %.3g, confidence %.6f, %d views)", name,
+                   v["verdict"], v["p_value"], v["confidence"], v["views_used"])
+    start += len(names)
+    out = {"suspect": source_id, "verdicts": verdicts}
+    file = save_verdicts(ctx.artifacts, ctx.workdir, out)
+    logging.info("Verdicts on %s written to %s (all verdicts: %s).", source, file,
+                 ctx.workdir.path(_INDEX + ".md"))
+    outs.append({**out, "file": file})
+  return outs
 
 
 # The verdicts' own index; a suspect named "index" gets a hashed name.
@@ -141,8 +175,8 @@ def verdict_name(workdir: Workdir, source: str) -> str:
   Returns:
     NAME, without ``verdicts/`` and ``.json``.
   """
-  source = os.path.abspath(source)
-  stem = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+  stem = suspects.display_name(source)
+  source = suspects.source_id(source)
   digest = hashlib.sha256(source.encode()).hexdigest()
   candidates = ([stem] if stem and stem != "index" else []) + [
       f"{stem}-{digest[:8]}", f"{stem}-{digest}"]
@@ -218,9 +252,9 @@ def _index_markdown(entries: list[dict]) -> str:
 
 def run(ctx: RunContext) -> dict:
   if ctx.cfg.suspect:
-    out = verify_external(ctx, ctx.cfg.suspect)
-    return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]],
-            "file": out["file"]}
+    outs = verify_sources(ctx, suspects.split_sources(ctx.cfg.suspect))
+    return {"verdicts": [(v["suspect"], v["verdict"]) for o in outs for v in o["verdicts"]],
+            "file": outs[0]["file"], "files": [o["file"] for o in outs]}
   result, sims = evaluate_zoo(ctx)
   ctx.artifacts.save_verification(result, sims)
   r = result["protocols"]["random"]
