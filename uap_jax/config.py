@@ -99,7 +99,8 @@ class Config:
   independent_frac: float = _f(0.3, "Fraction for independent trainers (disjoint data).", stage="victim")
   augment: str = _f("auto", "Random crop + flip: auto (colour images only) | true | false.", stage="victim", choices=AUGMENT_MODES)
   # Victim.
-  victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models).", stage="victim")
+  victim_arch: str = _f("lenet5", "Victim architecture (see uap_jax.models); with --victim, the architecture of independents and of the first extraction student.", stage="victim")
+  victim: str = _f("", "Your own victim instead of training one: a stack checkpoint dir, py:MODULE:FUNCTION, a TorchScript file or a .keras file (empty: train --victim_arch).", stage="victim")
   width: float = _f(1.0, "Channel width multiplier of every model.", stage="victim")
   epochs: float = _f(8, "Victim training epochs.", stage="victim")
   batch_size: int = _f(128, "Training batch size.", stage="victim")

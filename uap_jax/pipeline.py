@@ -24,10 +24,11 @@ from typing import Mapping
 
 from absl import logging
 
+from uap_jax import adapters
+from uap_jax.adapters import suspects
 from uap_jax import stages as stages_lib
 from uap_jax import zoo
 from uap_jax.zoo import reference
-from uap_jax.fingerprint import blackbox
 from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
 from uap_jax.runtime import distributed
 from uap_jax.runtime import engine
@@ -76,7 +77,9 @@ def check(cfg: Config) -> None:
                      f"{cfg.split_calib}: {e}") from e
   _check_split_counts(cfg)
   if cfg.suspect:
-    blackbox.check_suspect(cfg.suspect)
+    suspects.check_sources(cfg.suspect)
+  if cfg.victim and "victim" in cfg.stages:
+    adapters.check_spec(cfg.victim)
   if os.path.exists(cfg.workdir) and not os.path.isdir(cfg.workdir):
     raise ValueError(f"--workdir={cfg.workdir} is a file, not a directory: name "
                      "a new or existing run directory.")
@@ -107,6 +110,8 @@ def check_data(cfg: Config, data, part_sizes: Mapping[str, int]) -> None:
   Raises:
     ValueError: naming the flags and the fix.
   """
+  if cfg.victim and "victim" in cfg.stages:
+    adapters.check_against_data(cfg.victim, data, flag="--victim")
   victim = int(part_sizes["victim"])
   if "fingerprint" in cfg.stages and cfg.fp_k * cfg.fp_v > victim:
     raise ValueError(
@@ -220,6 +225,9 @@ def _run_stages(cfg: Config, stages: Mapping[str, stages_lib.StageRun],
       results[stage] = stages[stage](ctx)
       continue
     settings = _as_json(cfg.stage_settings(stage))
+    if stage == "victim" and cfg.victim:
+      # The same spec over changed weights is another victim.
+      settings["victim_variables"] = ctx.given_victim_digest
     if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
       problem = _not_whole(ctx, stage, verify_artifacts)
       if problem:

@@ -48,9 +48,12 @@ def markdown(res: dict) -> str:
     leave-kind-out, references, other tests, suspects, seconds per stage.
   """
   v, u = res["victim"], res["uap"]
-  out = [f"# uap-jax report: {res['dataset']}", "",
-         f"Victim: {v['arch']} (width {v['width']}), test accuracy {v['test_accuracy']:.4f}, "
-         f"{v['parameters']} parameters, trained in {v['train_seconds']:.0f} s.", "",
+  victim_line = (
+      f"Victim: {v['spec']} (given), test accuracy {v['test_accuracy']:.4f}, "
+      f"{v['parameters']} parameters." if v.get("given") else
+      f"Victim: {v['arch']} (width {v['width']}), test accuracy {v['test_accuracy']:.4f}, "
+      f"{v['parameters']} parameters, trained in {v['train_seconds']:.0f} s.")
+  out = [f"# uap-jax report: {res['dataset']}", "", victim_line, "",
          (f"UAP: {u['algorithm']}, p = {u['p']}, xi = {u['xi']}; fooling rate on the victim "
           f"{_fmt(u['fooling_rate_train'])} (train) / {_fmt(u['fooling_rate_test'])} (test)."
           if u.get("num_uaps", 1) else "No UAP (--num_uaps=0): fingerprints of clean outputs only."), "",

@@ -147,10 +147,8 @@ def load_stack(directory: str) -> stack_lib.Stack:
   arch, arch_kwargs = meta["arch"], dict(meta["arch_kwargs"])
   if "image_shape" in arch_kwargs:
     arch_kwargs["image_shape"] = tuple(arch_kwargs["image_shape"])
-  models.check_arch(arch)
   k = len(meta["models"])
-  abstract = nnx.eval_shape(lambda: models.build(arch, **arch_kwargs))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(_abstract_model(arch, arch_kwargs), nnx.Param, ...)
   with_axis = lambda t: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((k,) + tuple(x.shape), x.dtype), t)
   target = {"params": with_axis(params), "rest": with_axis(rest)}
@@ -166,6 +164,18 @@ def load_stack(directory: str) -> stack_lib.Stack:
   return stack_lib.Stack(arch=arch, arch_kwargs=arch_kwargs, graphdef=graphdef,
                          params=state["params"], rest=state["rest"],
                          meta=list(meta["models"]))
+
+
+def _abstract_model(arch: str, arch_kwargs: dict) -> nnx.Module:
+  """The module a stack's checkpoint restores into (shapes only when built-in)."""
+  from uap_jax.adapters import base as adapter_base
+  if arch == adapter_base.ADAPTER_ARCH:
+    # A given model: its graphdef comes from its spec again (the run's own
+    # copies, such as fine-tuned ones, differ from it only in their arrays).
+    from uap_jax import adapters
+    return adapters.module_for_spec(arch_kwargs["spec"])
+  models.check_arch(arch)
+  return nnx.eval_shape(lambda: models.build(arch, **arch_kwargs))
 
 
 def save_arrays(directory: str, tree: PyTree, meta: dict | None = None,

@@ -74,6 +74,18 @@ class RunContext:
       logging.info("Partition: %s", {k: len(v) for k, v in parts.items()})
     return parts
 
+  @functools.cached_property
+  def given_victim(self):
+    """The owner's model of ``--victim`` (a :class:`uap_jax.adapters.ModelAdapter`)."""
+    from uap_jax import adapters
+    return adapters.load_model(self.cfg.victim)
+
+  @functools.cached_property
+  def given_victim_digest(self) -> str:
+    """Hash of the given victim's variables: a rerun notices a changed model."""
+    from uap_jax import adapters
+    return adapters.variables_digest(self.given_victim.variables)
+
   @property
   def augment(self) -> bool:
     """Whether training augments images (``--augment``; auto: colour only)."""

@@ -18,6 +18,7 @@ import time
 from absl import logging
 import numpy as np
 
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.workdir import Workdir
@@ -74,8 +75,11 @@ def run(ctx: RunContext) -> dict:
   Returns:
     A summary: models, stacks trained / reused, seconds to build.
   """
-  plans = bank_lib.plan_bank(ctx.cfg, victim_arch=ctx.artifacts.victim.arch
-                             if ctx.artifacts.has_victim() else None)
+  victim_arch = ctx.artifacts.victim.arch if ctx.artifacts.has_victim() else None
+  # A given victim (--victim) has no built-in architecture: the bank then
+  # uses --victim_arch, as the zoo's fresh models do.
+  plans = bank_lib.plan_bank(ctx.cfg, victim_arch=None if victim_arch == ADAPTER_ARCH
+                             else victim_arch)
   bank = bank_workdir(ctx)
   entries, stacks, trained, reused, seconds = [], [], [], [], 0.0
   start = time.time()

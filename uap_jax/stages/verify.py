@@ -7,9 +7,12 @@ encoder-free references (:func:`uap_jax.verify.protocols.evaluate_zoo`,
 similarities.
 
 With ``--suspect=PATH``: a checkpoint directory saved by this project (every
-model in it is judged) or an ``.npz`` of a black-box suspect's recorded
-answers to ``WORKDIR/queries.npz`` (stage export_queries); answers that do
-not look like a classifier's in query order
+model in it is judged), any other model spec (``py:MODULE:FUNCTION``, a
+TorchScript or ``.keras`` file; :mod:`uap_jax.adapters`) or an ``.npz`` of a
+black-box suspect's recorded answers to ``WORKDIR/queries.npz`` (stage
+export_queries); or several of them, a comma list or a directory of them,
+each checked and fingerprinted before any verdict is written, one verdict
+file each. Answers that do not look like a classifier's in query order
 (:mod:`uap_jax.fingerprint.controls`) get ``invalid_answers`` with the
 reason and no test. Writes
 ``verdicts/NAME.json``, NAME the suspect's file or folder name; a suspect at
@@ -28,7 +31,10 @@ import os
 import numpy as np
 from absl import logging
 
+from uap_jax import adapters
 from uap_jax import fingerprint as fp_lib
+from uap_jax.adapters import spec as spec_lib
+from uap_jax.adapters import suspects
 from uap_jax.fingerprint import blackbox
 from uap_jax.fingerprint import controls
 from uap_jax.runtime import checkpoint
@@ -121,7 +127,13 @@ def _suspect_fingerprints(ctx: RunContext, path: str
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
         answers.clean, answers.perturbed, mode="labels" if labels_only else fp.mode,
         outputs=answers.kind))[None], check, labels_only
-  suspect = checkpoint.load_stack(path)
+  if spec_lib.is_stack_checkpoint(path):
+    suspect = checkpoint.load_stack(path)
+  else:  # a model from anywhere: checked on the data, then one model's stack
+    adapter = adapters.check_against_data(path, ctx.data, flag="--suspect")
+    suspect = adapters.to_stack(
+        adapter, {"name": suspects.display_name(path), "source": path},
+        num_classes=ctx.data.num_classes, image_shape=ctx.data.image_shape)
   if suspect.num_classes != ctx.data.num_classes:
     raise ValueError(
         f"The suspect at {path} has {suspect.num_classes} classes but the victim "
@@ -133,32 +145,52 @@ def _suspect_fingerprints(ctx: RunContext, path: str
 
 def verify_external(ctx: RunContext, path: str) -> dict:
   """Verdict(s) on a suspect checkpoint or a recorded-outputs .npz."""
-  blackbox.check_suspect(path)
+  return verify_sources(ctx, [path])[0]
+
+
+def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
+  """Verdicts on several suspects, judged as one batch; one file each.
+
+  Args:
+    ctx: the run's context.
+    sources: suspect sources (see :func:`uap_jax.adapters.suspects.split_sources`).
+
+  Returns:
+    Per source ``{"suspect", "verdicts", "file"}``.
+  """
+  for source in sources:
+    if suspects.is_answers(source) or not source.startswith("py:"):
+      blackbox.check_suspect(source)
   fp = ctx.artifacts.fingerprints
-  names, suspect_fps, check, labels_only = _suspect_fingerprints(ctx, path)
-  if suspect_fps is None:
-    results = [controls.invalid_verdict(check)]
-  else:
-    results = protocols.judge(
-        _saved_encoder(ctx), suspect_fps, fp.fps, fp.models, fp.victim_index,
-        ctx.artifacts.split()["calib"], _settings(ctx), num_uaps=len(ctx.artifacts.uaps),
-        num_classes=ctx.data.num_classes, point_labels=point_labels(ctx),
-        labels_only=labels_only)
-    if check is not None:
-      results = [dict(v, answer_check=check.as_json()) for v in results]
-  verdicts = []
-  for name, v in zip(names, results):
-    verdicts.append(dict(suspect=name, source=os.path.abspath(path), **v))
-    if v["p_value"] is None:
-      logging.warning("Suspect %s: %s, not judged: %s", name, v["verdict"],
-                      v.get("reason", ""))
+  # Every model is checked and fingerprinted before any verdict is written.
+  per_source = [_suspect_fingerprints(ctx, source) for source in sources]
+  outs = []
+  for source, (names, suspect_fps, check, labels_only) in zip(sources, per_source):
+    if suspect_fps is None:
+      results = [controls.invalid_verdict(check)]
     else:
-      logging.info("Suspect %s: %s", name, v["statement"])
-  out = {"suspect": os.path.abspath(path), "verdicts": verdicts}
-  file = save_verdicts(ctx.artifacts, ctx.workdir, out)
-  logging.info("Verdicts on %s written to %s (all verdicts: %s).", path, file,
-               ctx.workdir.path(_INDEX + ".md"))
-  return {**out, "file": file}
+      results = protocols.judge(
+          _saved_encoder(ctx), suspect_fps, fp.fps, fp.models, fp.victim_index,
+          ctx.artifacts.split()["calib"], _settings(ctx), num_uaps=len(ctx.artifacts.uaps),
+          num_classes=ctx.data.num_classes, point_labels=point_labels(ctx),
+          labels_only=labels_only)
+      if check is not None:
+        results = [dict(v, answer_check=check.as_json()) for v in results]
+    source_id = suspects.source_id(source)
+    verdicts = []
+    for name, v in zip(names, results):
+      verdicts.append(dict(suspect=name, source=source_id, **v))
+      if v["p_value"] is None:
+        logging.warning("Suspect %s: %s, not judged: %s", name, v["verdict"],
+                        v.get("reason", ""))
+      else:
+        logging.info("Suspect %s: %s", name, v["statement"])
+    out = {"suspect": source_id, "verdicts": verdicts}
+    file = save_verdicts(ctx.artifacts, ctx.workdir, out)
+    logging.info("Verdicts on %s written to %s (all verdicts: %s).", source, file,
+                 ctx.workdir.path(_INDEX + ".md"))
+    outs.append({**out, "file": file})
+  return outs
 
 
 # The verdicts' own index; a suspect named "index" gets a hashed name.
@@ -180,8 +212,8 @@ def verdict_name(workdir: Workdir, source: str) -> str:
   Returns:
     NAME, without ``verdicts/`` and ``.json``.
   """
-  source = os.path.abspath(source)
-  stem = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+  stem = suspects.display_name(source)
+  source = suspects.source_id(source)
   digest = hashlib.sha256(source.encode()).hexdigest()
   candidates = ([stem] if stem and stem != "index" else []) + [
       f"{stem}-{digest[:8]}", f"{stem}-{digest}"]
@@ -262,9 +294,9 @@ def _index_markdown(entries: list[dict]) -> str:
 
 def run(ctx: RunContext) -> dict:
   if ctx.cfg.suspect:
-    out = verify_external(ctx, ctx.cfg.suspect)
-    return {"verdicts": [(v["suspect"], v["verdict"]) for v in out["verdicts"]],
-            "file": out["file"]}
+    outs = verify_sources(ctx, suspects.split_sources(ctx.cfg.suspect))
+    return {"verdicts": [(v["suspect"], v["verdict"]) for o in outs for v in o["verdicts"]],
+            "file": outs[0]["file"], "files": [o["file"] for o in outs]}
   result, sims = evaluate_zoo(ctx)
   ctx.artifacts.save_verification(result, sims)
   r = result["protocols"]["random"]

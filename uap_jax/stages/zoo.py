@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import time
 
+import jax
 from absl import logging
 
+from uap_jax import train
 from uap_jax import zoo as zoo_lib
 from uap_jax.runtime.context import RunContext
 
@@ -86,7 +88,12 @@ def run(ctx: RunContext) -> dict:
         f"({ctx.workdir.checkpoint_dir('victim')} holds no checkpoint): run "
         "--stages=victim,zoo, or point --workdir at a run with a trained victim.")
   victim = ctx.artifacts.victim
-  plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch)
+  skipped = zoo_lib.untrainable_kinds(
+      victim.params, has_head=any(jax.tree.leaves(train.head_mask(victim.params))))
+  skipped = {k: why for k, why in skipped.items() if cfg.kind_counts().get(k, 0)}
+  for kind, why in skipped.items():
+    logging.warning("Zoo kind %s: skipped, %s.", kind, why)
+  plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch, skip_kinds=tuple(skipped))
   digest = zoo_lib.victim_digest(victim)
 
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
@@ -114,7 +121,8 @@ def run(ctx: RunContext) -> dict:
   ctx.artifacts.save_zoo({
       "models": entries, "stacks": stacks, "seconds_per_kind": kind_seconds,
       "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind,
-      "extraction_faithfulness": faithfulness, "victim_digest": digest})
+      "extraction_faithfulness": faithfulness, "victim_digest": digest,
+      "skipped_kinds": skipped})
   if entries:
     logging.info("Zoo (%d models):\n%s", len(entries), zoo_lib.format_table(entries))
   for kind, seconds in kind_seconds.items():
@@ -123,4 +131,4 @@ def run(ctx: RunContext) -> dict:
   return {"models": len(entries), "stacks_trained": trained_keys,
           "stacks_reused": reused_keys, "seconds_per_kind": kind_seconds,
           "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind,
-          "extraction_faithfulness": faithfulness}
+          "extraction_faithfulness": faithfulness, "skipped_kinds": skipped}

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from uap_jax import models
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax import train
 from uap_jax.config import Config, KINDS, PIRACY_KINDS
 
@@ -72,7 +73,8 @@ def model_seed(run_seed: int, kind: str, arch: str, index: int) -> int:
   return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def archs_of_kind(kind: str, victim_arch: str, zoo_archs: Sequence[str]) -> list[str]:
+def archs_of_kind(kind: str, victim_arch: str, zoo_archs: Sequence[str],
+                  fresh_arch: str | None = None) -> list[str]:
   """Architectures that models of ``kind`` are spread over (round-robin).
 
   Extraction tries the victim's architecture and the others of
@@ -83,17 +85,25 @@ def archs_of_kind(kind: str, victim_arch: str, zoo_archs: Sequence[str]) -> list
     kind: zoo kind.
     victim_arch: the victim's architecture.
     zoo_archs: ``--zoo_archs``.
+    fresh_arch: the architecture of freshly initialised models that would
+      otherwise have the victim's (extraction, independent_seed /
+      independent_data); default ``victim_arch``. A given victim
+      (``--victim``) cannot be initialised afresh: its run uses
+      ``--victim_arch`` here.
 
   Returns:
     The architectures, without repeats, in round-robin order.
   """
   _check_kind(kind)
+  fresh_arch = fresh_arch or victim_arch
   others = [a for a in dict.fromkeys(zoo_archs)]
   if kind in EXTRACTION_KINDS:
-    return [victim_arch] + [a for a in others if a != victim_arch]
+    return [fresh_arch] + [a for a in others if a != fresh_arch]
   if kind in ("distill", "independent_arch"):
-    return others or [victim_arch]
-  return [victim_arch]
+    return others or [fresh_arch]
+  if kind in DERIVED_KINDS:
+    return [victim_arch]
+  return [fresh_arch]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,21 +246,28 @@ def check_config(cfg: Config) -> None:
                      f"{cfg.adv_eps}.")
 
 
-def plan_zoo(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
+def plan_zoo(cfg: Config, victim_arch: str | None = None,
+             skip_kinds: Sequence[str] = ()) -> list[StackPlan]:
   """Plans the zoo: one :class:`StackPlan` per kind and architecture.
 
   Args:
     cfg: the run's settings (checked here).
-    victim_arch: the victim's architecture (default ``cfg.victim_arch``).
+    victim_arch: the victim's architecture (default ``cfg.victim_arch``);
+      for a given victim (``adapter``), fresh models use ``cfg.victim_arch``.
+    skip_kinds: kinds not planned (white-box kinds of a victim that cannot
+      be trained, see :func:`untrainable_kinds`).
 
   Returns:
     Plans in kind order (``--zoo_kinds``), skipping kinds with no models.
   """
   check_config(cfg)
   victim_arch = victim_arch or cfg.victim_arch
+  fresh_arch = cfg.victim_arch if victim_arch == ADAPTER_ARCH else victim_arch
   plans = []
   for kind, count in cfg.kind_counts().items():
-    archs = archs_of_kind(kind, victim_arch, cfg.zoo_archs)
+    if kind in skip_kinds:
+      continue
+    archs = archs_of_kind(kind, victim_arch, cfg.zoo_archs, fresh_arch)
     for arch in archs:
       index = [i for i in range(count) if archs[i % len(archs)] == arch]
       if not index:
@@ -260,6 +277,29 @@ def plan_zoo(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
           seeds=tuple(model_seed(cfg.seed, kind, arch, i) for i in index),
           hparams=tuple(_hparams(cfg, kind, i) for i in index), run_seed=int(cfg.seed)))
   return plans
+
+
+def untrainable_kinds(params, *, has_head: bool) -> dict[str, str]:
+  """The white-box kinds a victim cannot be made into, and why.
+
+  Args:
+    params: the victim's trainable parameters (any pytree; no leaves: it
+      cannot be trained).
+    has_head: whether its final layer is known.
+
+  Returns:
+    ``{kind: reason}`` for each of :data:`DERIVED_KINDS` that must be
+    skipped (empty for every built-in architecture).
+  """
+  import jax
+  if not jax.tree.leaves(params):
+    reason = ("the given victim has no trainable parameters (its adapter's "
+              "trainable is None)")
+    return {k: reason for k in DERIVED_KINDS}
+  if not has_head:
+    return {"finetune_last": "the given victim's final layer is unknown (its "
+                             "adapter's head is None)"}
+  return {}
 
 
 def extraction_steps(hparams: dict, n_images: int) -> int:
