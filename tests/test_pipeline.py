@@ -169,8 +169,8 @@ def test_stub_outside_suspect_is_judged_every_time_without_a_marker(tmp_path):
   stubs = Stubs()
   _stub_run(stubs, tmp_path)
   (tmp_path / "stages" / "verify.json").unlink()
-  suspect = tmp_path / "suspect_checkpoint"  # pipeline.check wants it to exist
-  suspect.mkdir()
+  suspect = tmp_path / "answers.npz"  # pipeline.check wants a readable suspect
+  np.savez(suspect, outputs=np.zeros((4, 3), np.float32))
   for _ in range(2):
     _stub_run(stubs, tmp_path, stages=["verify"], suspect=str(suspect))
     assert stubs.calls == ["verify"]
@@ -506,13 +506,13 @@ def test_wrong_recorded_outputs_are_refused(tiny_run, tmp_path):
 @pytest.mark.parametrize("flag, message", [
     ("--dataset=nope", "nope"),
     ("--victim_arch=resnet99", "Unknown architecture"),
-    ("--zoo_kinds=steal", "unknown kind"),
+    ("--zoo_kinds=steal", "unknown 'steal'"),
     ("--zoo_count=-1", "zoo_count"),
     ("--prune_ratios=1.5", "prune_ratios"),
     ("--uap_p=3", "uap_p"),
     ("--uap_xi=0", "uap_xi"),
     ("--uap_delta=1.5", "uap_delta"),
-    ("--stages=victim,steal", "unknown stage"),
+    ("--stages=victim,steal", "unknown 'steal'"),
     ("--strategy=pmap", "strategy"),
     ("--victim_frac=0.9", "victim_frac"),
 ])
