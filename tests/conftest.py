@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -26,3 +27,11 @@ def requires_cifar10_10k():
 
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# One persistent XLA compilation cache for the whole suite, its xdist workers
+# and the command-line runs they start (which inherit the environment): the
+# suite compiles the same tiny programs in many processes. Set before any
+# test module imports jax.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"uap_jax_tests_xla_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Any
 
 STAGES = ("victim", "zoo", "reference", "uap", "fingerprint", "encoder", "verify",
@@ -90,6 +91,7 @@ class Config:
   coordinator_address: str = _f("", "HOST:PORT of process 0 (empty: detected).")
   num_processes: int = _f(0, "Number of processes (0: detected).")
   process_id: int = _f(-1, "This process, 0..N-1 (-1: detected).")
+  compile_cache: str = _f("auto", "Persistent XLA compilation cache, so reruns and --stages=verify calls skip recompiling: auto ($JAX_COMPILATION_CACHE_DIR, else ~/.cache/uap-jax/xla) | none | DIR.")
   share_mode: str = _f("contiguous", "How suspects are shared among processes.", choices=SHARE_MODES)
   # Data.
   dataset: str = _f("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | idx:DIR | tfds:NAME (with --data_dir).", stage="victim")
@@ -168,6 +170,11 @@ class Config:
       raise ValueError("--workdir is empty: name the run's directory, e.g. "
                        "--workdir=runs/quickstart.")
     self._check_finite()
+    cache = os.path.expanduser(str(self.compile_cache))
+    if not cache.strip() or (cache not in ("auto", "none") and os.path.exists(cache)
+                             and not os.path.isdir(cache)):
+      raise ValueError(f"--compile_cache={self.compile_cache!r}: give auto, none or a "
+                       "directory (it is created if missing).")
     bad = [s for s in self.stages if s not in STAGES]
     if bad:
       raise ValueError(f"--stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")

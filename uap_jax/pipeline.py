@@ -30,6 +30,7 @@ from uap_jax import stages as stages_lib
 from uap_jax import zoo
 from uap_jax.zoo import reference
 from uap_jax.config import Config, INDEPENDENT_KINDS, STAGES
+from uap_jax.runtime import compile_cache
 from uap_jax.runtime import distributed
 from uap_jax.runtime import engine
 from uap_jax.runtime import sharding
@@ -174,6 +175,7 @@ def run(cfg: Config, stages: Mapping[str, stages_lib.StageRun] | None = None, *,
   # Before any other JAX use: a multi-process run must start first.
   distributed.initialize_from(cfg.coordinator_address, cfg.num_processes,
                               cfg.process_id, cfg.distributed)
+  compile_cache.enable(cfg.compile_cache)
   if cfg.mesh:
     sharding.set_default_mesh(cfg.mesh)
   if verify_artifacts is None:
