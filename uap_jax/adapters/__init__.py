@@ -70,7 +70,34 @@ def check_against_data(spec: str, data, *, flag: str, count: int = 8) -> ModelAd
   return adapter
 
 
+def fresh_stack(victim, seeds, meta: list[dict]):
+  """Models of a given victim's own architecture, freshly initialised.
+
+  Args:
+    victim: the run's victim stack, arch :data:`ADAPTER_ARCH` (its spec
+      names the model).
+    seeds: one initialisation seed per model.
+    meta: one metadata entry per model.
+
+  Returns:
+    The stack (the victim's graphdef, new variables).
+
+  Raises:
+    ValueError: the victim's adapter has no ``init_fn``.
+  """
+  adapter = load_model(victim.arch_kwargs["spec"])
+  if adapter.init_fn is None:
+    raise ValueError(f"The victim {adapter.spec!r} cannot be initialised afresh "
+                     "(its adapter has no init_fn).")
+  for m, seed in zip(meta, seeds):
+    m.setdefault("seed", int(seed))
+  return to_stack(adapter, meta, num_classes=victim.arch_kwargs["num_classes"],
+                  image_shape=victim.arch_kwargs["image_shape"],
+                  variables=[adapter.init_fn(int(s)) for s in seeds])
+
+
 __all__ = [
+    "fresh_stack",
     "check_against_data",
     "ADAPTER_ARCH", "AdapterModule", "ModelAdapter", "check_outputs", "module_of",
     "to_stack", "variables_digest", "from_nnx", "check_spec", "is_stack_checkpoint",

@@ -48,6 +48,11 @@ class ModelAdapter:
     class_names: the classes' names, in logit order, or None.
     input_shape: ``(H, W, C)`` the model needs, or None (any size).
     spec: where it came from (``--victim`` / ``--suspect`` syntax).
+    init_fn: ``seed -> variables``: the same architecture freshly
+      initialised (the structure of ``variables``), or None. With it, the
+      zoo's and the reference's independent models of a given victim have
+      the victim's own architecture, so that an architecture is never
+      evidence of piracy; without it they use ``--victim_arch``.
   """
   name: str
   logits_fn: LogitsFn
@@ -57,6 +62,7 @@ class ModelAdapter:
   class_names: Sequence[str] | None = None
   input_shape: tuple[int, int, int] | None = None
   spec: str = ""
+  init_fn: Callable[[int], PyTree] | None = None
 
   @property
   def is_trainable(self) -> bool:
@@ -161,28 +167,41 @@ def module_of(adapter: ModelAdapter) -> AdapterModule:
   return AdapterModule(adapter.logits_fn, adapter.variables, trainable, head)
 
 
-def to_stack(adapter: ModelAdapter, meta: dict, *, num_classes: int,
-             image_shape: Sequence[int]):
+def to_stack(adapter: ModelAdapter, meta: dict | Sequence[dict], *, num_classes: int,
+             image_shape: Sequence[int], variables: Sequence[PyTree] | None = None):
   """A one-model stack that runs ``adapter`` (arch :data:`ADAPTER_ARCH`).
 
   Args:
     adapter: the model (its ``spec`` is what a saved copy reloads from).
-    meta: the model's metadata (name, kind, family, ...).
+    meta: the model's metadata (name, kind, family, ...), or one entry per
+      model of ``variables``.
     num_classes: its logit count (checked against the data beforehand).
     image_shape: ``(H, W, C)`` of the run's images.
+    variables: other variables of the same architecture, one per model
+      (for example ``adapter.init_fn(seed)`` per seed); default: the
+      adapter's own, one model.
 
   Returns:
     The :class:`~uap_jax.runtime.stack.Stack`.
   """
   from uap_jax.runtime import engine
   from uap_jax.runtime import stack as stack_lib
-  graphdef, params, rest = nnx.split(module_of(adapter), nnx.Param, ...)
+  metas = [dict(meta)] if isinstance(meta, dict) else [dict(m) for m in meta]
+  variables = [adapter.variables] if variables is None else list(variables)
+  if len(metas) != len(variables):
+    raise ValueError(f"{len(metas)} metadata entries for {len(variables)} models.")
+  params, rest, graphdef = [], [], None
+  for v in variables:
+    graphdef, p, r = nnx.split(module_of(dataclasses.replace(adapter, variables=v)),
+                               nnx.Param, ...)
+    params.append(p)
+    rest.append(r)
   return stack_lib.Stack(
       arch=ADAPTER_ARCH,
       arch_kwargs={"spec": adapter.spec, "num_classes": int(num_classes),
                    "image_shape": tuple(int(s) for s in image_shape)},
-      graphdef=graphdef, params=engine.stack_trees([params]),
-      rest=engine.stack_trees([rest]), meta=[dict(meta)])
+      graphdef=graphdef, params=engine.stack_trees(params),
+      rest=engine.stack_trees(rest), meta=metas)
 
 
 def check_outputs(adapter: ModelAdapter, images: np.ndarray, num_classes: int,

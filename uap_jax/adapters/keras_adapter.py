@@ -44,7 +44,8 @@ def from_keras(model, spec: str = "", name: str = "") -> ModelAdapter:
   The model must map float32 [0, 1] NHWC images to logits (normalising
   inside, e.g. with a ``Rescaling`` or ``Normalization`` layer). Its
   trainable variables are trainable; its last layer with weights is the
-  final layer.
+  final layer. Fresh models of its architecture come from
+  ``keras.models.clone_model``.
 
   Args:
     model: a built ``keras.Model``.
@@ -72,7 +73,30 @@ def from_keras(model, spec: str = "", name: str = "") -> ModelAdapter:
   return ModelAdapter(
       name=name or model.name, logits_fn=logits_fn, variables=(trainable, frozen),
       trainable=([True] * len(trainable), [False] * len(frozen)),
-      head=(head, [False] * len(frozen)), input_shape=input_shape, spec=spec)
+      head=(head, [False] * len(frozen)), input_shape=input_shape, spec=spec,
+      init_fn=_reinitializer(model, (trainable, frozen)))
+
+
+def _reinitializer(model, variables):
+  """``seed -> variables`` of the model's architecture freshly initialised
+  (``keras.models.clone_model``: new layers, their own initialisers), or None
+  when the clone's variables do not line up with the model's."""
+  keras = import_keras()
+  import jax
+
+  def init_fn(seed: int):
+    keras.utils.set_random_seed(int(seed))
+    clone = keras.models.clone_model(model)
+    return ([v.value for v in clone.trainable_variables],
+            [v.value for v in clone.non_trainable_variables])
+
+  try:
+    probe = init_fn(12345)
+  except Exception:  # a subclassed model that cannot be cloned
+    return None
+  same = jax.tree.structure(probe) == jax.tree.structure(variables) and all(
+      a.shape == b.shape for a, b in zip(jax.tree.leaves(probe), jax.tree.leaves(variables)))
+  return init_fn if same else None
 
 
 def load_keras_file(path: str) -> ModelAdapter:

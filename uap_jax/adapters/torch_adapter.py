@@ -52,13 +52,62 @@ def _module_prefix(name: str) -> str:
   return name.rpartition(".")[0]
 
 
+def _state(module) -> dict:
+  import torch2jax
+  return {k: torch2jax.t2j_array(v.detach().cpu().contiguous())
+          for k, v in module.state_dict().items()}
+
+
+def reinitializer(module):
+  """``seed -> state`` of the module's architecture freshly initialised, or None.
+
+  Every submodule's own ``reset_parameters()`` (torch's initialisers, and
+  BatchNorm's statistics reset) runs on a copy under ``torch.manual_seed(seed)``
+  (the global torch RNG is restored after). A parameter that no
+  ``reset_parameters`` reaches (one held by a module without that method)
+  would keep the victim's values, and a "fresh" model would then be part
+  copy: then there is no initialiser (None).
+
+  Args:
+    module: a ``torch.nn.Module``.
+
+  Returns:
+    The function, or None when some parameter is not re-initialised.
+  """
+  import copy
+  import torch
+
+  def fresh_module(seed: int):
+    fresh = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[]):
+      torch.manual_seed(int(seed))
+      for m in fresh.modules():
+        if callable(getattr(m, "reset_parameters", None)):
+          m.reset_parameters()
+    return fresh.eval()
+
+  for m in module.modules():
+    if (not callable(getattr(m, "reset_parameters", None))
+        and any(True for _ in m.parameters(recurse=False))):
+      return None
+
+  def init_fn(seed: int) -> dict:
+    state = _state(fresh_module(seed))
+    names = [n for n, _ in module.named_parameters()]
+    return {"params": {k: state[k] for k in names},
+            "buffers": {k: v for k, v in state.items() if k not in names}}
+
+  return init_fn
+
+
 def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
   """A torch classifier as an adapter.
 
   The module must map float32 [0, 1] images, NCHW, to logits (normalising
   inside). Its parameters are trainable; its buffers (BatchNorm statistics)
   are not; the module that holds the last parameter (in registration order)
-  is the final layer.
+  is the final layer. Fresh models of its architecture come from its
+  submodules' ``reset_parameters`` (:func:`reinitializer`).
 
   Args:
     module: a ``torch.nn.Module`` (put in eval mode).
@@ -83,8 +132,7 @@ def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
   _extend_torch2jax()
   module = module.eval()
   forward = torch2jax.t2j_module(module)
-  state = {k: torch2jax.t2j_array(v.detach().cpu().contiguous())
-           for k, v in module.state_dict().items()}
+  state = _state(module)
   param_names = [n for n, _ in module.named_parameters()]
   params = {k: state[k] for k in param_names}
   buffers = {k: v for k, v in state.items() if k not in params}
@@ -100,4 +148,4 @@ def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
       trainable={"params": {k: True for k in params}, "buffers": {k: False for k in buffers}},
       head={"params": {k: _module_prefix(k) == last for k in params},
             "buffers": {k: False for k in buffers}},
-      spec=spec)
+      spec=spec, init_fn=reinitializer(module))

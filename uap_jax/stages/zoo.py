@@ -17,6 +17,7 @@ from absl import logging
 
 from uap_jax import train
 from uap_jax import zoo as zoo_lib
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.runtime.context import RunContext
 
 
@@ -69,6 +70,24 @@ def _log_faithfulness(faithfulness: dict | None) -> None:
         "--query_budget)")
 
 
+def _victim_reinit(victim) -> bool:
+  """Whether fresh models can have a given victim's own architecture."""
+  if victim.arch != ADAPTER_ARCH:
+    return False
+  from uap_jax import adapters  # pylint: disable=g-import-not-at-top
+  if adapters.load_model(victim.arch_kwargs["spec"]).init_fn is not None:
+    logging.info("Zoo: fresh models (extraction students, independent_seed, "
+                 "independent_data) have the given victim's own architecture, "
+                 "freshly initialised.")
+    return True
+  logging.warning("Zoo: the given victim's architecture cannot be initialised afresh "
+                  "(its adapter has no init_fn), so independents of its architecture "
+                  "are missing and fresh models use --victim_arch; an architecture "
+                  "like the victim's may then read as piracy. Give the adapter an "
+                  "init_fn (see uap_jax.adapters.ModelAdapter).")
+  return False
+
+
 def run(ctx: RunContext) -> dict:
   """Trains the missing zoo stacks, evaluates and saves them; writes ``zoo.json``.
 
@@ -93,7 +112,9 @@ def run(ctx: RunContext) -> dict:
   skipped = {k: why for k, why in skipped.items() if cfg.kind_counts().get(k, 0)}
   for kind, why in skipped.items():
     logging.warning("Zoo kind %s: skipped, %s.", kind, why)
-  plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch, skip_kinds=tuple(skipped))
+  reinit = _victim_reinit(victim)
+  plans = zoo_lib.plan_zoo(cfg, victim_arch=victim.arch, skip_kinds=tuple(skipped),
+                           victim_reinit=reinit)
   digest = zoo_lib.victim_digest(victim)
 
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
@@ -122,7 +143,7 @@ def run(ctx: RunContext) -> dict:
       "models": entries, "stacks": stacks, "seconds_per_kind": kind_seconds,
       "cpu_seconds_per_kind": kind_cpu, "per_kind": per_kind,
       "extraction_faithfulness": faithfulness, "victim_digest": digest,
-      "skipped_kinds": skipped})
+      "skipped_kinds": skipped, "fresh_models_of_victim_arch": reinit})
   if entries:
     logging.info("Zoo (%d models):\n%s", len(entries), zoo_lib.format_table(entries))
   for kind, seconds in kind_seconds.items():

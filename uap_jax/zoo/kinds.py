@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uap_jax import train
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.runtime import engine
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.zoo import queries
@@ -71,6 +72,9 @@ class Job:
 
   def fresh(self) -> stack_lib.Stack:
     """Freshly initialised models of the plan (one per seed)."""
+    if self.plan.arch == ADAPTER_ARCH:  # the given victim's own architecture
+      from uap_jax import adapters  # pylint: disable=g-import-not-at-top
+      return adapters.fresh_stack(self.victim, list(self.plan.seeds), self.meta)
     return stack_lib.create(self.plan.arch, list(self.plan.seeds), meta=self.meta,
                             **self.arch_kwargs)
 

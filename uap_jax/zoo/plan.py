@@ -247,22 +247,27 @@ def check_config(cfg: Config) -> None:
 
 
 def plan_zoo(cfg: Config, victim_arch: str | None = None,
-             skip_kinds: Sequence[str] = ()) -> list[StackPlan]:
+             skip_kinds: Sequence[str] = (), *,
+             victim_reinit: bool = False) -> list[StackPlan]:
   """Plans the zoo: one :class:`StackPlan` per kind and architecture.
 
   Args:
     cfg: the run's settings (checked here).
     victim_arch: the victim's architecture (default ``cfg.victim_arch``);
-      for a given victim (``adapter``), fresh models use ``cfg.victim_arch``.
+      for a given victim (``adapter``), fresh models have its architecture
+      when ``victim_reinit``, else ``cfg.victim_arch``.
     skip_kinds: kinds not planned (white-box kinds of a victim that cannot
       be trained, see :func:`untrainable_kinds`).
+    victim_reinit: whether a given victim's architecture can be initialised
+      afresh (its adapter has an ``init_fn``).
 
   Returns:
     Plans in kind order (``--zoo_kinds``), skipping kinds with no models.
   """
   check_config(cfg)
   victim_arch = victim_arch or cfg.victim_arch
-  fresh_arch = cfg.victim_arch if victim_arch == ADAPTER_ARCH else victim_arch
+  fresh_arch = (cfg.victim_arch if victim_arch == ADAPTER_ARCH and not victim_reinit
+                else victim_arch)
   plans = []
   for kind, count in cfg.kind_counts().items():
     if kind in skip_kinds:
