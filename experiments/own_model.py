@@ -1,0 +1,225 @@
+"""Protect your own model: the README's walk-through, as a model owner runs it.
+
+A PyTorch CNN is the owner's model (the victim); a pirate fine-tunes a copy
+of it; a stranger trains an unrelated torch CNN. uap-jax fingerprints the
+victim, then judges both suspects, white box (their torch modules) and black
+box (their answers to the exported queries, as an API would give them).
+
+Steps (each a command; ``all`` runs them in order, times them and writes
+``experiments/results/own_model.md``):
+
+  python experiments/own_model.py train            # the three torch models
+  uap-jax --preset=quickstart --workdir=runs/own_model \
+      --victim=py:experiments/own_model.py:victim  # fingerprint the victim
+  uap-jax --preset=quickstart --workdir=runs/own_model \
+      --victim=py:experiments/own_model.py:victim --stages=verify \
+      --suspect=py:experiments/own_model.py:finetuned,py:experiments/own_model.py:independent
+  python experiments/own_model.py answer           # the suspects answer queries.npz
+  uap-jax --preset=quickstart --workdir=runs/own_model \
+      --victim=py:experiments/own_model.py:victim --stages=verify \
+      --suspect=runs/own_model/answers
+
+The functions ``victim``, ``finetuned`` and ``independent`` are what the
+``py:`` specs name: each returns a torch ``nn.Module`` with its weights
+loaded, mapping float [0, 1] NCHW images to logits (uap-jax hands it NHWC
+images and transposes them). Needs ``pip install -e '.[torch]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKDIR = os.environ.get("OWN_MODEL_WORKDIR", os.path.join(REPO, "runs", "own_model"))
+MODELS = os.path.join(WORKDIR, "torch_models")
+SPEC = "py:" + os.path.relpath(os.path.abspath(__file__), REPO)
+
+
+def _net():
+  import torch  # pylint: disable=g-import-not-at-top
+  nn = torch.nn
+  return nn.Sequential(
+      nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _load(name: str):
+  import torch  # pylint: disable=g-import-not-at-top
+  path = os.path.join(MODELS, f"{name}.pt")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run `python experiments/own_model.py "
+                            "train` first.")
+  model = _net()
+  model.load_state_dict(torch.load(path, map_location="cpu"))
+  return model.eval()
+
+
+def victim():
+  """The owner's model."""
+  return _load("victim")
+
+
+def finetuned():
+  """The pirate's copy: the victim fine-tuned on other images."""
+  return _load("finetuned")
+
+
+def independent():
+  """A stranger's model: the same architecture, its own seed and images."""
+  return _load("independent")
+
+
+def _fit(model, x, y, *, epochs: float, lr: float, seed: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  images = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+  labels = torch.from_numpy(y.astype(np.int64))
+  opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+  steps = int(round(epochs * len(images) / 64))
+  model.train()
+  order = torch.cat([torch.randperm(len(images)) for _ in range(int(np.ceil(epochs)) + 1)])
+  for step in range(steps):
+    idx = order[step * 64:(step + 1) * 64]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(images[idx]), labels[idx]).backward()
+    opt.step()
+  return model.eval()
+
+
+def _accuracy(model, x, y) -> float:
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    images = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+    return float((model(images).argmax(1).numpy() == y).mean())
+
+
+def train() -> dict:
+  """Trains the victim on half of mnist5k's training images, the fine-tuned
+  copy from it on the other half, and the independent model from scratch on
+  that other half; saves their state_dicts."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from uap_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  data = data_lib.load_dataset("mnist5k")
+  half = len(data.y_train) // 2
+  own = (data.x_train[:half], data.y_train[:half])
+  other = (data.x_train[half:], data.y_train[half:])
+  os.makedirs(MODELS, exist_ok=True)
+  torch.manual_seed(0)
+  models = {"victim": _fit(_net(), *own, epochs=8, lr=0.05, seed=0)}
+  copy = _net()
+  copy.load_state_dict(models["victim"].state_dict())
+  models["finetuned"] = _fit(copy, *other, epochs=1, lr=0.01, seed=1)
+  torch.manual_seed(2)
+  models["independent"] = _fit(_net(), *other, epochs=8, lr=0.05, seed=2)
+  accuracy = {}
+  for name, model in models.items():
+    torch.save(model.state_dict(), os.path.join(MODELS, f"{name}.pt"))
+    accuracy[name] = _accuracy(model, data.x_test, data.y_test)
+    print(f"{name}: test accuracy {accuracy[name]:.4f} -> {MODELS}/{name}.pt", flush=True)
+  return accuracy
+
+
+def answer() -> list[str]:
+  """Each suspect answers the exported queries with its probabilities, as an
+  API would; the answers go to WORKDIR/answers/NAME.npz."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with np.load(os.path.join(WORKDIR, "queries.npz")) as f:
+    queries = f["queries"]
+  images = torch.from_numpy(np.transpose(queries, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+  out = os.path.join(WORKDIR, "answers")
+  os.makedirs(out, exist_ok=True)
+  paths = []
+  for name, model in (("finetuned", finetuned()), ("independent", independent())):
+    with torch.no_grad():
+      probs = torch.softmax(model(images), dim=1).numpy()
+    paths.append(os.path.join(out, f"{name}.npz"))
+    np.savez(paths[-1], outputs=probs, kind="probs")
+    print(f"{name}: {len(probs)} answers -> {paths[-1]}", flush=True)
+  return paths
+
+
+def _uap_jax(*flags: str) -> None:
+  command = [sys.executable, "-m", "uap_jax.main", "--preset=quickstart",
+             f"--workdir={WORKDIR}", f"--victim={SPEC}:victim", *flags]
+  print("$", " ".join(command[2:]), flush=True)
+  subprocess.run(command, cwd=REPO, check=True)
+
+
+def _verdicts(folder: str) -> list[dict]:
+  rows = []
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".json") and not name.startswith("summary"):
+      with open(os.path.join(folder, name)) as f:
+        rows.extend(json.load(f)["verdicts"])
+  return rows
+
+
+def run_all(out: str) -> None:
+  """Every step in order, timed; the verdicts and times go to ``out``."""
+  times, rows = {}, []
+  start = time.time()
+  accuracy = train()
+  times["train the three torch models"] = time.time() - start
+  start = time.time()
+  _uap_jax()
+  times["fingerprint the victim (the quickstart around it)"] = time.time() - start
+  white = ",".join(f"{SPEC}:{name}" for name in ("finetuned", "independent"))
+  start = time.time()
+  _uap_jax("--stages=verify", f"--suspect={white}")
+  times["judge both suspects white box"] = time.time() - start
+  rows += [("white box", v) for v in _verdicts(os.path.join(WORKDIR, "verdicts"))
+           if v["suspect"].startswith(SPEC)]
+  start = time.time()
+  answer()
+  _uap_jax("--stages=verify", f"--suspect={os.path.join(WORKDIR, 'answers')}")
+  times["answer the queries and judge the answers"] = time.time() - start
+  rows += [("black box", v) for v in _verdicts(os.path.join(WORKDIR, "verdicts"))
+           if "answers" in v["suspect"]]
+  lines = [
+      "# Protect your own model: the walk-through's verdicts",
+      "",
+      f"Made by `python experiments/own_model.py all` ({time.strftime('%Y-%m-%d')}, "
+      f"{os.cpu_count()} CPUs). Torch test accuracy: " + ", ".join(
+          f"{k} {v:.4f}" for k, v in accuracy.items()) + ".",
+      "",
+      "| suspect | access | verdict | p-value | similarity | statement |",
+      "|---|---|---|---|---|---|",
+  ]
+  for access, v in rows:
+    p = "-" if v.get("p_value") is None else f"{v['p_value']:.2g}"
+    sim = "-" if v.get("similarity_mean") is None else f"{v['similarity_mean']:.3f}"
+    lines.append(f"| {v['name']} | {access} | {v['verdict']} | {p} | {sim} | "
+                 f"{v.get('statement', v.get('reason', ''))} |")
+  lines += ["", "| step | seconds |", "|---|---|"]
+  lines += [f"| {k} | {s:.0f} |" for k, s in times.items()]
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("step", choices=["train", "answer", "all"])
+  parser.add_argument("--out", default=os.path.join(REPO, "experiments", "results",
+                                                    "own_model.md"))
+  args = parser.parse_args()
+  if args.step == "train":
+    train()
+  elif args.step == "answer":
+    answer()
+  else:
+    run_all(args.out)
+
+
+if __name__ == "__main__":
+  main()
