@@ -155,9 +155,10 @@ def _uap_jax(*flags: str) -> None:
 
 
 def _verdicts(folder: str) -> list[dict]:
+  """Every verdict in the run's verdict files (not their index)."""
   rows = []
   for name in sorted(os.listdir(folder)):
-    if name.endswith(".json") and not name.startswith("summary"):
+    if name.endswith(".json") and name != "index.json":
       with open(os.path.join(folder, name)) as f:
         rows.extend(json.load(f)["verdicts"])
   return rows
@@ -177,13 +178,13 @@ def run_all(out: str) -> None:
   _uap_jax("--stages=verify", f"--suspect={white}")
   times["judge both suspects white box"] = time.time() - start
   rows += [("white box", v) for v in _verdicts(os.path.join(WORKDIR, "verdicts"))
-           if v["suspect"].startswith(SPEC)]
+           if v["source"].startswith("py:")]
   start = time.time()
   answer()
   _uap_jax("--stages=verify", f"--suspect={os.path.join(WORKDIR, 'answers')}")
   times["answer the queries and judge the answers"] = time.time() - start
   rows += [("black box", v) for v in _verdicts(os.path.join(WORKDIR, "verdicts"))
-           if "answers" in v["suspect"]]
+           if v["source"].endswith(".npz")]
   lines = [
       "# Protect your own model: the walk-through's verdicts",
       "",
@@ -197,7 +198,7 @@ def run_all(out: str) -> None:
   for access, v in rows:
     p = "-" if v.get("p_value") is None else f"{v['p_value']:.2g}"
     sim = "-" if v.get("similarity_mean") is None else f"{v['similarity_mean']:.3f}"
-    lines.append(f"| {v['name']} | {access} | {v['verdict']} | {p} | {sim} | "
+    lines.append(f"| {v['suspect']} | {access} | {v['verdict']} | {p} | {sim} | "
                  f"{v.get('statement', v.get('reason', ''))} |")
   lines += ["", "| step | seconds |", "|---|---|"]
   lines += [f"| {k} | {s:.0f} |" for k, s in times.items()]

@@ -6,6 +6,7 @@ torch or torch2jax is not installed (extra ``[torch]``), the Keras test where
 keras is not (extra ``[keras]``).
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -100,7 +101,6 @@ def test_nan_outputs_and_wrong_input_shape_are_refused(digits):
       (x.shape[0], 10), jnp.nan), variables=())
   with pytest.raises(ValueError, match="non-finite"):
     adapters.check_outputs(nan, _images(digits), 10, (8, 8, 1))
-  import dataclasses  # pylint: disable=g-import-not-at-top
   wide = dataclasses.replace(base, input_shape=(32, 32, 3))
   with pytest.raises(ValueError, match=r"takes \(32, 32, 3\) images"):
     adapters.check_outputs(wide, _images(digits), 3, (8, 8, 1))
@@ -177,6 +177,45 @@ def test_torch_module_logits_and_input_gradients_match_torch(digits):
   assert head == ["7.weight", "7.bias"]
   got, _ = _stack_logits(adapter, digits)
   np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_init_fn_is_checked_against_the_variables():
+  adapter = adapters.load_model(spec("three_classes"))
+  assert adapters.check_init_fn(adapter) == "its adapter has no init_fn"
+  rng = lambda seed: np.random.default_rng(seed).normal(size=(64, 3)).astype(np.float32)
+  assert adapters.check_init_fn(dataclasses.replace(adapter, init_fn=rng)) is None
+  wrong = dataclasses.replace(adapter, init_fn=lambda seed: rng(seed)[:, :2])
+  assert "(64, 2)" in adapters.check_init_fn(wrong)
+  failing = dataclasses.replace(adapter, init_fn=lambda seed: 1 / 0)
+  assert "ZeroDivisionError" in adapters.check_init_fn(failing)
+
+
+@needs_torch
+def test_torch_init_fn_gives_fresh_seeded_weights_or_none():
+  import torch  # pylint: disable=g-import-not-at-top
+  from tests.adapter_models import models  # pylint: disable=g-import-not-at-top
+  adapter = adapters.load_model(spec("torch_untrained"))
+  assert adapters.check_init_fn(adapter) is None
+  a, b, again = adapter.init_fn(1), adapter.init_fn(2), adapter.init_fn(1)
+  kernel = "0.weight"
+  assert not np.array_equal(a["params"][kernel], adapter.variables["params"][kernel])
+  assert not np.array_equal(a["params"][kernel], b["params"][kernel])
+  np.testing.assert_array_equal(a["params"][kernel], again["params"][kernel])
+  # BatchNorm's statistics are reset too, not the victim's.
+  np.testing.assert_array_equal(a["buffers"]["1.running_mean"], np.zeros(8))
+
+  class Scaled(torch.nn.Module):  # a bare Parameter no reset_parameters reaches
+
+    def __init__(self):
+      super().__init__()
+      self.net = models.torch_untrained()
+      self.scale = torch.nn.Parameter(torch.ones(10))
+
+    def forward(self, x):
+      return self.net(x) * self.scale
+
+  from uap_jax.adapters import torch_adapter  # pylint: disable=g-import-not-at-top
+  assert torch_adapter.reinitializer(Scaled()) is None
 
 
 @needs_torch

@@ -17,6 +17,7 @@ import functools
 from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.adapters.base import AdapterModule
 from uap_jax.adapters.base import ModelAdapter
+from uap_jax.adapters.base import check_init_fn
 from uap_jax.adapters.base import check_outputs
 from uap_jax.adapters.base import module_of
 from uap_jax.adapters.base import to_stack
@@ -97,7 +98,7 @@ def fresh_stack(victim, seeds, meta: list[dict]):
 
 
 __all__ = [
-    "fresh_stack",
+    "fresh_stack", "check_init_fn",
     "check_against_data",
     "ADAPTER_ARCH", "AdapterModule", "ModelAdapter", "check_outputs", "module_of",
     "to_stack", "variables_digest", "from_nnx", "check_spec", "is_stack_checkpoint",

@@ -50,9 +50,11 @@ class ModelAdapter:
     spec: where it came from (``--victim`` / ``--suspect`` syntax).
     init_fn: ``seed -> variables``: the same architecture freshly
       initialised (the structure of ``variables``), or None. With it, the
-      zoo's and the reference's independent models of a given victim have
-      the victim's own architecture, so that an architecture is never
-      evidence of piracy; without it they use ``--victim_arch``.
+      zoo's fresh models of a given victim (extraction students,
+      ``independent_seed``, ``independent_data``) have the victim's own
+      architecture, so that an architecture is not evidence of piracy;
+      without it they use ``--victim_arch`` (so does the reference bank,
+      either way). :func:`check_init_fn` tells whether it works.
   """
   name: str
   logits_fn: LogitsFn
@@ -184,24 +186,40 @@ def to_stack(adapter: ModelAdapter, meta: dict | Sequence[dict], *, num_classes:
   Returns:
     The :class:`~uap_jax.runtime.stack.Stack`.
   """
-  from uap_jax.runtime import engine
   from uap_jax.runtime import stack as stack_lib
-  metas = [dict(meta)] if isinstance(meta, dict) else [dict(m) for m in meta]
   variables = [adapter.variables] if variables is None else list(variables)
-  if len(metas) != len(variables):
-    raise ValueError(f"{len(metas)} metadata entries for {len(variables)} models.")
-  params, rest, graphdef = [], [], None
-  for v in variables:
-    graphdef, p, r = nnx.split(module_of(dataclasses.replace(adapter, variables=v)),
-                               nnx.Param, ...)
-    params.append(p)
-    rest.append(r)
-  return stack_lib.Stack(
-      arch=ADAPTER_ARCH,
-      arch_kwargs={"spec": adapter.spec, "num_classes": int(num_classes),
-                   "image_shape": tuple(int(s) for s in image_shape)},
-      graphdef=graphdef, params=engine.stack_trees(params),
-      rest=engine.stack_trees(rest), meta=metas)
+  return stack_lib.from_modules(
+      ADAPTER_ARCH,
+      {"spec": adapter.spec, "num_classes": int(num_classes),
+       "image_shape": tuple(int(s) for s in image_shape)},
+      [module_of(dataclasses.replace(adapter, variables=v)) for v in variables],
+      [meta] if isinstance(meta, dict) else meta)
+
+
+def check_init_fn(adapter: ModelAdapter) -> str | None:
+  """Whether the adapter's ``init_fn`` gives variables shaped like its own.
+
+  Args:
+    adapter: the model.
+
+  Returns:
+    None when ``init_fn(0)`` has the structure, shapes and dtypes of
+    ``adapter.variables``; else why not (no ``init_fn``, it raised, or
+    what differs).
+  """
+  if adapter.init_fn is None:
+    return "its adapter has no init_fn"
+  try:
+    fresh = adapter.init_fn(0)
+  except Exception as e:  # any framework's error (a model keras cannot clone)
+    return f"its init_fn raised {type(e).__name__}: {str(e)[:200]}"
+  if jax.tree.structure(fresh) != jax.tree.structure(adapter.variables):
+    return "its init_fn returns another pytree structure than its variables"
+  for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(adapter.variables)):
+    if np.shape(a) != np.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+      return (f"its init_fn returns a {np.shape(a)} {jnp.result_type(a)} leaf for a "
+              f"{np.shape(b)} {jnp.result_type(b)} variable")
+  return None
 
 
 def check_outputs(adapter: ModelAdapter, images: np.ndarray, num_classes: int,

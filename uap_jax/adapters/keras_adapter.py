@@ -74,15 +74,19 @@ def from_keras(model, spec: str = "", name: str = "") -> ModelAdapter:
       name=name or model.name, logits_fn=logits_fn, variables=(trainable, frozen),
       trainable=([True] * len(trainable), [False] * len(frozen)),
       head=(head, [False] * len(frozen)), input_shape=input_shape, spec=spec,
-      init_fn=_reinitializer(model, (trainable, frozen)))
+      init_fn=_reinitializer(model))
 
 
-def _reinitializer(model, variables):
+def _reinitializer(model):
   """``seed -> variables`` of the model's architecture freshly initialised
-  (``keras.models.clone_model``: new layers, their own initialisers), or None
-  when the clone's variables do not line up with the model's."""
+  (``keras.models.clone_model``: new layers, their own initialisers).
+
+  Not tried here: a model that cannot be cloned (some subclassed models) is
+  found by :func:`~uap_jax.adapters.base.check_init_fn` when a fresh model is
+  first needed, so loading a suspect clones nothing. ``set_random_seed``
+  also seeds Python's and NumPy's global generators.
+  """
   keras = import_keras()
-  import jax
 
   def init_fn(seed: int):
     keras.utils.set_random_seed(int(seed))
@@ -90,13 +94,7 @@ def _reinitializer(model, variables):
     return ([v.value for v in clone.trainable_variables],
             [v.value for v in clone.non_trainable_variables])
 
-  try:
-    probe = init_fn(12345)
-  except Exception:  # a subclassed model that cannot be cloned
-    return None
-  same = jax.tree.structure(probe) == jax.tree.structure(variables) and all(
-      a.shape == b.shape for a, b in zip(jax.tree.leaves(probe), jax.tree.leaves(variables)))
-  return init_fn if same else None
+  return init_fn
 
 
 def load_keras_file(path: str) -> ModelAdapter:

@@ -52,10 +52,14 @@ def _module_prefix(name: str) -> str:
   return name.rpartition(".")[0]
 
 
-def _state(module) -> dict:
+def _variables(module) -> dict:
+  """``{"params": ..., "buffers": ...}``, JAX arrays keyed by state_dict names."""
   import torch2jax
-  return {k: torch2jax.t2j_array(v.detach().cpu().contiguous())
-          for k, v in module.state_dict().items()}
+  state = {k: torch2jax.t2j_array(v.detach().cpu().contiguous())
+           for k, v in module.state_dict().items()}
+  names = {n for n, _ in module.named_parameters()}
+  return {"params": {k: v for k, v in state.items() if k in names},
+          "buffers": {k: v for k, v in state.items() if k not in names}}
 
 
 def reinitializer(module):
@@ -91,13 +95,7 @@ def reinitializer(module):
         and any(True for _ in m.parameters(recurse=False))):
       return None
 
-  def init_fn(seed: int) -> dict:
-    state = _state(fresh_module(seed))
-    names = [n for n, _ in module.named_parameters()]
-    return {"params": {k: state[k] for k in names},
-            "buffers": {k: v for k, v in state.items() if k not in names}}
-
-  return init_fn
+  return lambda seed: _variables(fresh_module(seed))
 
 
 def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
@@ -132,10 +130,9 @@ def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
   _extend_torch2jax()
   module = module.eval()
   forward = torch2jax.t2j_module(module)
-  state = _state(module)
+  variables = _variables(module)
+  params, buffers = variables["params"], variables["buffers"]
   param_names = [n for n, _ in module.named_parameters()]
-  params = {k: state[k] for k in param_names}
-  buffers = {k: v for k, v in state.items() if k not in params}
   last = _module_prefix(param_names[-1]) if param_names else None
 
   def logits_fn(variables, x):
@@ -144,7 +141,7 @@ def from_torch(module, spec: str = "", name: str = "") -> ModelAdapter:
 
   return ModelAdapter(
       name=name or type(module).__name__, logits_fn=logits_fn,
-      variables={"params": params, "buffers": buffers},
+      variables=variables,
       trainable={"params": {k: True for k in params}, "buffers": {k: False for k in buffers}},
       head={"params": {k: _module_prefix(k) == last for k in params},
             "buffers": {k: False for k in buffers}},

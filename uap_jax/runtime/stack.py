@@ -129,16 +129,35 @@ def create(arch: str, seeds: Sequence[int], meta: Sequence[dict] | None = None,
       {"name": f"{arch}_{i}"} for i in range(len(seeds))]
   if len(meta) != len(seeds):
     raise ValueError(f"{len(meta)} metadata entries for {len(seeds)} seeds.")
-  params, rest, graphdef = [], [], None
   for seed, m in zip(seeds, meta):
     m.setdefault("seed", int(seed))
-    graphdef, p, r = nnx.split(
-        models.build(arch, seed=int(seed), **arch_kwargs), nnx.Param, ...)
+  return from_modules(arch, dict(arch_kwargs),
+                      [models.build(arch, seed=int(s), **arch_kwargs) for s in seeds], meta)
+
+
+def from_modules(arch: str, arch_kwargs: dict, modules: Sequence[nnx.Module],
+                 meta: Sequence[dict]) -> Stack:
+  """A stack of K modules of one architecture (one graphdef).
+
+  Args:
+    arch: the architecture's name.
+    arch_kwargs: what a checkpoint's loader rebuilds the graphdef from.
+    modules: the models, all of that architecture.
+    meta: one metadata entry per model.
+
+  Returns:
+    The stack.
+  """
+  if len(meta) != len(modules):
+    raise ValueError(f"{len(meta)} metadata entries for {len(modules)} models.")
+  params, rest, graphdef = [], [], None
+  for module in modules:
+    graphdef, p, r = nnx.split(module, nnx.Param, ...)
     params.append(p)
     rest.append(r)
-  return Stack(arch=arch, arch_kwargs=dict(arch_kwargs), graphdef=graphdef,
+  return Stack(arch=arch, arch_kwargs=arch_kwargs, graphdef=graphdef,
                params=engine.stack_trees(params), rest=engine.stack_trees(rest),
-               meta=meta)
+               meta=[dict(m) for m in meta])
 
 
 def to_float(x: np.ndarray | jax.Array) -> jax.Array:

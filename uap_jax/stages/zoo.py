@@ -75,16 +75,17 @@ def _victim_reinit(victim) -> bool:
   if victim.arch != ADAPTER_ARCH:
     return False
   from uap_jax import adapters  # pylint: disable=g-import-not-at-top
-  if adapters.load_model(victim.arch_kwargs["spec"]).init_fn is not None:
+  why_not = adapters.check_init_fn(adapters.load_model(victim.arch_kwargs["spec"]))
+  if why_not is None:
     logging.info("Zoo: fresh models (extraction students, independent_seed, "
                  "independent_data) have the given victim's own architecture, "
                  "freshly initialised.")
     return True
   logging.warning("Zoo: the given victim's architecture cannot be initialised afresh "
-                  "(its adapter has no init_fn), so independents of its architecture "
-                  "are missing and fresh models use --victim_arch; an architecture "
-                  "like the victim's may then read as piracy. Give the adapter an "
-                  "init_fn (see uap_jax.adapters.ModelAdapter).")
+                  "(%s), so independents of its architecture are missing and fresh "
+                  "models use --victim_arch; an architecture like the victim's may "
+                  "then read as piracy. Give the adapter a working init_fn (see "
+                  "uap_jax.adapters.ModelAdapter).", why_not)
   return False
 
 
