@@ -250,7 +250,7 @@ def test_unreadable_queries_file(tmp_path):
 
 def test_label_answers_for_a_probs_run_name_the_flag():
   check = verify_stage._check_answers_fit_mode  # pylint: disable=protected-access
-  with pytest.raises(ValueError, match="labels only.*--fp_mode=probs.*--score=uap_cosine.*"
+  with pytest.raises(ValueError, match="labels only.*--fp_mode=probs.*--score=uap_follow.*"
                      "rerun the run with --fp_mode=labels"):
     check("a.npz", "labels", "probs", "encoder")
   with pytest.raises(ValueError, match="probabilities.*--fp_mode=logits"):

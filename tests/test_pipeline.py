@@ -191,6 +191,8 @@ def test_stub_outside_suspect_is_judged_every_time_without_a_marker(tmp_path):
     (dict(fp_mode="ranks"), "fp_mode"),
     (dict(split_train=0.7, split_calib=0.3), "split_train"),
     (dict(n_views=50), "exceeds --fp_v"),
+    (dict(n_views=1), "0 \\(every view\\) or 2"),
+    (dict(n_views=-3), "0 \\(every view\\) or 2"),
 ])
 def test_stub_bad_settings_are_rejected_before_any_stage(tmp_path, settings, message):
   stubs = Stubs()

@@ -147,6 +147,59 @@ def test_uap_cosine_ignores_the_clean_outputs():
     similarity.scores("bogus", None, clean, clean[0], num_uaps=0, num_classes=3)
 
 
+def _follow_outputs(rng, m=4, v=6, k=8, c=5):
+  """(M, V, K, 2, C) one-hot outputs: model 0 the victim, whose UAP moves
+  half its points to the next class."""
+  clean = rng.integers(0, c, (m, v, k))
+  clean[:] = clean[0]
+  moved = np.zeros((v, k), bool)
+  moved[:, : k // 2] = True
+  perturbed = clean.copy()
+  perturbed[0][moved] = (clean[0][moved] + 1) % c
+  labels = np.stack([clean, perturbed], -1)
+  return np.eye(c, dtype=np.float32)[labels], moved
+
+
+def test_uap_follow_counts_only_the_moves_the_suspect_follows():
+  rng = np.random.default_rng(0)
+  outs, moved = _follow_outputs(rng)
+  c = outs.shape[-1]
+  # Model 1 follows every move, 2 none (it ignores the UAP), 3 half of them.
+  outs[1, :, :, 1] = outs[0, :, :, 1]
+  half = moved.copy()
+  half[:, 1::2] = False
+  outs[3][half, 1] = outs[0][half, 1]
+  fps = layout.join(outs)
+  follow = similarity.scores("uap_follow", None, fps, fps[0], num_uaps=1, num_classes=c)
+  assert follow.shape == (4, 6) and follow.dtype == np.float32
+  np.testing.assert_allclose(follow[0], moved.mean(1))
+  np.testing.assert_allclose(follow[1], follow[0])
+  np.testing.assert_allclose(follow[2], 0.0)
+  np.testing.assert_allclose(follow[3], half.mean(1))
+  assert ((follow >= 0) & (follow <= 1)).all()
+  # Top-1 only: probabilities that keep the top-1 score as their labels do.
+  soft = outs * 0.6 + 0.4 / c
+  np.testing.assert_allclose(
+      similarity.scores("uap_follow", None, layout.join(soft), fps[0], num_uaps=1,
+                        num_classes=c), follow)
+
+
+def test_uap_follow_refuses_what_it_cannot_count():
+  rng = np.random.default_rng(0)
+  outs, _ = _follow_outputs(rng)
+  c = outs.shape[-1]
+  fps = layout.join(outs)
+  with pytest.raises(ValueError, match="num_uaps"):
+    similarity.uap_follow(fps, fps[0], num_uaps=0, num_classes=c)
+  with pytest.raises(ValueError, match="do not match"):
+    similarity.uap_follow(fps[:, :3], fps[0], num_uaps=1, num_classes=c)
+  still = outs.copy()
+  still[0, :, :, 1] = still[0, :, :, 0]
+  still = layout.join(still)
+  with pytest.raises(ValueError, match="none of the fingerprint points"):
+    similarity.uap_follow(still, still[0], num_uaps=1, num_classes=c)
+
+
 def test_split_keeps_the_bank_out_of_training_and_evaluation():
   meta = [{"name": "victim", "family": "victim", "kind": "victim"}]
   meta += [{"name": f"p{i}", "family": "piracy", "kind": "extract_soft"} for i in range(4)]

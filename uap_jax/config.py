@@ -45,7 +45,7 @@ UAP_NORMS = ("2", "inf")
 POINT_RULES = ("kmeans", "margin", "random")
 FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
-SCORES = ("encoder", "uap_cosine", "raw_cosine")
+SCORES = ("encoder", "uap_follow", "uap_cosine", "raw_cosine")
 AUGMENT_MODES = ("auto", "true", "false")
 
 
@@ -149,10 +149,10 @@ class Config:
   split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.", stage="encoder")
   split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.", stage="encoder")
   # Verification.
-  n_views: int = _f(20, "Suspect views per verdict.", stage="verify")
+  n_views: int = _f(0, "Suspect views per verdict: 0 (every view the fingerprints hold, --fp_v) or 2..fp_v (the paper tests 20).", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
   test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify", choices=TESTS)
-  score: str = _f("encoder", "Per-view score tested: encoder (the contrastive encoder's similarity, the paper's) | uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views).", stage="verify", choices=SCORES)
+  score: str = _f("uap_follow", "Per-view score tested: uap_follow (encoder-free: how often the suspect's top-1 follows the victim's on the points its UAP moves; nothing learned, so no architecture or recipe reads as piracy) | encoder (the contrastive encoder's similarity, the paper's) | uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views).", stage="verify", choices=SCORES)
   suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
@@ -188,7 +188,7 @@ class Config:
     for name in ("epochs", "lr", "uap_xi", "enc_lr", "enc_temperature", "width"):
       if not getattr(self, name) > 0:
         raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}.")
-    for name in ("batch_size", "fp_k", "fp_v", "n_views", "enc_steps", "uap_max_passes",
+    for name in ("batch_size", "fp_k", "fp_v", "enc_steps", "uap_max_passes",
                  "uap_samples", "enc_hidden", "enc_embed"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
@@ -196,6 +196,9 @@ class Config:
       raise ValueError(f"--num_uaps must be >= 0 (0: clean outputs only), got {self.num_uaps}.")
     if self.n_views > self.fp_v:
       raise ValueError(f"--n_views={self.n_views} exceeds --fp_v={self.fp_v} views per model.")
+    if self.n_views == 1 or self.n_views < 0:
+      raise ValueError(f"--n_views must be 0 (every view) or 2..{self.fp_v} (--fp_v), got "
+                       f"{self.n_views}.")
     _check_choice("uap_p", self.uap_p, UAP_NORMS)
     if not 0 < self.uap_delta < 1:
       raise ValueError(f"--uap_delta must be in (0, 1), got {self.uap_delta}.")

@@ -49,7 +49,7 @@ from uap_jax.verify import summary
 
 def _settings(ctx: RunContext) -> protocols.Settings:
   cfg = ctx.cfg
-  return protocols.Settings(method=cfg.test, score=cfg.score, num_views=cfg.n_views,
+  return protocols.Settings(method=cfg.test, score=cfg.score, num_views=cfg.n_views or cfg.fp_v,
                             alpha=cfg.alpha,
                             seed=cfg.seed, train_frac=cfg.split_train,
                             calib_frac=cfg.split_calib)
@@ -92,7 +92,7 @@ def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str) -> bool
     raise ValueError(
         f"The answers in {path} are labels only, but this run scores with an "
         f"encoder trained on --fp_mode={mode} fingerprints: verify them with the "
-        "encoder-free default --score=uap_cosine, or rerun the run with "
+        "encoder-free default --score=uap_follow, or rerun the run with "
         "--fp_mode=labels (it redoes the fingerprint stage and those after it).")
   if kind == "probs" and mode == "logits":
     raise ValueError(

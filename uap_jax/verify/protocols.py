@@ -39,7 +39,7 @@ class Settings:
     calib_frac: fraction of the independents that calibrates.
   """
   method: str = "model_z"
-  score: str = "encoder"
+  score: str = "uap_follow"
   num_views: int = 20
   alpha: float = 0.01
   seed: int = 0
@@ -317,7 +317,7 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     if settings.score == "encoder":
       raise ValueError(
           "Label-only answers cannot be scored by an encoder trained on this run's "
-          "probability fingerprints: use the default --score=uap_cosine, or rerun "
+          "probability fingerprints: use the default --score=uap_follow, or rerun "
           "the run with --fp_mode=labels.")
     fps = layout.as_labels(fps, num_uaps, num_classes)
     suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)

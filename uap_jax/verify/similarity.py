@@ -80,13 +80,58 @@ def raw_cosine(suspect_fingerprints: np.ndarray, victim_fingerprints: np.ndarray
   return (unit(np.asarray(suspect_fingerprints, np.float64)) @ proto).astype(np.float32)
 
 
+def uap_follow(suspect_fingerprints: np.ndarray, victim_fingerprints: np.ndarray, *,
+               num_uaps: int, num_classes: int) -> np.ndarray:
+  """Encoder-free: how often a suspect follows the victim where its UAP moves it.
+
+  Only the points whose top-1 the victim's UAP changes count (a few percent
+  of them): there the victim's perturbed answer is particular to the victim,
+  while on the others every good classifier agrees with it anyway. A copy
+  goes where the victim goes; an independent model, even of the victim's
+  architecture and accuracy, mostly does not. Top-1 only, so label answers
+  are scored exactly as probabilities are.
+
+  Args:
+    suspect_fingerprints: ``(..., V, D)`` views of one or more suspects.
+    victim_fingerprints: ``(V, D)`` the victim's views of the same points.
+    num_uaps: U >= 1 of the fingerprints.
+    num_classes: C.
+
+  Returns:
+    ``(..., V)`` in [0, 1]: the share of view j's perturbed points on which
+    the UAP changes the victim's answer and the suspect gives the victim's
+    new answer. A share of all points rather than a rate over the moved
+    ones, which number a few per view: the mean over views is the follow
+    rate times the victim's (fixed) moved share, and being in [0, 1] it
+    suits every test, Fisher's z included.
+
+  Raises:
+    ValueError: no UAP, views that do not match the victim's, or a UAP that
+      moves none of the victim's points.
+  """
+  if not num_uaps:
+    raise ValueError("--score=uap_follow needs fingerprints with a UAP (--num_uaps >= 1).")
+  victim = layout.top1(victim_fingerprints, num_uaps, num_classes)  # (V, K, 1 + U)
+  suspect = layout.top1(suspect_fingerprints, num_uaps, num_classes)
+  if suspect.shape[-3:] != victim.shape:
+    raise ValueError(f"Suspect views of shape {suspect.shape[-3:]} do not match the "
+                     f"victim's {victim.shape}: uap_follow compares them point by point.")
+  moved = victim[..., 1:] != victim[..., :1]  # (V, K, U)
+  if not moved.any():
+    raise ValueError("The victim's UAP changes its answer on none of the fingerprint "
+                     "points, so --score=uap_follow has nothing to count: use a larger "
+                     "--uap_xi or another --score.")
+  followed = (suspect[..., 1:] == victim[..., 1:]) & moved
+  return followed.mean((-2, -1)).astype(np.float32)
+
+
 def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
            victim_fingerprints: np.ndarray, *, num_uaps: int,
            num_classes: int) -> np.ndarray:
   """The per-view score ``score`` of suspects against the victim.
 
   Args:
-    score: :data:`SCORES`: ``uap_cosine`` (:func:`raw_cosine` of the outputs
+    score: :data:`SCORES`: ``uap_follow`` (:func:`uap_follow`), ``uap_cosine`` (:func:`raw_cosine` of the outputs
       on the UAP-shifted points only: where the victim's UAP sends the
       victim, a copy follows, an independent model much less; the clean
       outputs, on which every good classifier agrees, would only dilute
@@ -106,6 +151,9 @@ def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
       pick = lambda f: layout.join(layout.split(np.asarray(f), num_uaps, num_classes)[..., 1:, :])
       return raw_cosine(pick(suspect_fingerprints), pick(victim_fingerprints))
     score = "raw_cosine"
+  if score == "uap_follow":
+    return uap_follow(suspect_fingerprints, victim_fingerprints, num_uaps=num_uaps,
+                      num_classes=num_classes)
   if score == "raw_cosine":
     return raw_cosine(suspect_fingerprints, victim_fingerprints)
   if score == "encoder":
