@@ -8,9 +8,10 @@ box (their answers to the exported queries, as an API would give them).
 Steps (each a command; ``all`` runs them in order, times them and writes
 ``experiments/results/own_model.md``):
 
-  python experiments/own_model.py train            # the three torch models
+  python experiments/own_model.py train            # the torch models
   uap-jax --preset=quickstart --workdir=runs/own_model \
-      --victim=py:experiments/own_model.py:victim  # fingerprint the victim
+      --victim=py:experiments/own_model.py:victim \
+      --reference_models=py:experiments/own_model.py:reference_0,...  # fingerprint the victim
   uap-jax --preset=quickstart --workdir=runs/own_model \
       --victim=py:experiments/own_model.py:victim --stages=verify \
       --suspect=py:experiments/own_model.py:finetuned,py:experiments/own_model.py:independent
@@ -19,8 +20,11 @@ Steps (each a command; ``all`` runs them in order, times them and writes
       --victim=py:experiments/own_model.py:victim --stages=verify \
       --suspect=runs/own_model/answers
 
-The functions ``victim``, ``finetuned`` and ``independent`` are what the
-``py:`` specs name: each returns a torch ``nn.Module`` with its weights
+(every uap-jax command also takes the same ``--reference_models``: the
+owner's four independents, ``reference_0`` to ``reference_3``.)
+
+The functions ``victim``, ``finetuned``, ``independent`` and ``reference_i``
+are what the ``py:`` specs name: each returns a torch ``nn.Module`` with its weights
 loaded, mapping float [0, 1] NCHW images to logits (uap-jax hands it NHWC
 images and transposes them). Needs ``pip install -e '.[torch]'``.
 """
@@ -77,6 +81,28 @@ def independent():
   return _load("independent")
 
 
+# The owner's own independents (--reference_models): the victim's architecture
+# and recipe from other seeds, on the owner's own images (an owner has those,
+# not a stranger's). A py: spec names one model, hence one function each.
+NUM_REFERENCES = 4
+
+
+def reference_0():
+  return _load("reference_0")
+
+
+def reference_1():
+  return _load("reference_1")
+
+
+def reference_2():
+  return _load("reference_2")
+
+
+def reference_3():
+  return _load("reference_3")
+
+
 def _fit(model, x, y, *, epochs: float, lr: float, seed: int):
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
@@ -103,8 +129,9 @@ def _accuracy(model, x, y) -> float:
 
 def train() -> dict:
   """Trains the victim on half of mnist5k's training images, the fine-tuned
-  copy from it on the other half, and the independent model from scratch on
-  that other half; saves their state_dicts."""
+  copy from it on the other half, the independent model from scratch on
+  that other half, and the owner's reference models like the victim with
+  other seeds; saves their state_dicts."""
   import torch  # pylint: disable=g-import-not-at-top
   from uap_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -120,6 +147,9 @@ def train() -> dict:
   models["finetuned"] = _fit(copy, *other, epochs=1, lr=0.01, seed=1)
   torch.manual_seed(2)
   models["independent"] = _fit(_net(), *other, epochs=8, lr=0.05, seed=2)
+  for i in range(NUM_REFERENCES):
+    torch.manual_seed(10 + i)
+    models[f"reference_{i}"] = _fit(_net(), *own, epochs=8, lr=0.05, seed=10 + i)
   accuracy = {}
   for name, model in models.items():
     torch.save(model.state_dict(), os.path.join(MODELS, f"{name}.pt"))
@@ -147,9 +177,13 @@ def answer() -> list[str]:
   return paths
 
 
+REFERENCE_SPECS = ",".join(f"{SPEC}:reference_{i}" for i in range(4))
+
+
 def _uap_jax(*flags: str) -> None:
   command = [sys.executable, "-m", "uap_jax.main", "--preset=quickstart",
-             f"--workdir={WORKDIR}", f"--victim={SPEC}:victim", *flags]
+             f"--workdir={WORKDIR}", f"--victim={SPEC}:victim",
+             f"--reference_models={REFERENCE_SPECS}", *flags]
   print("$", " ".join(command[2:]), flush=True)
   subprocess.run(command, cwd=REPO, check=True)
 
@@ -169,7 +203,7 @@ def run_all(out: str) -> None:
   times, rows = {}, []
   start = time.time()
   accuracy = train()
-  times["train the three torch models"] = time.time() - start
+  times["train the torch models (victim, 2 suspects, 4 references)"] = time.time() - start
   start = time.time()
   _uap_jax()
   times["fingerprint the victim (the quickstart around it)"] = time.time() - start
@@ -192,7 +226,7 @@ def run_all(out: str) -> None:
       f"{os.cpu_count()} CPUs). Torch test accuracy: " + ", ".join(
           f"{k} {v:.4f}" for k, v in accuracy.items()) + ".",
       "",
-      "| suspect | access | verdict | p-value | similarity | statement |",
+      "| suspect | access | verdict | p-value | score (mean) | statement |",
       "|---|---|---|---|---|---|",
   ]
   for access, v in rows:

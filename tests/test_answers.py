@@ -383,7 +383,8 @@ def _stub_stage(tmp_path, manifest, monkeypatch):
   def make(mode):
     import types  # pylint: disable=g-import-not-at-top
     workdir = Workdir(str(tmp_path / "run"), writer=True)
-    cfg = types.SimpleNamespace(test="welch", score="uap_cosine", n_views=V, alpha=0.01,
+    cfg = types.SimpleNamespace(test="welch", score="uap_cosine", verify_score="uap_cosine",
+                                n_views=V, fp_v=V, alpha=0.01,
                                 seed=0, split_train=0.5, split_calib=0.25)
     data = types.SimpleNamespace(y_train=np.zeros(1, int), num_classes=3)
     return types.SimpleNamespace(cfg=cfg, workdir=workdir, data=data,
@@ -415,7 +416,7 @@ def test_stage_judges_label_answers_in_a_probs_run_without_an_encoder(
   _, probs = _probs()
   path = _save(tmp_path, outputs=probs.argmax(-1))
   ctx = make("probs")
-  ctx.cfg.score = "encoder"
+  ctx.cfg.score = ctx.cfg.verify_score = "encoder"
   with pytest.raises(ValueError, match="rerun the run with --fp_mode=labels"):
     verify_stage.verify_external(ctx, path)
   assert "outputs" not in seen

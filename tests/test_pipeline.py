@@ -764,3 +764,24 @@ def test_python_api_gives_the_command_lines_verdicts(tiny_run, tmp_path):
     uap_jax.Verifier.from_workdir(workdir, alpah=0.1)
   with pytest.raises(FileNotFoundError, match="has not finished"):
     uap_jax.Verifier.from_workdir(str(tmp_path / "empty"))
+
+
+def test_a_setting_newer_than_the_stage_marker_counts_only_off_its_default(tmp_path):
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  workdir = Workdir(str(tmp_path))
+  settings = pipeline._as_json(config_lib.Config().stage_settings("reference"))  # pylint: disable=protected-access
+  recorded = {k: v for k, v in settings.items() if k != "reference_models"}
+  workdir.write_json(os.path.join("stages", "reference.json"), {"settings": recorded})
+  changed = pipeline._changed_settings  # pylint: disable=protected-access
+  assert changed(workdir, "reference", settings) == {}
+  assert changed(workdir, "reference", {**settings, "reference_models": "py:m:f"}) == {
+      "reference_models": ("", "py:m:f")}
+  assert changed(workdir, "reference", {**settings, "seed": 7})["seed"] == (0, 7)
+
+
+def test_auto_score_is_the_encoder_for_a_trained_victim_and_follow_for_a_given_one():
+  assert config_lib.Config().verify_score == "encoder"
+  assert config_lib.Config(victim="py:m:f").verify_score == "uap_follow"
+  assert config_lib.Config(victim="py:m:f", score="encoder").verify_score == "encoder"
+  with pytest.raises(ValueError, match="score"):
+    config_lib.Config(score="bogus").validate()

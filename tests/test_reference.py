@@ -13,6 +13,8 @@ from uap_jax.verify import population
 from uap_jax.verify import protocols
 from uap_jax.verify import similarity
 from uap_jax.verify import splits
+from uap_jax.adapters import base as adapters_base
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.zoo import reference
 
 
@@ -198,6 +200,26 @@ def test_uap_follow_refuses_what_it_cannot_count():
   still = layout.join(still)
   with pytest.raises(ValueError, match="none of the fingerprint points"):
     similarity.uap_follow(still, still[0], num_uaps=1, num_classes=c)
+
+
+def test_a_given_victims_architecture_joins_the_bank_under_its_own_name():
+  cfg = config_lib.Config(reference_archs=[], zoo_archs=["mlp"],
+                          reference_recipes=["base", "narrow", "adam"],
+                          reference_per_recipe=2)
+  plans = reference.plan_bank(cfg, victim_arch=adapters_base.ADAPTER_ARCH)
+  got = [(p.arch, p.shared("recipe")) for p in plans]
+  # Its width cannot be scaled: no narrow stack of it.
+  assert got == [("adapter", "base"), ("adapter", "adam"), ("mlp", "base"),
+                 ("mlp", "narrow"), ("mlp", "adam")]
+  with pytest.raises(ValueError, match="architecture digest"):
+    reference.checkpoint_name(plans[0])
+  assert reference.checkpoint_name(plans[0], "abc") == "adapter-abc__base"
+  assert reference.checkpoint_name(plans[2], "abc") == "mlp__base"
+  # The digest follows the architecture, not the weights.
+  mlp = lambda seed, width=1.0: stack_lib.create("mlp", [seed], num_classes=10,
+                                                 image_shape=(8, 8, 1), width=width)
+  assert reference.architecture_digest(mlp(0)) == reference.architecture_digest(mlp(1))
+  assert reference.architecture_digest(mlp(0)) != reference.architecture_digest(mlp(0, 0.5))
 
 
 def test_split_keeps_the_bank_out_of_training_and_evaluation():

@@ -126,6 +126,7 @@ class Config:
   reference_bank: str = _f("", "Directory of the reference bank of independent models, shared by runs on the same data and partition (empty: WORKDIR/reference_bank).")
   reference_archs: list = _f(["mlp", "lenet5", "small_cnn"], "Architectures of the reference bank besides the victim's and --zoo_archs.", stage="reference")
   reference_recipes: list = _f(list(REFERENCE_RECIPES), "Training recipes of the reference bank.", stage="reference", choices=REFERENCE_RECIPES)
+  reference_models: str = _f("", "Your own independent models, added to the reference: a comma list or a directory of model specs (as --suspect takes; no answers). Models made without the victim, e.g. your architecture and training recipe from other seeds or data: what an unrelated model trained the way you train looks like, which the bank cannot know.", stage="reference")
   reference_per_recipe: int = _f(2, "Reference models per architecture and recipe, spread over the victim's, the independent and the attacker's data parts (0: no bank).", stage="reference")
   # UAP.
   uap_method: str = _f("deepfool", "deepfool (minibatched DeepFool-UAP) | pipelined (per-slot refill, fastest DeepFool-UAP on CPU) | sequential (the 2017 original) | sgd.", stage="uap", choices=UAP_METHODS)
@@ -152,8 +153,8 @@ class Config:
   n_views: int = _f(0, "Suspect views per verdict: 0 (every view the fingerprints hold, --fp_v) or 2..fp_v (the paper tests 20).", stage="verify")
   alpha: float = _f(1e-4, "Significance level of the piracy test.", stage="verify")
   test: str = _f("model_z", "Piracy test: model_z (models as units, on Fisher z = artanh of the scores; holds its level over reference models) | model (the same on the raw scores) | welch (the paper's t-test over views, which treats views as independent and over-accuses) | empirical (rank among reference models).", stage="verify", choices=TESTS)
-  score: str = _f("uap_follow", "Per-view score tested: uap_follow (encoder-free: how often the suspect's top-1 follows the victim's on the points its UAP moves; nothing learned, so no architecture or recipe reads as piracy) | encoder (the contrastive encoder's similarity, the paper's) | uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views).", stage="verify", choices=SCORES)
-  suspect: str = _f("", "verify: a suspect checkpoint dir or recorded-outputs .npz (empty: the zoo's evaluation half).")
+  score: str = _f("auto", "Per-view score tested: auto (encoder for a victim uap-jax trained, uap_follow for a given --victim, whose training recipe no reference shares) | encoder (the contrastive encoder's similarity, the paper's) | uap_follow (encoder-free: how often the suspect's top-1 follows the victim's on the points its UAP moves; on Fashion-MNIST it missed most extracted, distilled and adversarially trained copies) | uap_cosine (encoder-free cosine of a view's outputs on the UAP-shifted points with the victim's mean) | raw_cosine (the same over whole views).", stage="verify", choices=("auto",) + SCORES)
+  suspect: str = _f("", "verify: suspects to judge: model specs (as --victim takes), recorded-answers .npz files, a comma list or a directory of them (empty: the zoo's evaluation half).")
 
   def validate(self) -> None:
     """Checks every field against its choices and range.
@@ -209,7 +210,7 @@ class Config:
     _check_choice("fp_mode", self.fp_mode, FP_MODES)
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
-    _check_choice("score", self.score, SCORES)
+    _check_choice("score", self.score, ("auto",) + SCORES)
 
   def _check_finite(self) -> None:
     """Every float setting, and every number of a float list, is finite."""
@@ -241,6 +242,21 @@ class Config:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @property
+  def verify_score(self) -> str:
+    """The score ``--score`` means: ``auto`` resolved.
+
+    ``auto`` is the encoder for a victim uap-jax trained and ``uap_follow``
+    for a given ``--victim``: the encoder, trained on the zoo, learned what
+    the zoo's models look like, and a given victim's training recipe is one
+    no zoo or bank model shares (it judged an independent torch CNN trained
+    the victim's way pirated, p = 1e-13; README, "Protect the model you
+    already have").
+    """
+    if self.score != "auto":
+      return self.score
+    return "uap_follow" if self.victim else "encoder"
 
   def stage_settings(self, stage: str) -> dict[str, Any]:
     """The settings a stage's output depends on: its own and earlier stages'.

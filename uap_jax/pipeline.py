@@ -81,6 +81,8 @@ def check(cfg: Config) -> None:
     suspects.check_sources(cfg.suspect)
   if cfg.victim and "victim" in cfg.stages:
     adapters.check_spec(cfg.victim)
+  if cfg.reference_models and "reference" in cfg.stages:
+    suspects.check_reference_models(cfg.reference_models)
   if os.path.exists(cfg.workdir) and not os.path.isdir(cfg.workdir):
     raise ValueError(f"--workdir={cfg.workdir} is a file, not a directory: name "
                      "a new or existing run directory.")
@@ -113,6 +115,9 @@ def check_data(cfg: Config, data, part_sizes: Mapping[str, int]) -> None:
   """
   if cfg.victim and "victim" in cfg.stages:
     adapters.check_against_data(cfg.victim, data, flag="--victim")
+  if cfg.reference_models and "reference" in cfg.stages:
+    for spec in suspects.split_sources(cfg.reference_models, flag="--reference_models"):
+      adapters.check_against_data(spec, data, flag="--reference_models")
   victim = int(part_sizes["victim"])
   if "fingerprint" in cfg.stages and cfg.fp_k * cfg.fp_v > victim:
     raise ValueError(
@@ -296,8 +301,9 @@ def _changed_settings(workdir: Workdir, stage: str, settings: dict) -> dict:
   recorded = workdir.read_json(os.path.join("stages", f"{stage}.json")).get("settings")
   if recorded is None:
     return {}
-  # Only settings the marker knows: a setting added to Config later keeps, at
-  # its default, the behaviour the stage ran with.
-  return {k: (recorded[k], v) for k, v in settings.items()
-          if k in recorded and recorded[k] != v}
+  # A setting added to Config after the stage ran keeps, at its default, the
+  # behaviour the stage ran with; set to anything else, it is a change.
+  defaults = _as_json(Config().stage_settings(stage))
+  then = {k: recorded.get(k, defaults.get(k, v)) for k, v in settings.items()}
+  return {k: (then[k], v) for k, v in settings.items() if then[k] != v}
 

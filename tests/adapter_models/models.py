@@ -120,6 +120,13 @@ def torch_independent():
   return train_torch(_torch_cnn(1), x[1000:], y[1000:], epochs=6, seed=1)
 
 
+def torch_reference():
+  """The owner's own independent: the same CNN and recipe, another seed, on
+  the other digits (a --reference_models entry)."""
+  x, y = _digits()
+  return train_torch(_torch_cnn(2), x[1000:], y[1000:], epochs=6, seed=2)
+
+
 # --------------------------------------------------------------------------
 # Keras 3 (JAX backend).
 

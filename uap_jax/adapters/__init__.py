@@ -71,6 +71,21 @@ def check_against_data(spec: str, data, *, flag: str, count: int = 8) -> ModelAd
   return adapter
 
 
+def reinit_problem(victim) -> str | None:
+  """Why fresh models of the victim's own architecture cannot be made.
+
+  Args:
+    victim: the run's victim stack.
+
+  Returns:
+    None when the victim is a given model (arch :data:`ADAPTER_ARCH`) whose
+    adapter has a working ``init_fn``; else the reason.
+  """
+  if victim.arch != ADAPTER_ARCH:
+    return f"the victim is a built-in {victim.arch}, not a given model"
+  return check_init_fn(load_model(victim.arch_kwargs["spec"]))
+
+
 def fresh_stack(victim, seeds, meta: list[dict]):
   """Models of a given victim's own architecture, freshly initialised.
 
@@ -101,6 +116,7 @@ __all__ = [
     "fresh_stack", "check_init_fn",
     "check_against_data",
     "ADAPTER_ARCH", "AdapterModule", "ModelAdapter", "check_outputs", "module_of",
+    "reinit_problem",
     "to_stack", "variables_digest", "from_nnx", "check_spec", "is_stack_checkpoint",
     "load_model", "module_for_spec",
 ]

@@ -16,13 +16,14 @@ from uap_jax.adapters import spec as spec_lib
 _FILE_SUFFIXES = (".npz",) + spec_lib.TORCH_SUFFIXES + spec_lib.KERAS_SUFFIXES
 
 
-def split_sources(value: str) -> list[str]:
+def split_sources(value: str, flag: str = "--suspect") -> list[str]:
   """The sources a ``--suspect`` value names, in order.
 
   Args:
     value: a source, a comma list of sources, or a directory of sources
       (``.npz`` answers, TorchScript / ``.keras`` files, stack checkpoint
       folders; ``py:`` specs only in a comma list).
+    flag: the flag that gave it, for the messages.
 
   Returns:
     The sources.
@@ -32,7 +33,7 @@ def split_sources(value: str) -> list[str]:
   """
   items = [s.strip() for s in value.split(",") if s.strip()]
   if not items:
-    raise ValueError(f"--suspect={value!r} names no suspect.")
+    raise ValueError(f"{flag}={value!r} names no model.")
   sources = []
   for item in items:
     if (os.path.isdir(item) and not item.startswith("py:")
@@ -43,7 +44,7 @@ def split_sources(value: str) -> list[str]:
           or spec_lib.is_stack_checkpoint(os.path.join(item, name)))
       if not found:
         raise ValueError(
-            f"--suspect={item}: the directory holds no suspect (.npz answers, "
+            f"{flag}={item}: the directory holds no model (.npz answers, "
             "TorchScript or .keras files, stack checkpoint folders) and is no "
             "stack checkpoint itself.")
       sources.extend(found)
@@ -79,6 +80,32 @@ def check_sources(value: str) -> list[str]:
         spec_lib.check_spec(source)
       except ValueError as e:
         raise ValueError(f"--suspect={source}: {e}") from e
+  return sources
+
+
+def check_reference_models(value: str) -> list[str]:
+  """Checks a ``--reference_models`` value cheaply, before any work.
+
+  Args:
+    value: a spec, a comma list or a directory of specs.
+
+  Returns:
+    The specs.
+
+  Raises:
+    ValueError: naming the bad entry and the fix (answers cannot calibrate:
+      a reference model is run on every fingerprint point).
+  """
+  sources = split_sources(value, flag="--reference_models")
+  for source in sources:
+    if is_answers(source):
+      raise ValueError(f"--reference_models={source}: recorded answers cannot join the "
+                       "reference; give the model itself (a py: spec, a TorchScript or "
+                       ".keras file, or a stack checkpoint).")
+    try:
+      spec_lib.check_spec(source)
+    except ValueError as e:
+      raise ValueError(f"--reference_models={source}: {e}") from e
   return sources
 
 

@@ -5,7 +5,10 @@ Trains the missing stacks of the bank (:mod:`uap_jax.zoo.reference`) in
 ``WORKDIR/reference_bank``; KEY: the data and partition the bank is valid
 for), reusing every stack whose plan matches, so several runs on the same
 data share one bank and an interrupted build resumes. The bank directory is
-locked while stacks are trained. Writes ``reference.json``: the stacks with
+locked while stacks are trained. The owner's own independents
+(``--reference_models``) join as one-model stacks saved in the run
+(``checkpoints/reference_given/``), not in the shared bank. Writes
+``reference.json``: the stacks with
 their checkpoint paths, one entry per model, and what building cost.
 """
 
@@ -18,6 +21,8 @@ import time
 from absl import logging
 import numpy as np
 
+from uap_jax import adapters
+from uap_jax.adapters import suspects
 from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
@@ -55,7 +60,8 @@ def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> tuple[list[dict],
   start = time.time()
   stack, _ = bank_lib.train_bank_stack(
       plan, data.x_train, data.y_train, ctx.parts, data_augment=ctx.augment,
-      arch_kwargs=ctx.arch_kwargs(), strategy=ctx.cfg.strategy)
+      arch_kwargs=ctx.arch_kwargs(), strategy=ctx.cfg.strategy,
+      victim=ctx.artifacts.victim if plan.arch == ADAPTER_ARCH else None)
   accuracy = stack_lib.accuracy(stack, data.x_test, data.y_test, strategy=ctx.cfg.strategy)
   seconds = time.time() - start
   for m, a in zip(stack.meta, accuracy):
@@ -64,6 +70,30 @@ def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> tuple[list[dict],
   logging.info("Reference stack %s: %d model(s), test accuracy %s, %.1f s.", name,
                stack.size, " ".join(f"{a:.3f}" for a in accuracy), seconds)
   return stack.meta, seconds
+
+
+def _given_models(ctx: RunContext) -> list[tuple[str, list[dict]]]:
+  """Saves the owner's ``--reference_models`` as one-model stacks in the run.
+
+  Returns:
+    Per model its checkpoint directory and metadata.
+  """
+  data, out = ctx.data, []
+  for source in suspects.split_sources(ctx.cfg.reference_models, flag="--reference_models"):
+    adapter = adapters.check_against_data(source, data, flag="--reference_models")
+    name = f"reference_given_{suspects.display_name(source)}"
+    meta = {"name": name, "kind": bank_lib.REFERENCE_KIND, "family": "independent",
+            "parent": None, "arch": ADAPTER_ARCH, "recipe": "given", "part": "given",
+            "source": suspects.source_id(source), "hparams": {"recipe": "given"}}
+    stack = adapters.to_stack(adapter, meta, num_classes=data.num_classes,
+                              image_shape=data.image_shape)
+    accuracy, = stack_lib.accuracy(stack, data.x_test, data.y_test,
+                                   strategy=ctx.cfg.strategy)
+    stack.meta[0]["test_accuracy"] = float(accuracy)
+    ctx.artifacts.save_bank_stack(ctx.workdir, f"reference_given/{name}", stack)
+    logging.info("Reference model %s (given): test accuracy %.3f.", source, accuracy)
+    out.append((ctx.workdir.checkpoint_dir(f"reference_given/{name}"), stack.meta))
+  return out
 
 
 def run(ctx: RunContext) -> dict:
@@ -75,17 +105,22 @@ def run(ctx: RunContext) -> dict:
   Returns:
     A summary: models, stacks trained / reused, seconds to build.
   """
-  victim_arch = ctx.artifacts.victim.arch if ctx.artifacts.has_victim() else None
-  # A given victim (--victim) has no built-in architecture: the bank then
-  # uses --victim_arch, as the zoo's fresh models do.
-  plans = bank_lib.plan_bank(ctx.cfg, victim_arch=None if victim_arch == ADAPTER_ARCH
-                             else victim_arch)
+  victim = ctx.artifacts.victim if ctx.artifacts.has_victim() else None
+  victim_arch, arch_digest = (victim.arch if victim else None), None
+  if victim_arch == ADAPTER_ARCH:
+    # A given victim (--victim): its own architecture initialised afresh when
+    # its adapter can, else --victim_arch, as the zoo's fresh models do.
+    if adapters.reinit_problem(victim) is None:
+      arch_digest = bank_lib.architecture_digest(victim)
+    else:
+      victim_arch = None
+  plans = bank_lib.plan_bank(ctx.cfg, victim_arch=victim_arch)
   bank = bank_workdir(ctx)
   entries, stacks, trained, reused, seconds = [], [], [], [], 0.0
   start = time.time()
   with bank.lock() if plans else contextlib.nullcontext():
     for i, plan in enumerate(plans):
-      name = bank_lib.checkpoint_name(plan)
+      name = bank_lib.checkpoint_name(plan, arch_digest)
       directory = bank.checkpoint_dir(name)
       meta = _saved(ctx, plan, directory)
       if meta is None:
@@ -100,6 +135,11 @@ def run(ctx: RunContext) -> dict:
                      "recipe": plan.shared("recipe"), "size": len(plan.names),
                      "seconds": float(meta[0].get("train_seconds", 0.0))})
       entries.extend({**zoo_summary.zoo_entry(m), "recipe": m.get("recipe")} for m in meta)
+  for directory, meta in _given_models(ctx) if ctx.cfg.reference_models else []:
+    stacks.append({"name": meta[0]["name"], "checkpoint": directory, "arch": ADAPTER_ARCH,
+                   "recipe": "given", "size": 1, "seconds": 0.0})
+    entries.extend({**zoo_summary.zoo_entry(m), "recipe": "given",
+                    "source": m["source"]} for m in meta)
   accuracy = [e["test_accuracy"] for e in entries if "test_accuracy" in e]
   summary = {
       "bank": bank.root, "models": entries, "stacks": stacks,

@@ -49,7 +49,7 @@ from uap_jax.verify import summary
 
 def _settings(ctx: RunContext) -> protocols.Settings:
   cfg = ctx.cfg
-  return protocols.Settings(method=cfg.test, score=cfg.score, num_views=cfg.n_views or cfg.fp_v,
+  return protocols.Settings(method=cfg.test, score=cfg.verify_score, num_views=cfg.n_views or cfg.fp_v,
                             alpha=cfg.alpha,
                             seed=cfg.seed, train_frac=cfg.split_train,
                             calib_frac=cfg.split_calib)
@@ -123,7 +123,7 @@ def _suspect_fingerprints(ctx: RunContext, path: str
       logging.warning("%s: %s.", manifest, controls.NO_CONTROLS_NOTE)
     if not check.valid:
       return names, None, check, False
-    labels_only = _check_answers_fit_mode(path, answers.kind, fp.mode, ctx.cfg.score)
+    labels_only = _check_answers_fit_mode(path, answers.kind, fp.mode, ctx.cfg.verify_score)
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
         answers.clean, answers.perturbed, mode="labels" if labels_only else fp.mode,
         outputs=answers.kind))[None], check, labels_only

@@ -75,7 +75,7 @@ def _victim_reinit(victim) -> bool:
   if victim.arch != ADAPTER_ARCH:
     return False
   from uap_jax import adapters  # pylint: disable=g-import-not-at-top
-  why_not = adapters.check_init_fn(adapters.load_model(victim.arch_kwargs["spec"]))
+  why_not = adapters.reinit_problem(victim)
   if why_not is None:
     logging.info("Zoo: fresh models (extraction students, independent_seed, "
                  "independent_data) have the given victim's own architecture, "

@@ -39,7 +39,7 @@ class Settings:
     calib_frac: fraction of the independents that calibrates.
   """
   method: str = "model_z"
-  score: str = "uap_follow"
+  score: str = "encoder"
   num_views: int = 20
   alpha: float = 0.01
   seed: int = 0

@@ -9,7 +9,15 @@ architecture is never evidence by itself), one stack per training recipe
 (:data:`RECIPES`), its models spread over the three data parts (the
 victim's, the independent one and the attacker's, all with true labels).
 
-Nothing in the bank depends on the victim, so a bank directory
+A given victim (``--victim``) whose adapter can initialise its architecture
+afresh adds stacks of that architecture (``adapter``) under every recipe
+that keeps the architecture (not ``narrow``): without them the only models
+of its architecture would be the zoo's pirates and a few independents, and
+an unrelated model of the same architecture would read as piracy. These
+stacks are keyed by the architecture (:func:`architecture_digest`), never
+by the victim's weights.
+
+Nothing in the bank depends on the victim's weights, so a bank directory
 (``--reference_bank=DIR``) is shared by every victim trained on the same
 data and partition: stacks live under ``DIR/<data key>/`` and a stack is
 reused whenever its plan matches (:func:`bank_key`, :func:`plan_matches`).
@@ -20,9 +28,11 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from uap_jax import models
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.config import Config
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.zoo import kinds
@@ -99,7 +109,8 @@ def plan_bank(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
 
   Args:
     cfg: the run's settings (checked here).
-    victim_arch: the victim's architecture (default ``cfg.victim_arch``).
+    victim_arch: the victim's architecture (default ``cfg.victim_arch``);
+      :data:`ADAPTER_ARCH` for a given victim that can be initialised afresh.
 
   Returns:
     The plans (empty with ``--reference_per_recipe=0``). Model names are
@@ -110,6 +121,8 @@ def plan_bank(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
   count = int(cfg.reference_per_recipe)
   for arch in bank_archs(cfg, victim_arch) if count else []:
     for recipe in cfg.reference_recipes:
+      if arch == ADAPTER_ARCH and "width_scale" in RECIPES[recipe]:
+        continue  # a given model's architecture has no width to scale
       h = _recipe_hparams(cfg, recipe)
       names = tuple(f"reference_{arch}_{recipe}_{i}" for i in range(count))
       plans.append(StackPlan(
@@ -122,9 +135,43 @@ def plan_bank(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
   return plans
 
 
-def checkpoint_name(plan: StackPlan) -> str:
-  """The stack's directory under the bank's data key."""
-  return f"{plan.arch}__{plan.shared('recipe')}"
+def checkpoint_name(plan: StackPlan, arch_digest: str | None = None) -> str:
+  """The stack's directory under the bank's data key.
+
+  Args:
+    plan: the stack's plan.
+    arch_digest: for a given victim's architecture (:data:`ADAPTER_ARCH`),
+      its :func:`architecture_digest`, so that victims of other
+      architectures sharing the bank get stacks of their own.
+
+  Returns:
+    ``ARCH__RECIPE``, or ``adapter-DIGEST__RECIPE``.
+  """
+  arch = plan.arch
+  if arch == ADAPTER_ARCH:
+    if not arch_digest:
+      raise ValueError("A bank stack of a given victim's architecture needs its "
+                       "architecture digest.")
+    arch = f"{arch}-{arch_digest}"
+  return f"{arch}__{plan.shared('recipe')}"
+
+
+def architecture_digest(victim: stack_lib.Stack) -> str:
+  """What identifies a given victim's architecture, not its weights.
+
+  Args:
+    victim: the victim stack.
+
+  Returns:
+    12 hex digits over the model's spec, its variables' tree structure, and
+    every leaf's per-model shape and dtype.
+  """
+  h = hashlib.sha256(str(victim.arch_kwargs.get("spec", victim.arch)).encode())
+  variables = (victim.params, victim.rest)
+  h.update(str(jax.tree.structure(variables)).encode())
+  for leaf in jax.tree.leaves(variables):
+    h.update(f"{tuple(np.shape(leaf)[1:])}/{np.asarray(leaf).dtype}".encode())
+  return h.hexdigest()[:12]
 
 
 def bank_key(dataset: str, image_shape: Sequence[int], num_classes: int,
@@ -181,7 +228,8 @@ def _targets(labels: np.ndarray, num_classes: int, smoothing: float) -> np.ndarr
 
 def train_bank_stack(plan: StackPlan, x_pool: np.ndarray, y_pool: np.ndarray,
                      parts: dict[str, np.ndarray], *, data_augment: bool,
-                     arch_kwargs: dict, strategy: str = "auto") -> tuple[stack_lib.Stack, int]:
+                     arch_kwargs: dict, strategy: str = "auto",
+                     victim: stack_lib.Stack | None = None) -> tuple[stack_lib.Stack, int]:
   """Trains one bank stack from scratch on true labels.
 
   Args:
@@ -193,6 +241,8 @@ def train_bank_stack(plan: StackPlan, x_pool: np.ndarray, y_pool: np.ndarray,
       recipes flip).
     arch_kwargs: the run's build arguments (the recipe may scale ``width``).
     strategy: model-axis strategy.
+    victim: the victim stack, needed (only) for :data:`ADAPTER_ARCH` plans,
+      whose models are its architecture initialised afresh.
 
   Returns:
     The trained stack (meta from :func:`plan_meta`, ``train_examples`` set)
@@ -206,7 +256,7 @@ def train_bank_stack(plan: StackPlan, x_pool: np.ndarray, y_pool: np.ndarray,
   for m, ix in zip(meta, index):
     m["train_examples"] = int(len(ix))
   build = {**arch_kwargs, "width": plan.shared("width")}
-  job = kinds.Job(plan=plan, victim=None, x_pool=x_pool,
+  job = kinds.Job(plan=plan, victim=victim, x_pool=x_pool,
                   y_pool=y_pool, idx=index[0], meta=meta, augment=augment,
                   arch_kwargs=build, strategy=strategy)
   tc = kinds.train_config(plan, augment=augment,
