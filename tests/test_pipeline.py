@@ -785,3 +785,6 @@ def test_auto_score_is_the_encoder_for_a_trained_victim_and_follow_for_a_given_o
   assert config_lib.Config(victim="py:m:f", score="encoder").verify_score == "encoder"
   with pytest.raises(ValueError, match="score"):
     config_lib.Config(score="bogus").validate()
+  with pytest.raises(ValueError, match="needs a UAP"):
+    config_lib.Config(victim="py:m:f", num_uaps=0).validate()
+  config_lib.Config(num_uaps=0).validate()  # the encoder takes clean-only fingerprints

@@ -211,6 +211,9 @@ class Config:
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
     _check_choice("score", self.score, ("auto",) + SCORES)
+    if self.verify_score == "uap_follow" and self.num_uaps == 0:
+      raise ValueError("--score=uap_follow (what --score=auto means with --victim) needs a "
+                       "UAP: set --num_uaps >= 1, or --score=encoder.")
 
   def _check_finite(self) -> None:
     """Every float setting, and every number of a float list, is finite."""

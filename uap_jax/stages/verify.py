@@ -49,7 +49,8 @@ from uap_jax.verify import summary
 
 def _settings(ctx: RunContext) -> protocols.Settings:
   cfg = ctx.cfg
-  return protocols.Settings(method=cfg.test, score=cfg.verify_score, num_views=cfg.n_views or cfg.fp_v,
+  return protocols.Settings(method=cfg.test, score=cfg.verify_score,
+                            num_views=cfg.n_views or cfg.fp_v,
                             alpha=cfg.alpha,
                             seed=cfg.seed, train_frac=cfg.split_train,
                             calib_frac=cfg.split_calib)
