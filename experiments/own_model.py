@@ -1,30 +1,28 @@
 """Protect your own model: the README's walk-through, as a model owner runs it.
 
-A PyTorch CNN is the owner's model (the victim); a pirate fine-tunes a copy
-of it; a stranger trains an unrelated torch CNN. uap-jax fingerprints the
-victim, then judges both suspects, white box (their torch modules) and black
-box (their answers to the exported queries, as an API would give them).
+A PyTorch CNN is the owner's model (the victim); pirates fine-tune a copy of
+it or extract one through its answers; strangers train unrelated torch
+models (the same CNN, the CNN with Adam, an MLP). uap-jax fingerprints the
+victim, then judges the five suspects white box (their torch modules) and
+black box (their answers to the exported queries, as an API would give
+them).
 
 Steps (each a command; ``all`` runs them in order, times them and writes
-``experiments/results/own_model.md``):
+``experiments/results/own_model.md``; the README's "Protect the model you
+already have" gives them as a shell block):
 
-  python experiments/own_model.py train            # the torch models
-  uap-jax --preset=quickstart --workdir=runs/own_model \
-      --victim=py:experiments/own_model.py:victim \
-      --reference_models=py:experiments/own_model.py:reference_0,...  # fingerprint the victim
-  uap-jax --preset=quickstart --workdir=runs/own_model \
-      --victim=py:experiments/own_model.py:victim --stages=verify \
-      --suspect=py:experiments/own_model.py:finetuned,py:experiments/own_model.py:independent
-  python experiments/own_model.py answer           # the suspects answer queries.npz
-  uap-jax --preset=quickstart --workdir=runs/own_model \
-      --victim=py:experiments/own_model.py:victim --stages=verify \
-      --suspect=runs/own_model/answers
+  python experiments/own_model.py train     # the torch models
+  uap-jax $RUN                              # fingerprint the victim
+  uap-jax $RUN --stages=verify --suspect=py:experiments/own_model.py:finetuned,...
+  python experiments/own_model.py answer    # the suspects answer queries.npz
+  uap-jax $RUN --stages=verify --suspect=runs/own_model/answers
 
-(every uap-jax command also takes the same ``--reference_models``: the
-owner's four independents, ``reference_0`` to ``reference_3``.)
+where RUN is ``--preset=quickstart --workdir=runs/own_model
+--victim=py:experiments/own_model.py:victim --reference_models=`` the
+owner's four independents (``reference_0`` to ``reference_3``).
 
-The functions ``victim``, ``finetuned``, ``independent`` and ``reference_i``
-are what the ``py:`` specs name: each returns a torch ``nn.Module`` with its weights
+The functions ``victim``, the :data:`SUSPECTS` and ``reference_i`` are what
+the ``py:`` specs name: each returns a torch ``nn.Module`` with its weights
 loaded, mapping float [0, 1] NCHW images to logits (uap-jax hands it NHWC
 images and transposes them). Needs ``pip install -e '.[torch]'``.
 """
@@ -55,13 +53,19 @@ def _net():
       nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def _load(name: str):
+def _mlp():
+  import torch  # pylint: disable=g-import-not-at-top
+  nn = torch.nn
+  return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _load(name: str, net=_net):
   import torch  # pylint: disable=g-import-not-at-top
   path = os.path.join(MODELS, f"{name}.pt")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: run `python experiments/own_model.py "
                             "train` first.")
-  model = _net()
+  model = net()
   model.load_state_dict(torch.load(path, map_location="cpu"))
   return model.eval()
 
@@ -79,6 +83,25 @@ def finetuned():
 def independent():
   """A stranger's model: the same architecture, its own seed and images."""
   return _load("independent")
+
+
+def independent_adam():
+  """Another stranger's: the same architecture trained with Adam."""
+  return _load("independent_adam")
+
+
+def independent_mlp():
+  """Another stranger's: a torch MLP."""
+  return _load("independent_mlp", _mlp)
+
+
+def extracted():
+  """A pirate's copy made through the API: the architecture trained from
+  scratch on the victim's probabilities for the other images."""
+  return _load("extracted")
+
+
+SUSPECTS = ("finetuned", "extracted", "independent", "independent_adam", "independent_mlp")
 
 
 # The owner's own independents (--reference_models): the victim's architecture
@@ -103,12 +126,19 @@ def reference_3():
   return _load("reference_3")
 
 
-def _fit(model, x, y, *, epochs: float, lr: float, seed: int):
+def _images(x):
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+
+
+def _fit(model, x, y, *, epochs: float, lr: float, seed: int, adam: bool = False):
+  """SGD with momentum (or Adam) on labels ``(N,)`` or probabilities ``(N, C)``."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
-  images = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).astype(np.float32) / 255.0)
-  labels = torch.from_numpy(y.astype(np.int64))
-  opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+  images = _images(x)
+  labels = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32))
+  opt = (torch.optim.Adam(model.parameters(), lr=lr) if adam else
+         torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4))
   steps = int(round(epochs * len(images) / 64))
   model.train()
   order = torch.cat([torch.randperm(len(images)) for _ in range(int(np.ceil(epochs)) + 1)])
@@ -123,7 +153,7 @@ def _fit(model, x, y, *, epochs: float, lr: float, seed: int):
 def _accuracy(model, x, y) -> float:
   import torch  # pylint: disable=g-import-not-at-top
   with torch.no_grad():
-    images = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+    images = _images(x)
     return float((model(images).argmax(1).numpy() == y).mean())
 
 
@@ -147,6 +177,14 @@ def train() -> dict:
   models["finetuned"] = _fit(copy, *other, epochs=1, lr=0.01, seed=1)
   torch.manual_seed(2)
   models["independent"] = _fit(_net(), *other, epochs=8, lr=0.05, seed=2)
+  torch.manual_seed(3)
+  models["independent_adam"] = _fit(_net(), *other, epochs=8, lr=1e-3, seed=3, adam=True)
+  torch.manual_seed(4)
+  models["independent_mlp"] = _fit(_mlp(), *other, epochs=8, lr=0.05, seed=4)
+  with torch.no_grad():
+    answers = torch.softmax(models["victim"](_images(other[0])), 1).numpy()
+  torch.manual_seed(5)
+  models["extracted"] = _fit(_net(), other[0], answers, epochs=8, lr=0.05, seed=5)
   for i in range(NUM_REFERENCES):
     torch.manual_seed(10 + i)
     models[f"reference_{i}"] = _fit(_net(), *own, epochs=8, lr=0.05, seed=10 + i)
@@ -164,11 +202,12 @@ def answer() -> list[str]:
   import torch  # pylint: disable=g-import-not-at-top
   with np.load(os.path.join(WORKDIR, "queries.npz")) as f:
     queries = f["queries"]
-  images = torch.from_numpy(np.transpose(queries, (0, 3, 1, 2)).astype(np.float32) / 255.0)
+  images = _images(queries)
   out = os.path.join(WORKDIR, "answers")
   os.makedirs(out, exist_ok=True)
   paths = []
-  for name, model in (("finetuned", finetuned()), ("independent", independent())):
+  for name in SUSPECTS:
+    model = globals()[name]()
     with torch.no_grad():
       probs = torch.softmax(model(images), dim=1).numpy()
     paths.append(os.path.join(out, f"{name}.npz"))
@@ -203,14 +242,14 @@ def run_all(out: str) -> None:
   times, rows = {}, []
   start = time.time()
   accuracy = train()
-  times["train the torch models (victim, 2 suspects, 4 references)"] = time.time() - start
+  times["train the torch models (victim, 5 suspects, 4 references)"] = time.time() - start
   start = time.time()
   _uap_jax()
   times["fingerprint the victim (the quickstart around it)"] = time.time() - start
-  white = ",".join(f"{SPEC}:{name}" for name in ("finetuned", "independent"))
+  white = ",".join(f"{SPEC}:{name}" for name in SUSPECTS)
   start = time.time()
   _uap_jax("--stages=verify", f"--suspect={white}")
-  times["judge both suspects white box"] = time.time() - start
+  times["judge the 5 suspects white box"] = time.time() - start
   rows += [("white box", v) for v in _verdicts(os.path.join(WORKDIR, "verdicts"))
            if v["source"].startswith("py:")]
   start = time.time()
