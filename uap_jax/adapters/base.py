@@ -52,9 +52,9 @@ class ModelAdapter:
       initialised (the structure of ``variables``), or None. With it, the
       zoo's fresh models of a given victim (extraction students,
       ``independent_seed``, ``independent_data``) have the victim's own
-      architecture, so that an architecture is not evidence of piracy;
-      without it they use ``--victim_arch`` (so does the reference bank,
-      either way). :func:`check_init_fn` tells whether it works.
+      architecture, and so do stacks of the reference bank, so that an
+      architecture is not evidence of piracy; without it both use
+      ``--victim_arch``. :func:`check_init_fn` tells whether it works.
   """
   name: str
   logits_fn: LogitsFn

@@ -93,8 +93,9 @@ def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str) -> bool
     raise ValueError(
         f"The answers in {path} are labels only, but this run scores with an "
         f"encoder trained on --fp_mode={mode} fingerprints: verify them with the "
-        "encoder-free default --score=uap_follow, or rerun the run with "
-        "--fp_mode=labels (it redoes the fingerprint stage and those after it).")
+        "encoder-free --score=uap_follow (the default for a given --victim), or "
+        "rerun the run with --fp_mode=labels (it redoes the fingerprint stage and "
+        "those after it).")
   if kind == "probs" and mode == "logits":
     raise ValueError(
         f"The answers in {path} are probabilities, but this run's fingerprints "

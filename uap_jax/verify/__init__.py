@@ -5,8 +5,8 @@ paper's): the similarity of a suspect view = cosine of its encoder embedding
 with the victim's embedding. ``uap_follow`` (:func:`.similarity.uap_follow`)
 is the encoder-free alternative: on the points the victim's UAP moves, how
 often the suspect moves where the victim goes. The victim's embedding is the
-normalised MEAN of the embeddings of all its views (a prototype), not view-by-view pairing: the
-prototype averages out the victim's own view-to-view noise, so the spread of a
+normalised MEAN of the embeddings of all its views (a prototype), not
+view-by-view pairing: the prototype averages out the victim's own view-to-view noise, so the spread of a
 suspect's similarities reflects the suspect alone, and a suspect may answer
 any subset of the views.
 

@@ -317,8 +317,8 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     if settings.score == "encoder":
       raise ValueError(
           "Label-only answers cannot be scored by an encoder trained on this run's "
-          "probability fingerprints: use the default --score=uap_follow, or rerun "
-          "the run with --fp_mode=labels.")
+          "probability fingerprints: use the encoder-free --score=uap_follow, or "
+          "rerun the run with --fp_mode=labels.")
     fps = layout.as_labels(fps, num_uaps, num_classes)
     suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)

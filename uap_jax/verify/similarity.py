@@ -131,11 +131,11 @@ def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
   """The per-view score ``score`` of suspects against the victim.
 
   Args:
-    score: :data:`SCORES`: ``uap_follow`` (:func:`uap_follow`), ``uap_cosine`` (:func:`raw_cosine` of the outputs
-      on the UAP-shifted points only: where the victim's UAP sends the
-      victim, a copy follows, an independent model much less; the clean
-      outputs, on which every good classifier agrees, would only dilute
-      it), ``raw_cosine`` (of whole views) or ``encoder``.
+    score: :data:`SCORES`: ``uap_follow`` (:func:`uap_follow`),
+      ``uap_cosine`` (:func:`raw_cosine` of the outputs on the UAP-shifted
+      points only: where the victim's UAP sends the victim, a copy
+      follows, an independent model much less; the clean outputs, on which
+      every good classifier agrees, would only dilute it), ``raw_cosine`` (of whole views) or ``encoder``.
     encoder: the trained encoder (only ``encoder`` uses it; may be None).
     suspect_fingerprints: ``(..., V, D)``.
     victim_fingerprints: ``(V_victim, D)``.
