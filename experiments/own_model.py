@@ -70,60 +70,32 @@ def _load(name: str, net=_net):
   return model.eval()
 
 
-def victim():
-  """The owner's model."""
-  return _load("victim")
+def _saved(name: str, doc: str, net=_net):
+  """The ``py:`` spec function of one saved model: it loads ``name``."""
+  def load():
+    return _load(name, net)
+  load.__name__, load.__doc__ = name, doc
+  return load
 
 
-def finetuned():
-  """The pirate's copy: the victim fine-tuned on other images."""
-  return _load("finetuned")
-
-
-def independent():
-  """A stranger's model: the same architecture, its own seed and images."""
-  return _load("independent")
-
-
-def independent_adam():
-  """Another stranger's: the same architecture trained with Adam."""
-  return _load("independent_adam")
-
-
-def independent_mlp():
-  """Another stranger's: a torch MLP."""
-  return _load("independent_mlp", _mlp)
-
-
-def extracted():
-  """A pirate's copy made through the API: the architecture trained from
-  scratch on the victim's probabilities for the other images."""
-  return _load("extracted")
-
-
+victim = _saved("victim", "The owner's model.")
+finetuned = _saved("finetuned", "The pirate's copy: the victim fine-tuned on other images.")
+extracted = _saved("extracted", "A pirate's copy made through the API: the architecture "
+                   "trained from scratch on the victim's probabilities for other images.")
+independent = _saved("independent",
+                     "A stranger's model: the same architecture, its own seed and images.")
+independent_adam = _saved("independent_adam",
+                          "Another stranger's: the same architecture trained with Adam.")
+independent_mlp = _saved("independent_mlp", "Another stranger's: a torch MLP.", _mlp)
 SUSPECTS = ("finetuned", "extracted", "independent", "independent_adam", "independent_mlp")
-
 
 # The owner's own independents (--reference_models): the victim's architecture
 # and recipe from other seeds, on the owner's own images (an owner has those,
 # not a stranger's). A py: spec names one model, hence one function each.
 NUM_REFERENCES = 4
-
-
-def reference_0():
-  return _load("reference_0")
-
-
-def reference_1():
-  return _load("reference_1")
-
-
-def reference_2():
-  return _load("reference_2")
-
-
-def reference_3():
-  return _load("reference_3")
+reference_0, reference_1, reference_2, reference_3 = (
+    _saved(f"reference_{i}", f"The owner's independent number {i}.")
+    for i in range(NUM_REFERENCES))
 
 
 def _images(x):
@@ -216,7 +188,7 @@ def answer() -> list[str]:
   return paths
 
 
-REFERENCE_SPECS = ",".join(f"{SPEC}:reference_{i}" for i in range(4))
+REFERENCE_SPECS = ",".join(f"{SPEC}:reference_{i}" for i in range(NUM_REFERENCES))
 
 
 def _uap_jax(*flags: str) -> None:
