@@ -191,7 +191,7 @@ def _worker(process_id: int, port: int, out_dir: str) -> None:
                "refusals": refusals}, f)
   if distributed.is_main_process():
     np.savez(os.path.join(out_dir, "gathered.npz"), **results)
-  distributed.sync("done")
+  distributed.wait_for_all("done")
 
 
 def _workdir_round_trip(process_id: int, s, root: str) -> dict:
@@ -205,13 +205,13 @@ def _workdir_round_trip(process_id: int, s, root: str) -> dict:
   mine = s.select([process_id])
   workdir.save_stack("victim", mine)
   workdir.save_arrays("uap", {"u": np.full(3, float(process_id))})
-  distributed.sync("saved")
+  distributed.wait_for_all("saved")
   victim = checkpoint.load_stack(workdir.checkpoint_dir("victim"))
   uap = checkpoint.load_arrays(workdir.checkpoint_dir("uap"))[0]["u"]
   first = s.select([0])
   diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
       jax.tree.leaves(victim.params), jax.tree.leaves(first.params)))
-  distributed.sync("loaded")
+  distributed.wait_for_all("loaded")
   return {"is_writer": workdir.is_writer, "victim_seed": victim.meta[0]["seed"],
           "victim_diff": diff, "uap": uap.tolist(),
           "steps": checkpoint.latest_step(workdir.checkpoint_dir("victim"))}

@@ -162,6 +162,15 @@ class Artifacts:
   def victim_summary(self) -> dict:
     return self.workdir.read_json("victim.json")
 
+  def saved_victim_summary(self) -> dict | None:
+    """``victim.json`` when a victim is saved, else None.
+
+    Forgets a victim loaded before: another process may just have saved a
+    new one.
+    """
+    self.__dict__.pop("victim", None)
+    return self.victim_summary() if self.has_victim() else None
+
   # Zoo.
 
   def zoo_stack_meta(self, name: str) -> list[dict] | None:
@@ -176,10 +185,13 @@ class Artifacts:
     return checkpoint.load_meta(directory)["models"]
 
   def save_zoo_stack(self, name: str, stack: stack_lib.Stack) -> None:
+    """Saves a zoo stack as ``checkpoints/NAME``, from the process that
+    trained it (its only builder, see :mod:`uap_jax.runtime.divide`)."""
+    here = self.workdir.writing_here()
     # A stale stack (other plan, other victim, --overwrite) is replaced:
     # orbax does not write over an existing step.
-    self.workdir.remove(os.path.join("checkpoints", name))
-    self.workdir.save_stack(name, stack)
+    here.remove(os.path.join("checkpoints", name))
+    here.save_stack(name, stack)
 
   def save_zoo(self, summary: dict) -> None:
     self.workdir.write_json("zoo.json", summary)
@@ -209,9 +221,11 @@ class Artifacts:
     return checkpoint.load_meta(directory)["models"]
 
   def save_bank_stack(self, bank: Workdir, name: str, stack: stack_lib.Stack) -> str:
-    """Saves a bank stack as ``BANK/checkpoints/NAME``; returns its directory."""
-    bank.remove(os.path.join("checkpoints", name))
-    return bank.save_stack(name, stack)
+    """Saves a bank stack as ``BANK/checkpoints/NAME``, from the process that
+    trained it; returns its directory."""
+    here = bank.writing_here()
+    here.remove(os.path.join("checkpoints", name))
+    return here.save_stack(name, stack)
 
   def save_reference(self, summary: dict) -> None:
     self.workdir.write_json("reference.json", summary)

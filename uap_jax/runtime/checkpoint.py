@@ -8,11 +8,23 @@ so an interrupted save leaves the previous good step in place. Arrays are
 saved from host memory by the calling process alone, so that in a
 multi-process run the main process can save while the others wait
 (:class:`uap_jax.runtime.workdir.Workdir` decides who saves).
+
+Orbax writes host (numpy) arrays on process 0 only, and refuses a process's
+own device arrays in a multi-process run. So a stack that another process
+trained (its share of the zoo, see :mod:`uap_jax.runtime.divide`) is
+*staged*: written whole, atomically, as ``DIRECTORY.staged.npz`` beside its
+checkpoint directory, and process 0 turns it into the orbax checkpoint the
+next time it looks at that directory (:func:`latest_step` and every load do).
+A staged stack survives the process that trained it, so a rerun after a
+killed process commits what it staged instead of training it again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -45,6 +57,8 @@ def _manager(directory: str, create: bool) -> ocp.CheckpointManager:
 def latest_step(directory: str) -> int | None:
   """The newest complete step in ``directory`` (the one loads restore).
 
+  On process 0 a stack staged for ``directory`` is committed first.
+
   Args:
     directory: a checkpoint directory.
 
@@ -52,6 +66,7 @@ def latest_step(directory: str) -> int | None:
     The step number, or None when there is no complete step (or no
     directory).
   """
+  _commit_staged(directory)
   if not os.path.isdir(directory):
     return None
   with _manager(directory, create=False) as mngr:
@@ -102,6 +117,9 @@ def _next_step(mngr: ocp.CheckpointManager, step: int | None) -> int:
 def save_stack(directory: str, stack: stack_lib.Stack, step: int | None = None) -> None:
   """Saves a stack (state and metadata) as checkpoint ``step``.
 
+  On a process other than 0 the stack is staged (see the module doc): it
+  becomes the checkpoint when process 0 next looks at ``directory``.
+
   Args:
     directory: the stack's checkpoint directory (created if missing).
     stack: the models.
@@ -111,6 +129,68 @@ def save_stack(directory: str, stack: stack_lib.Stack, step: int | None = None) 
   meta = _jsonable({"arch": stack.arch, "arch_kwargs": stack.arch_kwargs,
                     "models": stack.meta})
   state = _on_host({"params": stack.params, "rest": stack.rest})
+  if jax.process_index() != 0:
+    _stage(directory, meta, state)
+    return
+  _save_state(directory, meta, state, step)
+
+
+STAGED_SUFFIX = ".staged.npz"
+
+
+def staged_path(directory: str) -> str:
+  """Where a stack for ``directory`` is staged by a process other than 0."""
+  return os.path.abspath(directory).rstrip(os.sep) + STAGED_SUFFIX
+
+
+def _stage(directory: str, meta: dict, state: PyTree) -> None:
+  leaves = jax.tree.leaves(state)
+  if any(not isinstance(x, np.ndarray) for x in leaves):
+    raise ValueError(f"Cannot stage the stack for {directory}: it holds arrays "
+                     "without a numpy form (typed PRNG keys); run one process.")
+  target = staged_path(directory)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
+  with os.fdopen(fd, "wb") as f:
+    np.savez(f, meta=np.array(json.dumps(meta)),
+             **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+  os.replace(tmp, target)  # whole or absent, as orbax's own steps are
+
+
+def _commit_staged(directory: str) -> None:
+  """On process 0: makes a staged stack the checkpoint of ``directory``."""
+  staged = staged_path(directory)
+  if jax.process_index() != 0 or not os.path.exists(staged):
+    return
+  try:
+    with np.load(staged) as f:
+      meta = json.loads(str(f["meta"]))
+      leaves = [f[f"leaf_{i}"] for i in range(len(f.files) - 1)]
+    _, target = _restore_target(meta)
+    treedef = jax.tree.structure(target)
+    if treedef.num_leaves != len(leaves) or any(
+        tuple(t.shape) != x.shape for t, x in zip(jax.tree.leaves(target), leaves)):
+      raise ValueError("its arrays do not match its architecture")
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise ValueError(
+        f"{staged} (a stack another process trained) is damaged ({type(e).__name__}: "
+        f"{e}). Delete it and rerun: that stack is trained again.") from e
+  # Whatever the directory held is older than what was staged for it.
+  if os.path.isdir(directory):
+    shutil.rmtree(directory)
+  _save_state(directory, meta, jax.tree.unflatten(treedef, leaves), None)
+  os.remove(staged)
+
+
+def discard_staged(directory: str) -> None:
+  """Removes a stack staged for ``directory``, if any (a stale one)."""
+  try:
+    os.remove(staged_path(directory))
+  except FileNotFoundError:
+    pass
+
+
+def _save_state(directory: str, meta: dict, state: PyTree, step: int | None) -> None:
   with _manager(directory, create=True) as mngr:
     mngr.save(_next_step(mngr, step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -144,14 +224,7 @@ def load_stack(directory: str) -> stack_lib.Stack:
     ValueError: the checkpoint is damaged or does not match its metadata.
   """
   meta = load_meta(directory)
-  arch, arch_kwargs = meta["arch"], dict(meta["arch_kwargs"])
-  if "image_shape" in arch_kwargs:
-    arch_kwargs["image_shape"] = tuple(arch_kwargs["image_shape"])
-  k = len(meta["models"])
-  graphdef, params, rest = nnx.split(_abstract_model(arch, arch_kwargs), nnx.Param, ...)
-  with_axis = lambda t: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((k,) + tuple(x.shape), x.dtype), t)
-  target = {"params": with_axis(params), "rest": with_axis(rest)}
+  graphdef, target = _restore_target(meta)
   with _open_for_restore(directory) as mngr:
     try:
       state = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
@@ -161,9 +234,28 @@ def load_stack(directory: str) -> stack_lib.Stack:
   # Saved from numpy (see _on_host), restored as numpy: back on the device,
   # as the models were before they were saved.
   state = jax.tree.map(jax.numpy.asarray, state)
-  return stack_lib.Stack(arch=arch, arch_kwargs=arch_kwargs, graphdef=graphdef,
+  return stack_lib.Stack(arch=meta["arch"], arch_kwargs=_arch_kwargs(meta),
+                         graphdef=graphdef,
                          params=state["params"], rest=state["rest"],
                          meta=list(meta["models"]))
+
+
+def _arch_kwargs(meta: dict) -> dict:
+  arch_kwargs = dict(meta["arch_kwargs"])
+  if "image_shape" in arch_kwargs:
+    arch_kwargs["image_shape"] = tuple(arch_kwargs["image_shape"])
+  return arch_kwargs
+
+
+def _restore_target(meta: dict) -> tuple[nnx.GraphDef, PyTree]:
+  """A saved stack's graphdef, and the shapes and dtypes of its
+  ``{"params", "rest"}``."""
+  k = len(meta["models"])
+  graphdef, params, rest = nnx.split(_abstract_model(meta["arch"], _arch_kwargs(meta)),
+                              nnx.Param, ...)
+  with_axis = lambda t: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((k,) + tuple(x.shape), x.dtype), t)
+  return graphdef, {"params": with_axis(params), "rest": with_axis(rest)}
 
 
 def _abstract_model(arch: str, arch_kwargs: dict) -> nnx.Module:
@@ -203,6 +295,7 @@ def load_arrays(directory: str) -> tuple[PyTree, dict]:
 
 
 def _open_for_restore(directory: str) -> ocp.CheckpointManager:
+  _commit_staged(directory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"No checkpoint at {directory}: run the stage that writes it first "

@@ -1,28 +1,36 @@
-"""Several hosts: one JAX process per host (or per GPU), suspects split among them.
+"""Several hosts: one JAX process per host (or per GPU), work split among them.
 
-The multi-host model is deliberately simple. Every process runs the same
-program (``python -m uap_jax.main --flagfile=...``, started by the scripts in
-``launch/``), calls :func:`initialize` first, and then
+Every process runs the same program (``python -m uap_jax.main
+--flagfile=...``, started by the scripts in ``launch/``), calls
+:func:`initialize` first, and shares a work directory that every host mounts
+at the same path. Then
 
-1. takes its share of the suspects (:func:`share_indices` / :func:`my_share`),
-2. computes on its LOCAL devices only (any model-axis strategy, including
-   ``shard`` over a local mesh, see :mod:`uap_jax.runtime.sharding`),
-3. sends its results to process 0 (:func:`gather_to_process0`), which alone
-   writes outputs to the work directory (enforced by
-   :class:`uap_jax.runtime.workdir.Workdir`, through which every write goes).
+1. the stages that build many independent artefacts (the zoo's stacks, the
+   reference bank's) divide them: each process trains its share and saves
+   it into the work directory itself, all wait at a barrier
+   (:func:`wait_for_all`), and each reads the others' checkpoints
+   (:mod:`uap_jax.runtime.divide`); the victim is built by process 0 and
+   read by all;
+2. the stages that compute on suspects take a share each
+   (:func:`share_indices` / :func:`my_share`) on their LOCAL devices (any
+   model-axis strategy, including ``shard`` over a local mesh, see
+   :mod:`uap_jax.runtime.sharding`) and send the results to process 0
+   (:func:`gather_to_process0`);
+3. decisions are process 0's and reach the others by broadcast
+   (:func:`broadcast_from_main`): what a stage must build, whether a stage
+   is done, a refusal to go on. Only process 0 writes the run's JSON,
+   reports and shared arrays (:class:`uap_jax.runtime.workdir.Workdir`).
 
-No array spans hosts, so nothing in the library needs global ``jax.Array`` s;
-the only cross-host communication is the final gather.
+No array spans hosts, so nothing in the library needs global ``jax.Array`` s.
 
-Why the gather uses JAX collectives (``multihost_utils.process_allgather``)
-and not files in a shared work directory: the workers of a Cloud TPU VM slice
-have no shared file system unless one is mounted (a work directory on one
-worker's disk is invisible to the others), collectives need no polling or
-clean-up protocol, and they fail loudly (the distributed runtime's heartbeat)
-when a peer dies instead of waiting for a file that never comes. The cost:
-every process briefly holds the whole gathered result (an all-gather), which
-for fingerprints (suspects x views x 2KC float32) is megabytes. Arrays pass
-through JAX, so float64 becomes float32 unless ``jax_enable_x64`` is set.
+Why results and decisions travel by JAX collectives
+(``multihost_utils.process_allgather``) and not by files: collectives need no
+polling or clean-up protocol, and they fail loudly (the distributed runtime's
+heartbeat) when a peer dies instead of waiting for a file that never comes.
+Checkpoints are the exception, since they are what a rerun resumes from. The
+cost of an all-gather: every process briefly holds the whole gathered result,
+which for fingerprints (suspects x views x 2KC float32) is megabytes. Arrays
+pass through JAX, so float64 becomes float32 unless ``jax_enable_x64`` is set.
 
 On CPU the collectives use gloo over TCP, the default
 ``jax_cpu_collectives_implementation`` of jax 0.10.
@@ -32,10 +40,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, NoReturn, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 
 from uap_jax import config
 from uap_jax.config import SHARE_MODES
@@ -189,15 +199,117 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def sync(name: str) -> None:
-  """Barrier: every process waits here until all reach ``name``."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+def process_count() -> int:
+  """How many processes run this program (1 without a cluster)."""
+  return jax.process_count()
 
 
-# The longest message :func:`main_process_refusal` carries (bytes of UTF-8).
-REFUSAL_BYTES = 4096
+def in_multi_process_run() -> bool:
+  """True once this process has joined a multi-process run (no JAX use)."""
+  return jax.distributed.is_initialized()
+
+
+def exit_now(code: int) -> NoReturn:
+  """Ends this process at once, without JAX's shutdown barrier.
+
+  For a process that fails alone: at a normal exit JAX would wait at its
+  shutdown barrier for the others, which wait at theirs (a stage's
+  barrier) for it, until both time out. Leaving at once lets the
+  distributed runtime see the process gone and stop the others.
+
+  Args:
+    code: the exit status.
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+# How long a process waits at :func:`wait_for_all` for the others: long
+# enough for the slowest process's share of a stage (a peer that dies is
+# reported sooner, by the distributed runtime's heartbeat).
+WAIT_TIMEOUT_S = 7 * 24 * 3600
+
+_barrier_count = 0
+
+
+def wait_for_all(name: str, timeout_s: int = WAIT_TIMEOUT_S) -> None:
+  """Barrier: every process waits here until all reach it.
+
+  Every process must call it the same number of times in the same order
+  (a running count makes each barrier's name unique, as the distributed
+  runtime requires). In a single process it returns at once.
+
+  Args:
+    name: what the processes wait for (in logs and errors).
+    timeout_s: seconds to wait before failing.
+
+  Raises:
+    RuntimeError: a peer did not arrive within ``timeout_s`` (or died).
+  """
+  global _barrier_count
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  _barrier_count += 1
+  # With the explicit process set orbax uses the distributed runtime's
+  # barrier, which takes a timeout (the device collective it uses
+  # otherwise waits for ever).
+  multihost.sync_global_processes(
+      f"uap_jax_{_barrier_count}_{name}", timeout=int(timeout_s),
+      processes=set(range(jax.process_count())))
+
+
+def _encoded(text: str, size: int) -> np.ndarray:
+  # Zero-padded to a common size (collectives need equal shapes, and not
+  # empty ones); the padding is stripped again by _decoded.
+  raw = np.frombuffer(text.encode(), np.uint8)
+  return np.concatenate([raw, np.zeros(size - len(raw), np.uint8)])
+
+
+def _decoded(buffer: np.ndarray) -> str:
+  return bytes(np.asarray(buffer, np.uint8)).rstrip(b"\0").decode()
+
+
+def broadcast_from_main(text: str) -> str:
+  """Process 0's ``text``, the same on every process.
+
+  For a decision only process 0 takes (what a stage must build, who holds
+  the lock): every process calls this at the same point (a collective) and
+  all get process 0's value.
+
+  Args:
+    text: process 0's value (ignored elsewhere), any length.
+
+  Returns:
+    Process 0's ``text``; in a single process ``text`` itself.
+  """
+  if jax.process_count() == 1:
+    return text
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  size = len(text.encode()) if is_main_process() else 0
+  size = int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(size))))
+  mine = text if is_main_process() else ""
+  return _decoded(multihost_utils.broadcast_one_to_all(_encoded(mine, max(size, 1))))
+
+
+def gather_texts(text: str) -> list[str]:
+  """Every process's ``text``, in process order, on every process.
+
+  Args:
+    text: this process's value, any length.
+
+  Returns:
+    One string per process (a collective: every process must call it).
+  """
+  if jax.process_count() == 1:
+    return [text]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  sizes = np.asarray(multihost_utils.process_allgather(
+      np.array([len(text.encode())], np.int32))).reshape(-1)
+  got = np.asarray(multihost_utils.process_allgather(_encoded(text, max(int(sizes.max()), 1))))
+  return [_decoded(row) for row in got.reshape(len(sizes), -1)]
 
 
 def main_process_refusal(message: str | None) -> str | None:
@@ -215,16 +327,9 @@ def main_process_refusal(message: str | None) -> str | None:
       None or empty to go on.
 
   Returns:
-    Process 0's message (at most :data:`REFUSAL_BYTES` bytes of it), or None.
+    Process 0's message, or None.
   """
-  if jax.process_count() == 1:
-    return message or None
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  buffer = np.zeros(REFUSAL_BYTES, np.uint8)
-  raw = (message or "").encode()[:REFUSAL_BYTES]
-  buffer[:len(raw)] = np.frombuffer(raw, np.uint8)
-  got = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
-  return bytes(got).rstrip(b"\0").decode(errors="replace") or None
+  return broadcast_from_main(message or "") or None
 
 
 # --------------------------------------------------------------------------

@@ -204,3 +204,32 @@ def accuracy(stack: Stack, x: np.ndarray, y: np.ndarray, **kwargs) -> np.ndarray
   """Top-1 accuracy of every model, shape ``(K,)``."""
   pred = predict(stack, x, **kwargs).argmax(-1)
   return (pred == np.asarray(y)[None]).mean(-1)
+
+
+def forward_flops(stack: Stack) -> float:
+  """Floating-point operations of one model's forward pass on one image.
+
+  XLA's own count for the compiled forward pass (nothing runs), for
+  estimating what training a stack costs before dividing stacks among
+  processes; the parameter count when the backend gives no count.
+
+  Args:
+    stack: any stack (its first model is measured).
+
+  Returns:
+    FLOPs per image (> 0).
+  """
+  one = stack.select([0])
+  variables = jax.tree.map(lambda x: x[0], one.variables)
+  shape = (1,) + tuple(int(d) for d in stack.arch_kwargs["image_shape"])
+  try:
+    cost = jax.jit(stack.logits_fn).lower(
+        variables, jax.ShapeDtypeStruct(shape, jnp.float32)).cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per device
+      cost = cost[0] if cost else None
+    flops = float((cost or {}).get("flops", 0.0))
+  except Exception:  # pylint: disable=broad-exception-caught
+    flops = 0.0
+  if flops > 0:
+    return flops
+  return float(max(1, sum(int(x.size) for x in jax.tree.leaves(one.params))))

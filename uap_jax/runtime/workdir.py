@@ -16,7 +16,12 @@ so an interrupted write never leaves half a file.
 
 In a multi-process run only the main process writes: every write of a run
 goes through a :class:`Workdir`, and on the other processes its writing
-methods do nothing (they return the path they would have written).
+methods do nothing (they return the path they would have written). The one
+exception is an artefact that a stage divides among the processes (a zoo or
+reference-bank stack, see :mod:`uap_jax.runtime.divide`): it has exactly one
+builder, which saves it through :meth:`Workdir.writing_here`. So every
+process of a multi-process run must see the same work directory at the same
+path; :meth:`Workdir.lock` checks that before any work.
 
 One run at a time writes a work directory: the writing process holds
 :meth:`Workdir.lock` for the whole run (an ``fcntl.flock`` on
@@ -65,6 +70,18 @@ class Workdir:
     if self._writer is None:
       return distributed.is_main_process()
     return self._writer
+
+  def writing_here(self) -> "Workdir":
+    """The same directory, written by this process whatever its rank.
+
+    For an artefact this process alone builds (its share of a divided
+    stage): nobody else writes it, so the main-process rule would only lose
+    it.
+
+    Returns:
+      A :class:`Workdir` of the same root that writes on this process.
+    """
+    return Workdir(self.root, writer=True)
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.root, *parts)
@@ -191,9 +208,12 @@ class Workdir:
             for stage in stages if self.stage_done(stage)}
 
   def remove(self, name: str) -> None:
+    """Removes the file or folder ``name`` (relative), with a checkpoint's
+    staged copy (see :mod:`uap_jax.runtime.checkpoint`), on the writer."""
     target = self.path(name)
     if not self.is_writer:
       return
+    checkpoint.discard_staged(target)
     if os.path.isdir(target):
       shutil.rmtree(target)
     elif os.path.exists(target):
@@ -253,6 +273,7 @@ class Workdir:
       problem = distributed.main_process_refusal(None)
       if problem:
         raise WorkdirInUse(problem)
+      self._check_shared()
       yield
       return
     try:
@@ -264,9 +285,40 @@ class Workdir:
       raise
     distributed.main_process_refusal(None)
     try:
+      self._check_shared()
       yield
     finally:
       self._release(fd)
+
+  def _check_shared(self) -> None:
+    """Refuses a multi-process run whose processes see different directories.
+
+    Divided stages save artefacts on every process and read each other's
+    (:mod:`uap_jax.runtime.divide`): every process reads the lock file the
+    writer has just written and compares it with the writer's copy, before
+    any work. A collective: every process calls it under :meth:`lock`.
+
+    Raises:
+      NotSharedWorkdir: some process does not see the writer's lock file.
+    """
+    if distributed.process_count() == 1:
+      return
+    try:
+      with open(self.path(LOCK_FILE)) as f:
+        mine = f.read()
+    except OSError as e:
+      mine = f"<unreadable: {e.strerror}>"
+    writers = distributed.broadcast_from_main(mine)
+    seen = distributed.gather_texts("" if mine == writers else socket.gethostname())
+    apart = [f"process {p} (host {host})" for p, host in enumerate(seen) if host]
+    if apart:
+      raise NotSharedWorkdir(
+          f"{self.root} is not one directory shared by all "
+          f"{distributed.process_count()} processes: {', '.join(apart)} do(es) "
+          "not see the lock file process 0 wrote there. The processes divide "
+          "the zoo and the reference bank and read each other's checkpoints, "
+          "so put --workdir (and --reference_bank) on a file system every host "
+          "mounts at the same path (NFS, a mounted bucket), or run one process.")
 
   def _acquire(self) -> int:
     """Takes the lock; returns the descriptor that holds it."""
@@ -323,6 +375,10 @@ LOCK_FILE = "lock"
 
 class WorkdirInUse(ValueError):
   """Another run holds the work directory's lock."""
+
+
+class NotSharedWorkdir(ValueError):
+  """The processes of one run do not see the same work directory."""
 
 
 def _try_flock(fd: int) -> bool:
