@@ -2,8 +2,12 @@
 # Runs one experiment on a Cloud TPU VM slice, on ALL its workers at once (one
 # JAX process per worker host). JAX finds the coordinator, the process count
 # and ids from the TPU metadata (--distributed=true, no addresses needed); the
-# suspects are split among the workers and gathered on worker 0, which writes
-# the work directory on ITS disk (or on a bucket path mounted on every worker).
+# zoo and the reference bank are divided among the workers, each saving its
+# stacks into the work directory, and the suspects' fingerprints are gathered
+# on worker 0, which writes the run's JSON and reports. So --workdir must be
+# one directory every worker mounts at the same path (a bucket mounted with
+# gcsfuse, or a Filestore/NFS share); a worker-local path is refused at the
+# start, before any work.
 #
 # What it runs (on every worker):
 #   cd REMOTE_DIR && python3 -m uap_jax.main --flagfile=FLAGFILE --distributed=true [EXTRA FLAGS...]
@@ -18,9 +22,9 @@
 #                   with jax[tpu] (needed once per slice, and after changes)
 #   REMOTE_DIR=...  where the repository lives on the workers (default uap-jax)
 # Example:
-#   SETUP=1 launch/tpu_vm.sh my-v4-32 us-central2-b experiments/quickstart.flags --workdir=runs/tpu1
-# Afterwards, fetch the results from worker 0:
-#   gcloud compute tpus tpu-vm scp --worker=0 --recurse my-v4-32:uap-jax/runs/tpu1 . --zone=us-central2-b
+#   SETUP=1 launch/tpu_vm.sh my-v4-32 us-central2-b experiments/quickstart.flags --workdir=/mnt/bucket/runs/tpu1
+# (with the bucket mounted at /mnt/bucket on every worker, e.g.
+#  gcsfuse --implicit-dirs BUCKET /mnt/bucket); the results are then in the bucket.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

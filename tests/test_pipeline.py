@@ -300,10 +300,12 @@ def test_rerun_with_changed_settings_redoes_that_stage_and_later(tiny_run, tmp_p
 
 
 def _without_timings(obj):
-  """``obj`` (parsed JSON) without the keys that hold wall-clock figures."""
+  """``obj`` (parsed JSON) without the keys that hold wall-clock figures, or
+  who trained a stack in this run (a resumed run reuses some)."""
   if isinstance(obj, dict):
+    # seconds, train_seconds, examples_per_second; trained_by_process
     return {k: _without_timings(v) for k, v in obj.items()
-            if "second" not in k}  # seconds, train_seconds, examples_per_second
+            if "second" not in k and k != "trained_by_process"}
   if isinstance(obj, list):
     return [_without_timings(v) for v in obj]
   return obj

@@ -187,6 +187,31 @@ def _child_checks() -> dict:
       np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
           jax.tree.leaves(params["loop"]), jax.tree.leaves(params["shard"]))))
   out["train_k"] = engine.num_models(params["shard"])
+
+  # What the zoo stage trains (extraction, fine-tuning, independents), 3
+  # models a stack spread over the 8 devices, against the loop.
+  from uap_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from uap_jax import zoo  # pylint: disable=g-import-not-at-top
+  kinds = ("extract_soft", "finetune_all", "independent_seed")
+  zoo_cfg = config_lib.Config(
+      dataset="digits", victim_arch="mlp", zoo_archs=["mlp"], zoo_kinds=list(kinds),
+      zoo_count=3, zoo_epochs=1.0, finetune_epochs=1.0, batch_size=8,
+      query_budget=32, augment="false")
+  arch_kwargs = dict(num_classes=4, image_shape=(8, 8, 1), width=0.25)
+  victim = stack_lib.create("mlp", [7], **arch_kwargs)
+  x_pool = rng.integers(0, 256, (48, 8, 8, 1), dtype=np.uint8)
+  y_pool = rng.integers(0, 4, 48).astype(np.int32)
+  zoo_parts = {"victim": np.arange(0, 16), "attacker": np.arange(16, 32),
+               "independent": np.arange(32, 48)}
+  for plan in zoo.plan_zoo(zoo_cfg, victim_arch="mlp"):
+    trained = {strategy: zoo.train_plan(
+        plan, victim, x_pool, y_pool, zoo_parts, augment=False,
+        arch_kwargs=arch_kwargs, strategy=strategy)[0] for strategy in ("loop", "shard")}
+    out[f"zoo_{plan.kind}"] = float(max(
+        np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+            jax.tree.leaves(trained["loop"].params),
+            jax.tree.leaves(trained["shard"].params))))
+    out[f"zoo_{plan.kind}_k"] = trained["shard"].size
   return out
 
 
@@ -229,6 +254,12 @@ def test_models_spread_over_both_axes_without_data_split(eight_device_results):
 
 def test_default_mesh_is_used(eight_device_results):
   assert eight_device_results["default_mesh"] < TOL
+
+
+@pytest.mark.parametrize("kind", ["extract_soft", "finetune_all", "independent_seed"])
+def test_zoo_stacks_trained_over_8_devices_equal_the_loop(eight_device_results, kind):
+  assert eight_device_results[f"zoo_{kind}_k"] == 3
+  assert eight_device_results[f"zoo_{kind}"] < 1e-4
 
 
 def test_shard_training_step_equals_loop(eight_device_results):

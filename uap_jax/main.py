@@ -21,6 +21,8 @@ import functools
 import importlib.util
 import logging as std_logging
 import os
+import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -29,6 +31,7 @@ from absl import logging
 from uap_jax import cli
 from uap_jax import config
 from uap_jax import pipeline
+from uap_jax.runtime import distributed
 
 config.define_flags(flags)
 cli.define_flags()
@@ -159,7 +162,16 @@ def main(argv):
     pipeline.run(cfg)
   except (ValueError, FileNotFoundError) as e:
     # One line, the last the user sees (a log line as well would repeat it).
+    if distributed.in_multi_process_run():
+      print(f"error: {e}", file=sys.stderr)
+      distributed.exit_now(1)
     raise SystemExit(f"error: {e}") from None
+  except Exception:  # pylint: disable=broad-exception-caught
+    if distributed.in_multi_process_run():
+      # The others must not wait for this process at their next barrier.
+      traceback.print_exc()
+      distributed.exit_now(1)
+    raise
 
 
 def run() -> None:

@@ -235,28 +235,43 @@ def _run_stages(cfg: Config, stages: Mapping[str, stages_lib.StageRun],
     if stage == "victim" and cfg.victim:
       # The same spec over changed weights is another victim.
       settings["victim_variables"] = ctx.given_victim_digest
-    if workdir.stage_done(stage) and not cfg.overwrite and not invalidated:
-      problem = _not_whole(ctx, stage, verify_artifacts)
-      if problem:
-        logging.warning("Stage %s: marked done, but %s; running it again, and "
-                        "the stages after it.", stage, problem)
-      else:
-        changed = _changed_settings(workdir, stage, settings)
-        if not changed:
-          logging.info("Stage %s: already done in %s (use --overwrite to redo).",
-                       stage, workdir.root)
-          results[stage] = {"skipped": True}
-          continue
-        logging.info("Stage %s: settings changed since it ran (%s); redoing it "
-                     "and the stages after it.", stage,
-                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+    # Process 0 looks at the markers and decides for every process: they
+    # must agree, and a marker may be changing under a reader's eyes.
+    skip = (distributed.is_main_process() and not cfg.overwrite and not invalidated
+            and workdir.stage_done(stage)
+            and _still_done(ctx, stage, settings, verify_artifacts))
+    if distributed.broadcast_from_main("skip" if skip else "run") == "skip":
+      logging.info("Stage %s: already done in %s (use --overwrite to redo).",
+                   stage, workdir.root)
+      results[stage] = {"skipped": True}
+      continue
     results[stage] = _run_stage(stage, stages[stage], ctx, settings)
     # Later stages built on the old artefacts of this one must be redone.
     invalidated = True
     for later in STAGES[STAGES.index(stage) + 1:]:
       if later not in cfg.stages:
         workdir.clear_stage(later)
+    # Nobody starts the next stage before this one's marker and artefacts
+    # are written.
+    distributed.wait_for_all(f"stage {stage} done")
   return results
+
+
+def _still_done(ctx: RunContext, stage: str, settings: dict,
+                verify_artifacts: bool) -> bool:
+  """Whether a stage marked done can be skipped: whole artefacts, same settings."""
+  problem = _not_whole(ctx, stage, verify_artifacts)
+  if problem:
+    logging.warning("Stage %s: marked done, but %s; running it again, and "
+                    "the stages after it.", stage, problem)
+    return False
+  changed = _changed_settings(ctx.workdir, stage, settings)
+  if changed:
+    logging.info("Stage %s: settings changed since it ran (%s); redoing it "
+                 "and the stages after it.", stage,
+                 ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+    return False
+  return True
 
 
 def _not_whole(ctx: RunContext, stage: str, verify_artifacts: bool) -> str | None:

@@ -16,7 +16,9 @@ import numpy as np
 from absl import logging
 
 from uap_jax import data as data_lib
+from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.config import Config
+from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.workdir import Workdir
 
@@ -99,3 +101,27 @@ class RunContext:
     return dict(num_classes=self.data.num_classes, image_shape=tuple(self.data.image_shape),
                 width=self.cfg.width, mean=tuple(map(float, mean)),
                 std=tuple(map(float, std)))
+
+  def forward_flops(self, arch: str, width: float | None = None) -> float:
+    """FLOPs of one image's forward pass through a model of ``arch``.
+
+    For estimating training costs (:func:`uap_jax.zoo.training_cost`);
+    cached per architecture and width. A given victim's architecture
+    (``adapter``) is measured on the victim itself.
+
+    Args:
+      arch: architecture name.
+      width: width multiplier; ``None``: the run's ``--width``.
+
+    Returns:
+      FLOPs per image.
+    """
+    key = (arch, self.cfg.width if width is None else float(width))
+    cache = self.__dict__.setdefault("_flops", {})
+    if key not in cache:
+      if arch == ADAPTER_ARCH:
+        model = self.artifacts.victim
+      else:
+        model = stack_lib.create(arch, [0], **{**self.arch_kwargs(), "width": key[1]})
+      cache[key] = stack_lib.forward_flops(model)
+    return cache[key]

@@ -23,7 +23,9 @@ import numpy as np
 
 from uap_jax import adapters
 from uap_jax.adapters import suspects
+from uap_jax import zoo as zoo_lib
 from uap_jax.adapters.base import ADAPTER_ARCH
+from uap_jax.runtime import divide
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.workdir import Workdir
@@ -41,8 +43,6 @@ def bank_workdir(ctx: RunContext) -> Workdir:
 
 
 def _saved(ctx: RunContext, plan, directory: str) -> list[dict] | None:
-  if ctx.cfg.overwrite:
-    return None
   try:
     saved = ctx.artifacts.bank_stack_meta(directory)
   except ValueError as e:
@@ -55,7 +55,9 @@ def _saved(ctx: RunContext, plan, directory: str) -> list[dict] | None:
   return saved
 
 
-def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> tuple[list[dict], float]:
+def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> list[dict]:
+  """Trains one bank stack, evaluates and saves it; returns its models' metadata."""
+  logging.info("Reference stack %s: training %d model(s).", name, len(plan.names))
   data = ctx.data
   start = time.time()
   stack, _ = bank_lib.train_bank_stack(
@@ -69,31 +71,43 @@ def _train(ctx: RunContext, bank: Workdir, plan, name: str) -> tuple[list[dict],
   ctx.artifacts.save_bank_stack(bank, name, stack)
   logging.info("Reference stack %s: %d model(s), test accuracy %s, %.1f s.", name,
                stack.size, " ".join(f"{a:.3f}" for a in accuracy), seconds)
-  return stack.meta, seconds
+  return stack.meta
 
 
 def _given_models(ctx: RunContext) -> list[tuple[str, list[dict]]]:
-  """Saves the owner's ``--reference_models`` as one-model stacks in the run.
+  """Saves the owner's ``--reference_models`` as one-model stacks in the run,
+  recorded afresh each time (the files behind them may have changed), divided
+  among the processes.
 
   Returns:
     Per model its checkpoint directory and metadata.
   """
-  data, out = ctx.data, []
-  for source in suspects.split_sources(ctx.cfg.reference_models, flag="--reference_models"):
+  data = ctx.data
+  sources = suspects.split_sources(ctx.cfg.reference_models, flag="--reference_models")
+  names = {s: f"reference_given/reference_given_{suspects.display_name(s)}"
+           for s in sources}
+
+  def record(source: str) -> list[dict]:
     adapter = adapters.check_against_data(source, data, flag="--reference_models")
-    name = f"reference_given_{suspects.display_name(source)}"
-    meta = {"name": name, "kind": bank_lib.REFERENCE_KIND, "family": "independent",
-            "parent": None, "arch": ADAPTER_ARCH, "recipe": "given", "part": "given",
-            "source": suspects.source_id(source), "hparams": {"recipe": "given"}}
+    meta = {"name": names[source].split("/")[-1], "kind": bank_lib.REFERENCE_KIND,
+            "family": "independent", "parent": None, "arch": ADAPTER_ARCH,
+            "recipe": "given", "part": "given", "source": suspects.source_id(source),
+            "hparams": {"recipe": "given"}}
     stack = adapters.to_stack(adapter, meta, num_classes=data.num_classes,
                               image_shape=data.image_shape)
     accuracy, = stack_lib.accuracy(stack, data.x_test, data.y_test,
                                    strategy=ctx.cfg.strategy)
     stack.meta[0]["test_accuracy"] = float(accuracy)
-    ctx.artifacts.save_bank_stack(ctx.workdir, f"reference_given/{name}", stack)
+    ctx.artifacts.save_bank_stack(ctx.workdir, names[source], stack)
     logging.info("Reference model %s (given): test accuracy %.3f.", source, accuracy)
-    out.append((ctx.workdir.checkpoint_dir(f"reference_given/{name}"), stack.meta))
-  return out
+    return stack.meta
+
+  built = divide.build_missing(
+      sources, build=record, what="given reference models",
+      load=lambda s: ctx.artifacts.bank_stack_meta(ctx.workdir.checkpoint_dir(names[s])),
+      rebuild=True)
+  return [(ctx.workdir.checkpoint_dir(names[s]), meta)
+          for s, meta in zip(sources, built.results)]
 
 
 def run(ctx: RunContext) -> dict:
@@ -116,25 +130,29 @@ def run(ctx: RunContext) -> dict:
       victim_arch = None
   plans = bank_lib.plan_bank(ctx.cfg, victim_arch=victim_arch)
   bank = bank_workdir(ctx)
-  entries, stacks, trained, reused, seconds = [], [], [], [], 0.0
+  names = [bank_lib.checkpoint_name(plan, arch_digest) for plan in plans]
+  parts = {name: len(idx) for name, idx in ctx.parts.items()}
+  entries, stacks = [], []
   start = time.time()
   with bank.lock() if plans else contextlib.nullcontext():
-    for i, plan in enumerate(plans):
-      name = bank_lib.checkpoint_name(plan, arch_digest)
-      directory = bank.checkpoint_dir(name)
-      meta = _saved(ctx, plan, directory)
-      if meta is None:
-        logging.info("Reference stack %d/%d %s: training %d model(s).", i + 1,
-                     len(plans), name, len(plan.names))
-        meta, s = _train(ctx, bank, plan, name)
-        trained.append(name)
-        seconds += s
-      else:
-        reused.append(name)
-      stacks.append({"name": name, "checkpoint": directory, "arch": plan.arch,
-                     "recipe": plan.shared("recipe"), "size": len(plan.names),
-                     "seconds": float(meta[0].get("train_seconds", 0.0))})
-      entries.extend({**zoo_summary.zoo_entry(m), "recipe": m.get("recipe")} for m in meta)
+    built = divide.build_missing(
+        list(range(len(plans))),
+        load=lambda i: _saved(ctx, plans[i], bank.checkpoint_dir(names[i])),
+        build=lambda i: _train(ctx, bank, plans[i], names[i]),
+        what="reference stacks", describe=lambda i: names[i],
+        cost=lambda i: zoo_lib.training_cost(
+            plans[i], parts, lambda width: ctx.forward_flops(plans[i].arch, width)),
+        rebuild=ctx.cfg.overwrite)
+  for plan, name, meta, owner in zip(plans, names, built.results, built.owner):
+    stacks.append({"name": name, "checkpoint": bank.checkpoint_dir(name),
+                   "arch": plan.arch, "recipe": plan.shared("recipe"),
+                   "size": len(plan.names),
+                   "seconds": float(meta[0].get("train_seconds", 0.0)),
+                   "trained_by_process": owner if owner >= 0 else None})
+    entries.extend({**zoo_summary.zoo_entry(m), "recipe": m.get("recipe")} for m in meta)
+  trained = [names[i] for i in built.built]
+  reused = [n for n, owner in zip(names, built.owner) if owner < 0]
+  seconds = float(sum(stacks[i]["seconds"] for i in built.built))
   for directory, meta in _given_models(ctx) if ctx.cfg.reference_models else []:
     stacks.append({"name": meta[0]["name"], "checkpoint": directory, "arch": ADAPTER_ARCH,
                    "recipe": "given", "size": 1, "seconds": 0.0})

@@ -14,6 +14,7 @@ from uap_jax import adapters
 from uap_jax import models
 from uap_jax import train
 from uap_jax.runtime import checkpoint
+from uap_jax.runtime import divide
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
 
@@ -57,10 +58,21 @@ def _record_given(ctx: RunContext) -> dict:
 
 def run(ctx: RunContext) -> dict:
   """Trains (or, with ``--victim``, records), evaluates and saves the victim;
-  writes ``victim.json``."""
+  writes ``victim.json``.
+
+  In a multi-process run process 0 does it and the others read what it saved
+  (:mod:`uap_jax.runtime.divide`): the victim is trained once.
+  """
+  built = divide.build_missing(
+      ["victim"], build=lambda _: _record_given(ctx) if ctx.cfg.victim else _train(ctx),
+      load=lambda _: ctx.artifacts.saved_victim_summary(),
+      what="victim", rebuild=True)
+  return built.results[0]
+
+
+def _train(ctx: RunContext) -> dict:
+  """Trains the victim on its part; saves it and ``victim.json``."""
   cfg, data = ctx.cfg, ctx.data
-  if cfg.victim:
-    return _record_given(ctx)
   part = ctx.parts["victim"]
   victim = stack_lib.create(
       cfg.victim_arch, [cfg.seed],

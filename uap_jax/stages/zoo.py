@@ -4,6 +4,9 @@ One stack per kind and architecture (see :mod:`uap_jax.zoo`), each saved in
 ``checkpoints/zoo/{kind}__{arch}``. A stack whose checkpoint already holds
 the planned models of the current victim is not retrained, so a rerun after
 an interruption trains only what is missing (``--overwrite`` retrains all).
+In a multi-process run the missing stacks are divided among the processes,
+largest estimated training cost first (:mod:`uap_jax.runtime.divide`); each
+saves its own, and ``zoo.json`` names the process that trained each stack.
 Writes ``zoo.json``: one entry per model, the stacks, and wall seconds per
 kind; logs the accuracy / agreement table.
 """
@@ -18,13 +21,12 @@ from absl import logging
 from uap_jax import train
 from uap_jax import zoo as zoo_lib
 from uap_jax.adapters.base import ADAPTER_ARCH
+from uap_jax.runtime import divide
 from uap_jax.runtime.context import RunContext
 
 
 def _saved_models(ctx: RunContext, plan, digest: str) -> list[dict] | None:
   """The saved stack's models when it holds exactly this plan, else None."""
-  if ctx.cfg.overwrite:
-    return None
   try:
     saved = ctx.artifacts.zoo_stack_meta(plan.checkpoint_name)
   except ValueError as e:
@@ -37,8 +39,9 @@ def _saved_models(ctx: RunContext, plan, digest: str) -> list[dict] | None:
   return saved
 
 
-def _train_and_save(ctx: RunContext, plan, victim, digest: str) -> tuple[list[dict], dict]:
-  """Trains one plan, evaluates it on the test set and saves its stack."""
+def _train_and_save(ctx: RunContext, plan, victim, digest: str) -> list[dict]:
+  """Trains one plan, evaluates it on the test set and saves its stack;
+  returns its models' metadata (with the training seconds)."""
   data = ctx.data
   logging.info("Zoo stack %s: training %d model(s) on the %s part.", plan.key,
                len(plan.names), plan.part)
@@ -53,7 +56,7 @@ def _train_and_save(ctx: RunContext, plan, victim, digest: str) -> tuple[list[di
   ctx.artifacts.save_zoo_stack(plan.checkpoint_name, student)
   logging.info("Zoo stack %s: %.1f s training, %.1f s with evaluation and saving.",
                plan.key, info["seconds"], time.time() - start)
-  return student.meta, info
+  return student.meta
 
 
 def _log_faithfulness(faithfulness: dict | None) -> None:
@@ -118,25 +121,30 @@ def run(ctx: RunContext) -> dict:
                            victim_reinit=reinit)
   digest = zoo_lib.victim_digest(victim)
 
+  parts = {name: len(idx) for name, idx in ctx.parts.items()}
+  built = divide.build_missing(
+      plans, load=lambda plan: _saved_models(ctx, plan, digest),
+      build=lambda plan: _train_and_save(ctx, plan, victim, digest),
+      what="zoo stacks", describe=lambda plan: plan.key,
+      cost=lambda plan: zoo_lib.training_cost(
+          plan, parts, lambda width: ctx.forward_flops(plan.arch, width)),
+      rebuild=cfg.overwrite)
+
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
-  trained_keys, reused_keys = [], []
-  for plan in plans:
-    models_meta = _saved_models(ctx, plan, digest)
-    if models_meta is not None:
-      seconds = float(models_meta[0].get("train_seconds", 0.0))
-      cpu_seconds = float(models_meta[0].get("train_cpu_seconds", 0.0))
-      reused_keys.append(plan.key)
+  for plan, models_meta, owner in zip(plans, built.results, built.owner):
+    if owner < 0:
       logging.info("Zoo stack %s: already trained, reusing it.", plan.key)
-    else:
-      models_meta, info = _train_and_save(ctx, plan, victim, digest)
-      seconds, cpu_seconds = info["seconds"], info["cpu_seconds"]
-      trained_keys.append(plan.key)
+    seconds = float(models_meta[0].get("train_seconds", 0.0))
+    cpu_seconds = float(models_meta[0].get("train_cpu_seconds", 0.0))
     entries.extend(zoo_lib.zoo_entry(m) for m in models_meta)
     stacks.append({"key": plan.key, "checkpoint": plan.checkpoint_name,
                    "kind": plan.kind, "arch": plan.arch, "size": len(plan.names),
-                   "seconds": seconds, "cpu_seconds": cpu_seconds})
+                   "seconds": seconds, "cpu_seconds": cpu_seconds,
+                   "trained_by_process": owner if owner >= 0 else None})
     kind_seconds[plan.kind] = kind_seconds.get(plan.kind, 0.0) + seconds
     kind_cpu[plan.kind] = kind_cpu.get(plan.kind, 0.0) + cpu_seconds
+  trained_keys = [plans[i].key for i in built.built]
+  reused_keys = [p.key for p, owner in zip(plans, built.owner) if owner < 0]
 
   per_kind = zoo_lib.kind_summary(entries) if entries else {}
   faithfulness = zoo_lib.extraction_faithfulness(entries)

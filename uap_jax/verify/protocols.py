@@ -16,6 +16,7 @@ from absl import logging
 import numpy as np
 
 from uap_jax.fingerprint import layout
+from uap_jax.runtime import distributed
 from uap_jax.verify import metrics
 from uap_jax.verify import population
 from uap_jax.verify import references
@@ -117,17 +118,17 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
     ``error`` where the fold cannot be tested.
   """
   folds = {}
-  for fold in splits.leave_kind_out_splits(meta, seed=settings.seed,
-                                           train_frac=settings.train_frac,
-                                           calib_frac=settings.calib_frac):
+  fold_list = list(splits.leave_kind_out_splits(meta, seed=settings.seed,
+                                                train_frac=settings.train_frac,
+                                                calib_frac=settings.calib_frac))
+  learned = settings.score == "encoder" or sims is None
+  all_sims = (_fold_similarities(fps, meta, victim, fold_list, encoder_config)
+              if learned else None)
+  for f, fold in enumerate(fold_list):
     kind = fold["held_out_kind"]
     logging.info("Leave-kind-out: %s (%d train, %d calib, %d eval)", kind,
                  len(fold["train"]), len(fold["calib"]), len(fold["eval"]))
-    if settings.score == "encoder" or sims is None:
-      fold_enc = splits.train_encoder(fps, meta, fold["train"], encoder_config)
-      fold_sims = similarity.similarities(fold_enc, fps, fps[victim])
-    else:
-      fold_sims = sims
+    fold_sims = all_sims[f] if learned else sims
     try:
       ref = population.reference(fold["calib"], meta, point_accuracy, victim, num_classes,
                                    minimum=settings.min_reference)
@@ -141,6 +142,23 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
       continue
     folds[kind] = _fold_row(result, fold)
   return folds
+
+
+def _fold_similarities(fps: np.ndarray, meta: Sequence[dict], victim: int,
+                       folds: Sequence[dict], encoder_config: dict) -> np.ndarray:
+  """``(F, M, V)`` scores of each fold's own encoder, trained on its part.
+
+  Training the encoders is most of a fold's cost: in a multi-process run
+  each process trains a share of the folds' encoders and every process gets
+  every fold's scores (an all-gather of F x M x V numbers).
+  """
+  mine = distributed.share_indices(len(folds), mode="strided")
+  shape = (0,) + tuple(fps.shape[:2])
+  local = np.stack([np.asarray(similarity.similarities(
+      splits.train_encoder(fps, meta, folds[f]["train"], encoder_config),
+      fps, fps[victim]), np.float32) for f in mine]) if len(mine) else np.zeros(
+          shape, np.float32)
+  return distributed.gather_to_process0(local, mine, len(folds), everywhere=True)
 
 
 def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,

@@ -64,6 +64,7 @@ from uap_jax.zoo.plan import family_of
 from uap_jax.zoo.plan import model_seed
 from uap_jax.zoo.plan import plan_zoo
 from uap_jax.zoo.plan import query_copies
+from uap_jax.zoo.plan import training_cost
 from uap_jax.zoo.plan import untrainable_kinds
 from uap_jax.zoo.queries import augmented_queries
 from uap_jax.zoo.queries import label_only_api
@@ -87,7 +88,7 @@ __all__ = [
     "EXTRACT_ADV_QUERY_SHARE", "EXTRACTION_KINDS", "MAX_QUERY_COPIES",
     "PART_OF_KIND", "StackPlan", "archs_of_kind", "check_config",
     "extraction_steps", "family_of", "model_seed", "plan_zoo", "query_copies",
-    "untrainable_kinds",
+    "training_cost", "untrainable_kinds",
     "augmented_queries", "label_only_api", "single_variables",
     "substitute_adversarials", "substitute_pgd", "agreement",
     "extraction_faithfulness", "format_table", "kind_summary", "plan_matches",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -169,6 +169,34 @@ class StackPlan:
              "parent": self.parent, "arch": self.arch, "part": self.part,
              "seed": int(s), "hparams": dict(h)}
             for n, s, h in zip(self.names, self.seeds, self.hparams)]
+
+
+def training_cost(plan: StackPlan, part_sizes: dict[str, int],
+                  flops_per_example: Callable[[float | None], float]) -> float:
+  """Estimated cost of training a stack: FLOPs over all its epochs.
+
+  Forward FLOPs per example times the examples a model trains on (the
+  query budget of an extraction or distillation, else epochs over its data
+  part), with every PGD step of adversarial training counted as another
+  pass. An estimate for dividing stacks among processes, not a measurement.
+
+  Args:
+    plan: the stack.
+    part_sizes: examples per data part.
+    flops_per_example: forward FLOPs of one image for a width (``None``:
+      the run's ``--width``).
+
+  Returns:
+    The cost (> 0).
+  """
+  total = 0.0
+  for h in plan.hparams:
+    part = h["part"] if "part" in h else plan.part
+    examples = (int(h.get("query_budget") or 0)
+                or float(h.get("epochs", 1.0)) * part_sizes.get(part, 1))
+    passes = 1 + int(h.get("pgd_steps", 0)) if plan.kind == "adv_train" else 1
+    total += max(examples, 1) * passes * flops_per_example(h.get("width"))
+  return max(total, 1.0)
 
 
 def _hparams(cfg: Config, kind: str, index: int) -> dict:
