@@ -8,6 +8,8 @@ the values) with ``uap_jax.train.train_stack``:
   model-axis strategy vmap, map, loop (and shard with several devices);
   ``stack/auto=<s>`` is what ``engine.resolve('auto')``
   picks (the row repeats that strategy's measurement when it is listed);
+  ``<strategy>+donate`` lets each step overwrite the old state's buffers
+  (``TrainConfig.donate``);
 * ``separate``: K calls of ``train_stack`` on one-model stacks, one after
   another (what K independent jobs would cost, compiles included).
 
@@ -31,6 +33,7 @@ Usage (CPU defaults stay under ~3 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -51,8 +54,9 @@ def parse_args(argv):
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--image", default="32,32,3", help="H,W,C.")
   p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--variants", default="vmap,map,loop,separate,auto",
-                 help="Stack strategies (auto = the training default) and 'separate'.")
+  p.add_argument("--variants", default="vmap,map,loop,separate,auto,vmap+donate,loop+donate",
+                 help="Stack strategies (auto = the training default), each may "
+                 "take '+donate' (buffer donation), and 'separate'.")
   p.add_argument("--timeout_s", type=float, default=120.0,
                  help="Per child process; a slower variant is reported as a timeout.")
   p.add_argument("--out", default="")
@@ -89,9 +93,10 @@ def run_child(spec: dict) -> dict:
           train.train_stack(make([i]), x_pool, [parts[i]], cfg,
                             labels=[y_pool[parts[i]]], strategy="loop")
       else:
-        strategy = (engine.resolve("auto") if variant == "auto"
-                    else variant)
+        name, _, option = variant.partition("+")
+        strategy = engine.resolve("auto") if name == "auto" else name
         out["strategy"] = strategy
+        cfg = dataclasses.replace(cfg, donate=option == "donate")
         trained, _ = train.train_stack(make(list(range(k))), x_pool, parts, cfg,
                                        labels=[y_pool[p] for p in parts],
                                        strategy=strategy)

@@ -38,6 +38,24 @@ def test_stack_equals_models_trained_one_by_one(digits_arrays, strategy):
     np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_donated_state_trains_the_same_and_leaves_the_callers_stack_whole(
+    digits_arrays, strategy):
+  x, y = digits_arrays
+  parts = [np.arange(0, 200), np.arange(200, 400)]
+  start = _digits_stack([1, 2])
+  before = [np.asarray(a).copy() for a in jax.tree.leaves(start.params)]
+  trained = {donate: train.train_stack(
+      start, x, parts, dataclasses.replace(CFG, donate=donate),
+      labels=[y[p] for p in parts], strategy=strategy)[0] for donate in (False, True)}
+  for a, b in zip(jax.tree.leaves(trained[False].params),
+                  jax.tree.leaves(trained[True].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The stack given to train_stack is neither deleted nor changed.
+  for a, b in zip(jax.tree.leaves(start.params), before):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_per_model_rates_train_as_each_model_alone_and_share_one_compile(digits_arrays):
   x, y = digits_arrays
   part = np.arange(0, 320)

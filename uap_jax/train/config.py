@@ -34,6 +34,10 @@ class TrainConfig:
   adv_steps: int = 5
   log_every: int = 50
   steps: int = 0                    # > 0: this many steps instead of epochs
+  # Let each step write the new training state into the old one's buffers
+  # (jit buffer donation): less memory traffic and peak memory where the
+  # backend supports it. Off until measured faster (bench_train_stack).
+  donate: bool = False
 
   def validate(self) -> None:
     """Raises ValueError on an out-of-range setting."""

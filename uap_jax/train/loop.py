@@ -141,8 +141,11 @@ def train_stack(
   strategy = engine.resolve(strategy)
   opt_state = step_lib.lifted_init(cfg.optimizer, strategy)(stack.params)
   state = (stack.params, stack.rest, opt_state, masks)
+  if cfg.donate:
+    # Donated buffers are overwritten: never the caller's arrays.
+    state = jax.tree.map(jnp.copy, state)
   step = step_lib.lifted_step(stack.graphdef, step_lib.StepKind.of(cfg), teacher_fn,
-                              strategy)
+                              strategy, donate=cfg.donate)
 
   # Batch order and augmentation follow each model's own seed, not its
   # position, so a model trains the same alone or inside any stack.

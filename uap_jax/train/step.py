@@ -205,7 +205,8 @@ def make_step(graphdef, kind: StepKind,
 
 
 @functools.lru_cache(maxsize=None)
-def lifted_step(graphdef, kind: StepKind, teacher_logits_fn, strategy: str) -> Callable:
+def lifted_step(graphdef, kind: StepKind, teacher_logits_fn, strategy: str,
+                donate: bool = False) -> Callable:
   """:func:`make_step` over the model axis (cached).
 
   The jitted function is the same object for every stack of this
@@ -216,13 +217,16 @@ def lifted_step(graphdef, kind: StepKind, teacher_logits_fn, strategy: str) -> C
     kind: the step kind.
     teacher_logits_fn: the teacher's logits function, or ``None``.
     strategy: a resolved model-axis strategy.
+    donate: the step may overwrite the state it is given (buffer donation);
+      the caller must not use that state again.
 
   Returns:
     The lifted step; state, batch, labels, keys and hyper-parameters carry
     the model axis, the trainable mask and the teacher are shared.
   """
   return engine.over_models(make_step(graphdef, kind, teacher_logits_fn), strategy,
-                            in_axes=(0, 0, 0, 0, 0, None, None))
+                            in_axes=(0, 0, 0, 0, 0, None, None),
+                            donate_argnums=(0,) if donate else ())
 
 
 @functools.lru_cache(maxsize=None)
