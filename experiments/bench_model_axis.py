@@ -191,7 +191,7 @@ def main(argv):
   strategies = args.strategies.split(",")
   if jax.local_device_count() > 1 and "shard" not in strategies:
     strategies.append("shard")
-  auto = engine.resolve("auto")
+  auto = engine.resolve("auto", forward_only=True)
   h, w, c = (int(s) for s in args.image.split(","))
   x = jax.random.uniform(jax.random.key(0), (2 * k * v, h, w, c))
 

@@ -12,6 +12,8 @@
 #   train_stack  one stack's training steps under vmap / map / loop / auto,
 #                with and without buffer donation
 #   uap          DeepFool-UAP sequential / minibatch / pipelined and SGD-UAP
+#   conv_forms   K models' conv layers as a loop, lax.map or vmap (one grouped
+#                convolution), with XLA's convolution or im2col
 #   cifar_zoo    victim and zoo stages of a CIFAR-10 run at full width (width
 #                1.0, which the CPU cannot afford); the MNIST 5k set when no
 #                CIFAR-10 file is at $CIFAR (default ../shared/data/cifar10_10k.npz)
@@ -30,7 +32,8 @@ if [ -n "${SMOKE:-}" ]; then
   TRAIN="--archs mlp --k 2 --steps 3 --image 8,8,1"
   UAP="--datasets digits --samples 50 --test_samples 100 --train_images 300 --passes 1 --batch_sizes 8"
   ZOO="--flagfile=experiments/quickstart.flags --flagfile=experiments/tiny.flags"
-  LIMITS=(60 60 90 120)
+  CONV="--k 2 --batch 8 --image 8,8,1 --channels 4,8 --matmul_n 128 --repeats 1"
+  LIMITS=(60 60 90 120 30)
 else
   AXIS="--archs mlp,small_cnn,resnet20 --sizes 1,8,32,128"
   TRAIN="--archs small_cnn,resnet20 --k 8 --steps 20 --variants vmap,vmap+donate,map,loop,loop+donate,auto"
@@ -40,7 +43,8 @@ else
   else
     ZOO="--flagfile=experiments/quickstart.flags --width=2.0 --zoo_epochs=6"
   fi
-  LIMITS=(90 90 90 180)
+  CONV="--k 8 --batch 256 --channels 32,64,128 --matmul_n 8192"
+  LIMITS=(90 90 90 150 30)
 fi
 
 part() {  # NAME LIMIT_S COMMAND...: runs one part, records its status
@@ -57,12 +61,13 @@ part train_stack "${LIMITS[1]}" python experiments/bench_train_stack.py $TRAIN -
 part uap "${LIMITS[2]}" python experiments/bench_uap.py $UAP --out "$OUT/uap.json"
 part cifar_zoo "${LIMITS[3]}" python -m uap_jax.main $ZOO --stages=victim,zoo \
   --workdir="$OUT/zoo_run" --overwrite
+part conv_forms "${LIMITS[4]}" python experiments/bench_conv_forms.py $CONV --out "$OUT/conv_forms.json"
 
 python - "$OUT" "$start" <<'EOF'
 import json, os, sys, time
 out, start = sys.argv[1], float(sys.argv[2])
 result = {"seconds": time.time() - start}
-for name in ("model_axis", "train_stack", "uap", "cifar_zoo"):
+for name in ("model_axis", "train_stack", "uap", "cifar_zoo", "conv_forms"):
   part = json.load(open(os.path.join(out, f"{name}.status.json")))
   path = os.path.join(out, f"{name}.json")
   if os.path.exists(path):

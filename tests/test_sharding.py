@@ -74,9 +74,13 @@ def test_auto_resolves_to_a_concrete_strategy():
   from uap_jax import config  # pylint: disable=g-import-not-at-top
   from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
   assert engine.default_strategy("cpu") == "loop"
+  assert engine.default_strategy("cpu", forward_only=True) == "map"
   assert engine.resolve("auto") == engine.default_strategy(jax.default_backend())
+  assert engine.resolve("auto", forward_only=True) == engine.default_strategy(
+      jax.default_backend(), forward_only=True)
   assert engine.resolve("auto") in config.STRATEGIES[1:]
   assert engine.resolve("map") == "map"
+  assert engine.resolve("loop", forward_only=True) == "loop"  # a choice is kept
   with pytest.raises(ValueError, match="Unknown model-axis strategy"):
     engine.check_strategy("pmap")
 

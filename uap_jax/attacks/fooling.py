@@ -91,6 +91,7 @@ def transfer_matrix(logits_fn: common.LogitsFn, variables: PyTree,
   x, num_valid, batch_size = uap_passes.prepare_data(x, batch_size)
   uaps = _check_uaps(uaps, x.shape[1:], batched=True)
   valid = jnp.arange(x.shape[0]) < num_valid
-  fn = _transfer_fn(logits_fn, batch_size, engine.resolve(strategy))
+  fn = _transfer_fn(logits_fn, batch_size,
+                    engine.resolve(strategy, forward_only=True))
   counts = fn(variables, x, valid, uaps)           # (K_models, K_uap)
   return jnp.transpose(counts) / num_valid

@@ -119,7 +119,8 @@ def fingerprints(model: Any, x_points: np.ndarray | jax.Array,
   # lax.map with batch_size b vmaps b views per step (b = V: one step).
   views_per_batch = num_views if images_per_batch is None else min(
       num_views, max(1, images_per_batch // per_view))
-  fn = _fingerprint_fn(logits_fn, mode, engine.resolve(strategy),
+  fn = _fingerprint_fn(logits_fn, mode,
+                       engine.resolve(strategy, forward_only=True),
                        views_per_batch)
   return fn(variables, jnp.swapaxes(queries, 0, 1))
 

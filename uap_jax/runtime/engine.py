@@ -21,7 +21,8 @@ measurement (``experiments/bench_model_axis.py``):
   also split its batch over a ``data`` mesh axis (``data_split``).
 
 ``auto`` picks per backend (:func:`default_strategy`): ``vmap`` on one
-accelerator, ``shard`` on several, and ``loop`` on CPU.
+accelerator, ``shard`` on several; on CPU ``map`` for forward passes and
+``loop`` for anything with a backward pass (training, attacks).
 """
 
 from __future__ import annotations
@@ -38,21 +39,25 @@ from uap_jax.config import STRATEGIES
 PyTree = Any
 
 
-def default_strategy(backend: str | None = None) -> str:
+def default_strategy(backend: str | None = None, forward_only: bool = False) -> str:
   """Returns the measured-fastest strategy for a backend.
 
   Args:
     backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; ``None`` means the default one.
+    forward_only: the lifted function runs forward passes only (predictions,
+      fingerprints), no gradients.
 
   Returns:
     A strategy name other than ``"auto"``: on an accelerator ``shard`` when
-    this process has several devices, else ``vmap``; on CPU ``loop``, for
-    inference and training alike (``experiments/bench_model_axis.py`` and
-    ``experiments/bench_train_stack.py`` measure them).
+    this process has several devices, else ``vmap`` (unmeasured so far); on
+    CPU ``map`` for forward passes (``experiments/bench_model_axis.py``: 8-21 %
+    faster than the loop for MLP and small-CNN stacks, equal for ResNet-20)
+    and ``loop`` with a backward pass (``experiments/bench_train_stack.py``:
+    ``map`` trained LeNet-5 stacks 2x slower).
   """
   backend = backend or jax.default_backend()
   if backend == "cpu":
-    return "loop"
+    return "map" if forward_only else "loop"
   if jax.local_device_count(backend) > 1:
     return "shard"
   return "vmap"
@@ -74,17 +79,21 @@ def check_strategy(strategy: str) -> None:
         f"{', '.join(STRATEGIES)}.")
 
 
-def resolve(strategy: str) -> str:
+def resolve(strategy: str, forward_only: bool = False) -> str:
   """Validates a strategy name and resolves ``auto``.
 
   Args:
     strategy: one of :data:`uap_jax.config.STRATEGIES`.
+    forward_only: what it is for runs forward passes only (see
+      :func:`default_strategy`).
 
   Returns:
     A concrete strategy (never ``"auto"``).
   """
   check_strategy(strategy)
-  return default_strategy() if strategy == "auto" else strategy
+  if strategy == "auto":
+    return default_strategy(forward_only=forward_only)
+  return strategy
 
 
 def num_models(tree: PyTree) -> int:

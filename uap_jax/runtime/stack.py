@@ -181,7 +181,8 @@ def predict(stack: Stack, x: np.ndarray, *, batch_size: int = 500,
   Returns:
     ``(K, N, num_classes)`` float32 numpy array.
   """
-  fn = _predict_fn(stack.graphdef, engine.resolve(strategy), output)
+  fn = _predict_fn(stack.graphdef, engine.resolve(strategy, forward_only=True),
+                   output)
   outs = []
   for start in range(0, len(x), batch_size):
     outs.append(np.asarray(fn(stack.variables, to_float(x[start:start + batch_size]))))
