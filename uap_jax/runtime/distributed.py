@@ -256,9 +256,16 @@ def wait_for_all(name: str, timeout_s: int = WAIT_TIMEOUT_S) -> None:
   # With the explicit process set orbax uses the distributed runtime's
   # barrier, which takes a timeout (the device collective it uses
   # otherwise waits for ever).
-  multihost.sync_global_processes(
-      f"uap_jax_{_barrier_count}_{name}", timeout=int(timeout_s),
-      processes=set(range(jax.process_count())))
+  try:
+    multihost.sync_global_processes(
+        f"uap_jax_{_barrier_count}_{name}", timeout=int(timeout_s),
+        processes=set(range(jax.process_count())))
+  except jax.errors.JaxRuntimeError as e:
+    raise RuntimeError(
+        f"Process {jax.process_index()} waited for the others ({name}) in vain: "
+        f"{str(e).splitlines()[0]} A process stopped (its log says why). What "
+        "the processes saved is kept: rerun every process with the same flags, "
+        "and each stage builds only what is missing.") from e
 
 
 def _encoded(text: str, size: int) -> np.ndarray:
