@@ -1,9 +1,9 @@
 """Two processes on loopback divide the victim, zoo and reference-bank stages.
 
 The real command line runs as two processes (gloo CPU collectives) and as
-one; the zoo and bank they save must be the same. Each test is one run
-(xdist may send tests of a module to different workers, and each would
-repeat a shared fixture).
+one; the zoo and bank they save, and the verdicts, must be the same. Each
+test is one run (xdist may send tests of a module to different workers, and
+each would repeat a shared fixture).
 """
 
 import json
@@ -24,9 +24,9 @@ QUICKSTART = REPO / "experiments" / "quickstart.flags"
 TINY = [line.strip() for line in open(REPO / "experiments" / "tiny.flags")
         if line.startswith("--")]
 # A few stacks of different costs, so that both processes get work.
-FLAGS = [f"--flagfile={QUICKSTART}", *TINY, "--stages=victim,zoo,reference",
-         "--zoo_count=0", "--zoo_counts=extract_soft:1,finetune_all:1,prune:1,"
-         "adv_train:1,independent_seed:2", "--reference_per_recipe=1"]
+FLAGS = [f"--flagfile={QUICKSTART}", *TINY, "--zoo_count=0",
+         "--zoo_counts=extract_soft:1,finetune_all:1,prune:1,adv_train:1,"
+         "independent_seed:2,independent_data:2", "--reference_per_recipe=1"]
 
 
 def _env():
@@ -67,9 +67,18 @@ def _stack_diff(a_dir, b_dir):
              for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)))
 
 
+def _without_timings(obj):
+  if isinstance(obj, dict):
+    return {k: _without_timings(v) for k, v in obj.items() if "second" not in k}
+  if isinstance(obj, list):
+    return [_without_timings(v) for v in obj]
+  return obj
+
+
 def test_two_processes_build_the_same_zoo_and_a_rerun_builds_only_what_is_missing(
     tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
+  # Every stage: the verdicts (leave-kind-out folds divided too) must agree.
   procs = _start([one]) + _start([two, two])
   codes, logs = _finish(procs)
   assert codes == [0, 0, 0], "\n----\n".join(log[-3000:] for log in logs)
@@ -93,11 +102,13 @@ def test_two_processes_build_the_same_zoo_and_a_rerun_builds_only_what_is_missin
     assert _stack_diff(a["checkpoint"], b["checkpoint"]) <= 1e-5, a["name"]
   # Only process 0 writes the run's JSON; nothing is left staged.
   assert not list(two.rglob("*.staged.npz"))
+  assert _without_timings(json.loads((one / "verify.json").read_text())) == \
+      _without_timings(json.loads((two / "verify.json").read_text()))
 
   # As if the process training it had been killed: that stack is gone.
   lost = zoo_two["stacks"][owners.index(1)]
   shutil.rmtree(two / "checkpoints" / lost["checkpoint"])
-  codes, logs = _finish(_start([two, two]))
+  codes, logs = _finish(_start([two, two], ["--stages=victim,zoo,reference"]))
   assert codes == [0, 0], "\n----\n".join(log[-3000:] for log in logs)
   summary = json.loads((two / "stages" / "zoo.json").read_text())["summary"]
   assert summary["stacks_trained"] == [lost["key"]]
@@ -108,7 +119,8 @@ def test_two_processes_build_the_same_zoo_and_a_rerun_builds_only_what_is_missin
 
 
 def test_processes_that_do_not_share_the_workdir_are_refused_before_any_work(tmp_path):
-  codes, logs = _finish(_start([tmp_path / "a", tmp_path / "b"]), timeout=120)
+  codes, logs = _finish(_start([tmp_path / "a", tmp_path / "b"], ["--stages=victim"]),
+                        timeout=120)
   assert codes == [1, 1], logs
   for log in logs:
     assert "is not one directory shared by all 2 processes" in log, log[-2000:]
