@@ -36,6 +36,7 @@ class RunContext:
     self.cfg = cfg
     self.workdir = workdir
     self.artifacts = Artifacts(workdir)
+    self._flops: dict[tuple[str, float], float] = {}
 
   @functools.cached_property
   def data(self) -> data_lib.Dataset:
@@ -117,11 +118,10 @@ class RunContext:
       FLOPs per image.
     """
     key = (arch, self.cfg.width if width is None else float(width))
-    cache = self.__dict__.setdefault("_flops", {})
-    if key not in cache:
+    if key not in self._flops:
       if arch == ADAPTER_ARCH:
         model = self.artifacts.victim
       else:
         model = stack_lib.create(arch, [0], **{**self.arch_kwargs(), "width": key[1]})
-      cache[key] = stack_lib.forward_flops(model)
-    return cache[key]
+      self._flops[key] = stack_lib.forward_flops(model)
+    return self._flops[key]
