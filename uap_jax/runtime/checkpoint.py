@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from uap_jax import models
+from uap_jax.runtime import files
 from uap_jax.runtime import stack as stack_lib
 
 PyTree = Any
@@ -148,13 +148,10 @@ def _stage(directory: str, meta: dict, state: PyTree) -> None:
   if any(not isinstance(x, np.ndarray) for x in leaves):
     raise ValueError(f"Cannot stage the stack for {directory}: it holds arrays "
                      "without a numpy form (typed PRNG keys); run one process.")
-  target = staged_path(directory)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, meta=np.array(json.dumps(meta)),
-             **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-  os.replace(tmp, target)  # whole or absent, as orbax's own steps are
+  # Whole or absent, as orbax's own steps are.
+  files.write_atomically(staged_path(directory), "wb", lambda f: np.savez(
+      f, meta=np.array(json.dumps(meta)),
+      **{f"leaf_{i}": x for i, x in enumerate(leaves)}))
 
 
 def _commit_staged(directory: str) -> None:

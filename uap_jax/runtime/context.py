@@ -21,6 +21,7 @@ from uap_jax.config import Config
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.workdir import Workdir
+from uap_jax.zoo import plan as plan_lib
 
 
 class RunContext:
@@ -103,11 +104,24 @@ class RunContext:
                 width=self.cfg.width, mean=tuple(map(float, mean)),
                 std=tuple(map(float, std)))
 
+  def training_cost(self, plan: plan_lib.StackPlan) -> float:
+    """A stack plan's estimated training cost (:func:`uap_jax.zoo.training_cost`
+    over this run's data parts), for dividing stacks among processes.
+
+    Args:
+      plan: a :class:`uap_jax.zoo.StackPlan` (zoo or reference bank).
+
+    Returns:
+      The cost, in FLOPs.
+    """
+    parts = {name: len(idx) for name, idx in self.parts.items()}
+    return plan_lib.training_cost(
+        plan, parts, lambda width: self.forward_flops(plan.arch, width))
+
   def forward_flops(self, arch: str, width: float | None = None) -> float:
     """FLOPs of one image's forward pass through a model of ``arch``.
 
-    For estimating training costs (:func:`uap_jax.zoo.training_cost`);
-    cached per architecture and width. A given victim's architecture
+    Cached per architecture and width. A given victim's architecture
     (``adapter``) is measured on the victim itself.
 
     Args:

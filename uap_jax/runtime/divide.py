@@ -54,6 +54,11 @@ class Built(Generic[Result]):
     """Indices of the items built in this call (by any process)."""
     return [i for i, p in enumerate(self.owner) if p >= 0]
 
+  @property
+  def reused(self) -> list[int]:
+    """Indices of the items loaded from an earlier run."""
+    return [i for i, p in enumerate(self.owner) if p < 0]
+
 
 def assign(costs: Sequence[float], num_processes: int) -> list[int]:
   """Which process builds each item: longest first, to the least loaded.
@@ -160,12 +165,8 @@ def build_missing(items: Sequence[Item], *, load: Callable[[Item], Result | None
   problems = distributed.gather_texts(problem)
   if error is not None:
     raise error
-  failed = [(p, text) for p, text in enumerate(problems) if text]
-  if failed:
-    raise RuntimeError(
-        f"Building {what}: " + "; ".join(f"process {p} failed on {text}"
-                                         for p, text in failed)
-        + ". See that process's log; a rerun builds only what is still missing.")
+  _raise_problems(what, problems, "failed on",
+                  "See that process's log; a rerun builds only what is still missing.")
   # Process 0 reads first: reading commits what the others staged
   # (uap_jax.runtime.checkpoint), and only then can they read it.
   problem = _load_others(items, results, load, describe, owner) if me == 0 else ""
@@ -173,16 +174,21 @@ def build_missing(items: Sequence[Item], *, load: Callable[[Item], Result | None
   if problem:
     raise RuntimeError(f"Building {what}: process 0 cannot read {problem}")
   problem = _load_others(items, results, load, describe, owner) if me else ""
-  problems = distributed.gather_texts(problem)
+  _raise_problems(
+      what, distributed.gather_texts(problem), "cannot read",
+      "Every process must see the same --workdir (and --reference_bank) at the "
+      "same path: put them on a file system all hosts mount (NFS, a mounted "
+      "bucket), or run a single process.")
+  return Built(results, owner)
+
+
+def _raise_problems(what: str, problems: list[str], verb: str, advice: str) -> None:
+  """Raises RuntimeError naming every process with a problem (none: returns)."""
   failed = [(p, text) for p, text in enumerate(problems) if text]
   if failed:
     raise RuntimeError(
-        f"Building {what}: " + "; ".join(f"process {p} cannot read {text}"
-                                         for p, text in failed)
-        + ". Every process must see the same --workdir (and --reference_bank) at "
-        "the same path: put them on a file system all hosts mount (NFS, a "
-        "mounted bucket), or run a single process.")
-  return Built(results, owner)
+        f"Building {what}: " + "; ".join(f"process {p} {verb} {text}"
+                                         for p, text in failed) + ". " + advice)
 
 
 def _load_others(items, results: list, load, describe, owner: list[int]) -> str:

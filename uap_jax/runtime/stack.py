@@ -220,17 +220,14 @@ def forward_flops(stack: Stack) -> float:
   Returns:
     FLOPs per image (> 0).
   """
-  one = stack.select([0])
-  variables = jax.tree.map(lambda x: x[0], one.variables)
+  variables = jax.tree.map(lambda x: x[0], stack.variables)
   shape = (1,) + tuple(int(d) for d in stack.arch_kwargs["image_shape"])
   try:
     cost = jax.jit(stack.logits_fn).lower(
         variables, jax.ShapeDtypeStruct(shape, jnp.float32)).cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per device
-      cost = cost[0] if cost else None
     flops = float((cost or {}).get("flops", 0.0))
   except Exception:  # pylint: disable=broad-exception-caught
     flops = 0.0
   if flops > 0:
     return flops
-  return float(max(1, sum(int(x.size) for x in jax.tree.leaves(one.params))))
+  return float(max(1, sum(int(x.size) for x in jax.tree.leaves(variables[0]))))

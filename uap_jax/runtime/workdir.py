@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -47,6 +46,7 @@ from absl import logging
 
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import distributed
+from uap_jax.runtime import files
 
 
 class Workdir:
@@ -93,13 +93,8 @@ class Workdir:
     """Writes ``name`` (relative) with ``write(file)`` under a temporary name,
     then renames it, on the writing process only; returns the path."""
     target = self.path(name)
-    if not self.is_writer:
-      return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    with os.fdopen(fd, mode) as f:
-      write(f)
-    os.replace(tmp, target)
+    if self.is_writer:
+      files.write_atomically(target, mode, write)
     return target
 
   def write_json(self, name: str, obj: Any) -> str:

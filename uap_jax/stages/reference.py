@@ -23,7 +23,6 @@ import numpy as np
 
 from uap_jax import adapters
 from uap_jax.adapters import suspects
-from uap_jax import zoo as zoo_lib
 from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.runtime import divide
 from uap_jax.runtime import stack as stack_lib
@@ -131,7 +130,6 @@ def run(ctx: RunContext) -> dict:
   plans = bank_lib.plan_bank(ctx.cfg, victim_arch=victim_arch)
   bank = bank_workdir(ctx)
   names = [bank_lib.checkpoint_name(plan, arch_digest) for plan in plans]
-  parts = {name: len(idx) for name, idx in ctx.parts.items()}
   entries, stacks = [], []
   start = time.time()
   with bank.lock() if plans else contextlib.nullcontext():
@@ -140,8 +138,7 @@ def run(ctx: RunContext) -> dict:
         load=lambda i: _saved(ctx, plans[i], bank.checkpoint_dir(names[i])),
         build=lambda i: _train(ctx, bank, plans[i], names[i]),
         what="reference stacks", describe=lambda i: names[i],
-        cost=lambda i: zoo_lib.training_cost(
-            plans[i], parts, lambda width: ctx.forward_flops(plans[i].arch, width)),
+        cost=lambda i: ctx.training_cost(plans[i]),
         rebuild=ctx.cfg.overwrite)
   for plan, name, meta, owner in zip(plans, names, built.results, built.owner):
     stacks.append({"name": name, "checkpoint": bank.checkpoint_dir(name),
@@ -151,7 +148,7 @@ def run(ctx: RunContext) -> dict:
                    "trained_by_process": owner if owner >= 0 else None})
     entries.extend({**zoo_summary.zoo_entry(m), "recipe": m.get("recipe")} for m in meta)
   trained = [names[i] for i in built.built]
-  reused = [n for n, owner in zip(names, built.owner) if owner < 0]
+  reused = [names[i] for i in built.reused]
   seconds = float(sum(stacks[i]["seconds"] for i in built.built))
   for directory, meta in _given_models(ctx) if ctx.cfg.reference_models else []:
     stacks.append({"name": meta[0]["name"], "checkpoint": directory, "arch": ADAPTER_ARCH,

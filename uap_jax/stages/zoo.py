@@ -121,13 +121,10 @@ def run(ctx: RunContext) -> dict:
                            victim_reinit=reinit)
   digest = zoo_lib.victim_digest(victim)
 
-  parts = {name: len(idx) for name, idx in ctx.parts.items()}
   built = divide.build_missing(
       plans, load=lambda plan: _saved_models(ctx, plan, digest),
       build=lambda plan: _train_and_save(ctx, plan, victim, digest),
-      what="zoo stacks", describe=lambda plan: plan.key,
-      cost=lambda plan: zoo_lib.training_cost(
-          plan, parts, lambda width: ctx.forward_flops(plan.arch, width)),
+      what="zoo stacks", describe=lambda plan: plan.key, cost=ctx.training_cost,
       rebuild=cfg.overwrite)
 
   entries, stacks, kind_seconds, kind_cpu = [], [], {}, {}
@@ -144,7 +141,7 @@ def run(ctx: RunContext) -> dict:
     kind_seconds[plan.kind] = kind_seconds.get(plan.kind, 0.0) + seconds
     kind_cpu[plan.kind] = kind_cpu.get(plan.kind, 0.0) + cpu_seconds
   trained_keys = [plans[i].key for i in built.built]
-  reused_keys = [p.key for p, owner in zip(plans, built.owner) if owner < 0]
+  reused_keys = [plans[i].key for i in built.reused]
 
   per_kind = zoo_lib.kind_summary(entries) if entries else {}
   faithfulness = zoo_lib.extraction_faithfulness(entries)
