@@ -334,11 +334,12 @@ def _saved_results(workdir):
   out["uaps"] = artifacts.uaps
   fingerprints = artifacts.fingerprints
   out["fingerprints"], out["points"] = fingerprints.fps, fingerprints.points
-  state, config, history = artifacts.encoder()
-  add("encoder", state)
-  out["encoder_history"] = history
+  encoders = artifacts.encoder()
+  add("encoder", [e.state for e in encoders.encoders])
+  out["encoder_history"] = np.stack([e.history for e in encoders.encoders])
   out["similarities"] = artifacts.similarities()
-  out["encoder_config"] = config
+  out["encoder_config"] = encoders.config
+  out["encoder_groups"] = encoders.groups
   out["split.json"] = artifacts.split()
   out["verify.json"] = artifacts.verification()
   for name in ("zoo.json", os.path.join("report", "results.json")):
@@ -790,3 +791,30 @@ def test_auto_score_is_the_encoder_for_a_trained_victim_and_follow_for_a_given_o
   with pytest.raises(ValueError, match="needs a UAP"):
     config_lib.Config(victim="py:m:f", num_uaps=0).validate()
   config_lib.Config(num_uaps=0).validate()  # the encoder takes clean-only fingerprints
+
+
+def test_cross_fitted_encoders_run_end_to_end_and_score_bank_models_unseen(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy, symlinks=True)
+  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--enc_crossfit=arch",
+                "--stages=encoder,verify"], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "settings changed since it ran (enc_crossfit: none -> arch)" in proc.stderr
+  with open(os.path.join(copy, "encoder.json")) as f:
+    described = json.load(f)["crossfit"]
+  # The tiny bank has one architecture (MLP): it is cut by recipe instead.
+  assert (described["mode"], described["by"], described["encoders"]) == ("arch", "recipe", 2)
+  from uap_jax.runtime.artifacts import Artifacts  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  from uap_jax.verify import similarity  # pylint: disable=g-import-not-at-top
+  artifacts = Artifacts(Workdir(copy, writer=False))
+  encoders, fp = artifacts.encoder(), artifacts.fingerprints
+  sims = artifacts.similarities()
+  for encoder, group in zip(encoders.encoders, encoders.groups):
+    np.testing.assert_allclose(
+        sims[group], similarity.similarities(encoder, fp.fps[group], fp.fps[fp.victim_index]),
+        atol=1e-5)
+  with open(os.path.join(copy, "verify.json")) as f:
+    held = json.load(f)["false_accusations"]["held_out"]
+  assert held >= 8  # the bank's 8 models judged twice, and the zoo's independents

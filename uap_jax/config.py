@@ -34,7 +34,7 @@ PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
 INDEPENDENT_KINDS = ("independent_seed", "independent_arch", "independent_data")
 KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
 # Training recipes of the reference bank (uap_jax.zoo.reference.RECIPES).
-REFERENCE_RECIPES = ("base", "adam", "augment", "smooth", "short", "long", "narrow")
+REFERENCE_RECIPES = ("base", "twin", "adam", "augment", "smooth", "short", "long", "narrow")
 # The choices of the other flags; the library takes its lists from here.
 STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
 DISTRIBUTED_MODES = ("auto", "true", "false")
@@ -46,6 +46,8 @@ POINT_RULES = ("kmeans", "margin", "random")
 FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
 SCORES = ("encoder", "uap_follow", "uap_cosine", "raw_cosine")
+# How the reference bank trains the encoder (uap_jax.verify.crossfit).
+CROSSFIT_MODES = ("arch", "recipe", "cell", "none")
 AUGMENT_MODES = ("auto", "true", "false")
 
 
@@ -147,6 +149,7 @@ class Config:
   enc_temperature: float = _f(0.2, "Supervised contrastive temperature.", stage="encoder")
   enc_steps: int = _f(500, "Encoder training steps.", stage="encoder")
   enc_lr: float = _f(1e-3, "Encoder Adam learning rate.", stage="encoder")
+  enc_crossfit: str = _f("none", "How the reference bank trains the encoder: none (the default: the bank only calibrates; one encoder on the zoo's training part, the paper's) | arch (its independents are negatives too, and each bank model is scored by an encoder that never saw its architecture; one encoder per bank architecture: more pirates detected, but held-out independents accused, see uap_jax/verify/crossfit.py) | recipe (the same by training recipe) | cell (one encoder per architecture and recipe, trained on the bank models that share neither).", stage="encoder", choices=CROSSFIT_MODES)
   split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.", stage="encoder")
   split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.", stage="encoder")
   # Verification.
@@ -211,6 +214,7 @@ class Config:
     if self.test not in TESTS:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
     _check_choice("score", self.score, ("auto",) + SCORES)
+    _check_choice("enc_crossfit", self.enc_crossfit, CROSSFIT_MODES)
     if self.verify_score == "uap_follow" and self.num_uaps == 0:
       raise ValueError("--score=uap_follow (what --score=auto means with --victim) needs a "
                        "UAP: set --num_uaps >= 1, or --score=encoder.")

@@ -51,6 +51,7 @@ import numpy as np
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.workdir import Workdir
+from uap_jax.verify import crossfit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,15 +291,13 @@ class Artifacts:
   def save_split(self, split: dict) -> None:
     self.workdir.write_json("split.json", split)
 
-  def encoder(self) -> tuple[dict, dict, np.ndarray]:
-    """``(state, config, history)`` of the saved encoder."""
-    state, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("encoder"))
-    return state["state"], meta["config"], np.asarray(state["history"])
+  def encoder(self) -> crossfit.CrossFitted:
+    """The saved (cross-fitted) encoders."""
+    tree, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("encoder"))
+    return crossfit.from_arrays(tree, meta)
 
-  def save_encoder(self, state: Any, config: dict, history: np.ndarray,
-                   summary: dict) -> None:
-    self.workdir.save_arrays("encoder", {"state": state, "history": np.asarray(history)},
-                             {"config": config})
+  def save_encoder(self, encoders: crossfit.CrossFitted, summary: dict) -> None:
+    self.workdir.save_arrays("encoder", *crossfit.to_arrays(encoders))
     self.workdir.write_json("encoder.json", summary)
 
   # Verification.

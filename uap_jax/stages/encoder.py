@@ -1,4 +1,8 @@
-"""Stage `encoder`: split the zoo, train the contrastive encoder on its training part."""
+"""Stage `encoder`: split the zoo, train the contrastive encoder(s).
+
+The encoders learn from the zoo's training part and, cross-fitted, from the
+reference bank (:mod:`uap_jax.verify.crossfit`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import numpy as np
 from absl import logging
 
 from uap_jax.runtime.context import RunContext
+from uap_jax.verify import crossfit
 from uap_jax.verify import encoder as encoder_lib
 from uap_jax.verify import splits
 
@@ -22,11 +27,13 @@ def run(ctx: RunContext) -> dict:
       fp.fps.shape[-1], hidden=(cfg.enc_hidden,), embed_dim=cfg.enc_embed,
       temperature=cfg.enc_temperature, learning_rate=cfg.enc_lr, steps=cfg.enc_steps,
       seed=cfg.seed)
-  enc = splits.train_encoder(fp.fps, fp.models, split["train"], config)
-  history = np.asarray(enc.history)
+  encoders = crossfit.train(fp.fps, fp.models, split["train"], splits.bank_models(fp.models),
+                            config, cfg.enc_crossfit)
+  histories = np.stack([np.asarray(e.history) for e in encoders.encoders])
   summary = {"train_models": len(split["train"]), "calib_models": len(split["calib"]),
-             "eval_models": len(split["eval"]), "steps": int(history.size),
-             "loss_first": float(history[:10].mean()), "loss_last": float(history[-10:].mean()),
-             "config": enc.config}
-  ctx.artifacts.save_encoder(enc.state, enc.config, history, summary)
+             "eval_models": len(split["eval"]), "steps": int(histories.shape[1]),
+             "loss_first": float(histories[:, :10].mean()),
+             "loss_last": float(histories[:, -10:].mean()),
+             "crossfit": encoders.describe(fp.models), "config": encoders.config}
+  ctx.artifacts.save_encoder(encoders, summary)
   return {k: summary[k] for k in ("train_models", "loss_first", "loss_last")}

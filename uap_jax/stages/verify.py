@@ -41,7 +41,7 @@ from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.workdir import Workdir
-from uap_jax.verify import encoder as encoder_lib
+from uap_jax.verify import crossfit
 from uap_jax.verify import protocols
 from uap_jax.verify import references
 from uap_jax.verify import summary
@@ -56,9 +56,8 @@ def _settings(ctx: RunContext) -> protocols.Settings:
                             calib_frac=cfg.split_calib)
 
 
-def _saved_encoder(ctx: RunContext) -> encoder_lib.TrainedEncoder:
-  state, config, history = ctx.artifacts.encoder()
-  return encoder_lib.TrainedEncoder(state=state, config=config, history=history)
+def _saved_encoder(ctx: RunContext) -> crossfit.CrossFitted:
+  return ctx.artifacts.encoder()
 
 
 def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:

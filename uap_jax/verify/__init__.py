@@ -49,6 +49,8 @@ Where things are:
 
 * :mod:`.encoder`: the contrastive encoder of fingerprint views;
 * :mod:`.similarity`: the victim's prototype and the suspects' similarities;
+* :mod:`.crossfit`: encoders cross-fitted over the reference bank
+  (``--enc_crossfit``), each bank model scored by one that never saw it;
 * :mod:`.tests`: the p-values of every test, Fisher z, the verdict;
 * :mod:`.splits`: which models train the encoder, calibrate, are evaluated;
 * :mod:`.summary`: detection quality (AUC, TPR, verdict counts), one core

@@ -181,7 +181,7 @@ def _training_config(in_dim: int, config: dict | None, overrides: dict) -> dict:
 
 def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[int],
           config: dict | None = None, *, log_every: int = 100,
-          **overrides) -> TrainedEncoder:
+          verbose: bool = True, **overrides) -> TrainedEncoder:
   """Trains an encoder on fingerprints of labelled models.
 
   Args:
@@ -190,6 +190,7 @@ def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[in
     config: from :func:`make_config`; default ``make_config(D, **overrides)``.
     log_every: steps per compiled chunk; the mean loss of each chunk is
       logged with absl.
+    verbose: log at INFO (else DEBUG: the protocols train many encoders).
     **overrides: config keys, when ``config`` is None.
 
   Returns:
@@ -230,7 +231,8 @@ def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[in
     losses = np.asarray(losses)
     history.append(losses)
     step += n
-    logging.info("encoder step %d/%d: supcon loss %.4f", step, total,
+    logging.log(logging.INFO if verbose else logging.DEBUG,
+                "encoder step %d/%d: supcon loss %.4f", step, total,
                  float(losses.mean()))
   trained = nnx.merge(graphdef, params, rest)
   state = nnx.to_pure_dict(nnx.state(trained))

@@ -17,6 +17,7 @@ import numpy as np
 
 from uap_jax.fingerprint import layout
 from uap_jax.runtime import distributed
+from uap_jax.verify import crossfit
 from uap_jax.verify import metrics
 from uap_jax.verify import population
 from uap_jax.verify import references
@@ -97,20 +98,23 @@ def _fold_row(result: dict, fold: dict) -> dict:
 def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
                    encoder_config: dict, settings: Settings, *,
                    point_accuracy: np.ndarray, num_classes: int,
-                   sims: np.ndarray | None = None) -> dict[str, dict]:
-  """Leave-kind-out folds, each with an encoder trained on its own part.
+                   sims: np.ndarray | None = None,
+                   crossfit_by: str = "none") -> dict[str, dict]:
+  """Leave-kind-out folds, each with encoders trained on its own part.
 
   Args:
     fps: ``(M, V, D)`` fingerprints of every model.
     meta: per model its metadata.
     victim: the victim's index.
-    encoder_config: the saved encoder's config (each fold's encoder has it).
+    encoder_config: the saved encoders' config (each fold's encoders have it).
     settings: the run's settings.
     point_accuracy: ``(M,)`` every model's accuracy on the points (the
       reference's fitness and coverage, :mod:`uap_jax.verify.population`).
     num_classes: C.
     sims: ``(M, V)`` scores of an encoder-free ``settings.score``: no
       fold trains an encoder then, since nothing is learned from the zoo.
+    crossfit_by: how each fold's encoders are cross-fitted over the bank
+      (:mod:`uap_jax.verify.crossfit`).
 
   Returns:
     Per held-out kind its brief with ``family``, ``auc_held_out``,
@@ -122,7 +126,10 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
                                                 train_frac=settings.train_frac,
                                                 calib_frac=settings.calib_frac))
   learned = settings.score == "encoder" or sims is None
-  all_sims = (_fold_similarities(fps, meta, victim, fold_list, encoder_config)
+  bank = splits.bank_models(meta)
+  all_sims = (_learned_similarities(fps, meta, victim,
+                                    [(fold["train"], bank) for fold in fold_list],
+                                    encoder_config, crossfit_by)
               if learned else None)
   for f, fold in enumerate(fold_list):
     kind = fold["held_out_kind"]
@@ -144,61 +151,89 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
   return folds
 
 
-def _fold_similarities(fps: np.ndarray, meta: Sequence[dict], victim: int,
-                       folds: Sequence[dict], encoder_config: dict) -> np.ndarray:
-  """``(F, M, V)`` scores of each fold's own encoder, trained on its part.
+def _learned_similarities(fps: np.ndarray, meta: Sequence[dict], victim: int,
+                          parts: Sequence[tuple[Sequence[int], Sequence[int]]],
+                          encoder_config: dict, crossfit_by: str) -> np.ndarray:
+  """``(F, M, V)`` scores of each fold's own encoders.
 
-  Training the encoders is most of a fold's cost: in a multi-process run
-  each process trains a share of the folds' encoders and every process gets
-  every fold's scores (an all-gather of F x M x V numbers).
+  Fold f's encoders train on its zoo part ``parts[f][0]``, cross-fitted over
+  its bank part ``parts[f][1]``; a model in neither is scored by encoders
+  that never saw it. Training the encoders is most of a fold's cost: in a
+  multi-process run each process trains a share of the folds' encoders and
+  every process gets every fold's scores (an all-gather of F x M x V numbers).
   """
-  mine = distributed.share_indices(len(folds), mode="strided")
+  mine = distributed.share_indices(len(parts), mode="strided")
   shape = (0,) + tuple(fps.shape[:2])
-  local = np.stack([np.asarray(similarity.similarities(
-      splits.train_encoder(fps, meta, folds[f]["train"], encoder_config),
-      fps, fps[victim]), np.float32) for f in mine]) if len(mine) else np.zeros(
-          shape, np.float32)
-  return distributed.gather_to_process0(local, mine, len(folds), everywhere=True)
+  rows = range(fps.shape[0])
+  local = np.stack([crossfit.train(fps, meta, parts[f][0], parts[f][1], encoder_config,
+                                   crossfit_by, verbose=False).similarities(
+                                       fps, fps[victim], rows)
+                    for f in mine]) if len(mine) else np.zeros(shape, np.float32)
+  return distributed.gather_to_process0(local, mine, len(parts), everywhere=True)
+
+
+def _held_out_groups(meta: Sequence[dict], bank: Sequence[int]) -> list[tuple[str, str]]:
+  return [(by, group) for by in ("arch", "recipe")
+          for group in sorted({str(meta[i].get(by)) for i in bank})]
 
 
 def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
                        calib: Sequence[int], point_accuracy: np.ndarray,
-                       num_classes: int, settings: Settings) -> dict[str, dict]:
+                       num_classes: int, settings: Settings, *,
+                       fps: np.ndarray | None = None, train: Sequence[int] = (),
+                       encoder_config: dict | None = None,
+                       crossfit_by: str = "none") -> dict[str, dict]:
   """The bank's models judged as suspects, one group left out at a time.
 
   For each architecture (then each recipe) of the reference bank, its bank
   models are judged against the calibration models of every OTHER
   architecture (recipe): the open-world case of an independent built in a
-  way the reference never saw.
+  way the reference never saw. Encoders cross-fitted over the bank
+  (``crossfit_by`` not ``none``) are retrained per group without it, so
+  that none of the group's models taught the encoders that score it.
 
   Args:
-    sims: ``(M, V)`` scores of every model.
+    sims: ``(M, V)`` scores of every model (used as they are unless the
+      encoders are retrained).
     meta: per model its metadata (``kind``, ``arch``, ``recipe``).
     victim: the victim's index.
     calib: the calibration models (bank included).
     point_accuracy: ``(M,)`` accuracies on the points.
     num_classes: C.
     settings: the run's settings.
+    fps: ``(M, V, D)`` fingerprints (retrained encoders only).
+    train: the zoo models that train the encoders (retrained encoders only).
+    encoder_config: the encoders' config (retrained encoders only).
+    crossfit_by: the encoders' cross-fitting over the bank (``--enc_crossfit``);
+      ``none`` (or an encoder-free score): the bank never trained them.
 
   Returns:
     ``{"arch": ..., "recipe": ...}``, each with per group the models held
     out, how many were accused and the least p-value, and in all
     ``held_out`` / ``accused``.
   """
-  bank = [i for i, m in enumerate(meta) if m.get("kind") == splits.REFERENCE_KIND]
+  bank = splits.bank_models(meta)
+  groups_of = _held_out_groups(meta, bank)
+  retrain = crossfit_by != "none"
+  if retrain:
+    group_sims = _learned_similarities(
+        fps, meta, victim,
+        [(train, [i for i in bank if str(meta[i].get(by)) != g]) for by, g in groups_of],
+        encoder_config, crossfit_by)
   out = {}
   for by in ("arch", "recipe"):
     groups, held_total, accused_total = {}, 0, 0
     for group in sorted({str(meta[i].get(by)) for i in bank}):
       held = [i for i in bank if str(meta[i].get(by)) == group]
       others = [i for i in calib if str(meta[i].get(by)) != group]
+      scores = group_sims[groups_of.index((by, group))] if retrain else sims
       try:
         ref = population.reference(others, meta, point_accuracy, victim, num_classes,
                              minimum=settings.min_reference)
       except ValueError as e:
         groups[group] = {"error": str(e)}
         continue
-      result = summary.evaluate_split(sims, meta, held, ref.index, point_accuracy,
+      result = summary.evaluate_split(scores, meta, held, ref.index, point_accuracy,
                                       ref, **settings.test())
       rows = result["suspects"]
       accused = [r["name"] for r in rows if r["verdict"] == "pirated"]
@@ -248,7 +283,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   """Every protocol on the zoo (what ``verify.json`` holds).
 
   Args:
-    encoder: the trained encoder (a TrainedEncoder).
+    encoder: the trained encoders (a :class:`~uap_jax.verify.crossfit.CrossFitted`,
+      or one TrainedEncoder).
     fps: ``(M, V, D)`` fingerprints of the victim, every zoo model and the
       reference bank.
     meta: per model its metadata (name, family, kind, arch, ...).
@@ -267,8 +303,9 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
     "false_accusations", "reference", "other_tests", "references",
     "victim_self"}, (M, V) scores of every model)``.
   """
+  rows = range(fps.shape[0])
   sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
-                           num_classes=num_classes)
+                           num_classes=num_classes, rows=rows)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(split["calib"], meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference)
@@ -280,14 +317,20 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
                                     **settings.test())
   if settings.score != "encoder":
     # The paper's learned score on the same suspects and references.
-    encoder_sims = similarity.similarities(encoder, fps, fps[victim])
+    encoder_sims = similarity.scores("encoder", encoder, fps, fps[victim],
+                                     num_uaps=num_uaps, num_classes=num_classes, rows=rows)
     refs["encoder"] = summary.brief(summary.evaluate_split(
         encoder_sims, meta, split["eval"], ref.index, **settings.test()))
   refs.update(sample_references or {})
+  by = getattr(encoder, "mode", "none")
+  learned = settings.score == "encoder"
   folds = leave_kind_out(fps, meta, victim, encoder.config, settings,
-                         point_accuracy=accuracy, num_classes=num_classes, sims=sims)
+                         point_accuracy=accuracy, num_classes=num_classes, sims=sims,
+                         crossfit_by=by)
   bank = reference_held_out(sims, meta, victim, split["calib"], accuracy, num_classes,
-                            settings)
+                            settings, fps=fps, train=split["train"],
+                            encoder_config=encoder.config,
+                            crossfit_by=by if learned else "none")
   zoo_rows = {m["name"]: m for m in meta}
   for row in random["suspects"]:
     src = zoo_rows[row["name"]]
@@ -310,7 +353,7 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
   """Verdicts on suspects from outside the zoo.
 
   Args:
-    encoder: the trained encoder.
+    encoder: the trained encoders (as :func:`evaluate_zoo` takes).
     suspect_fps: ``(S, V, D)`` the suspects' fingerprints.
     fps: ``(M, V, D)`` the run's fingerprints (victim, zoo, bank).
     meta: per model of ``fps`` its metadata.
@@ -342,9 +385,10 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(calib, meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference)
-  score = lambda f: similarity.scores(settings.score, encoder, f, fps[victim],
-                                      num_uaps=num_uaps, num_classes=num_classes)
-  reference, sims = score(fps[ref.index]), score(suspect_fps)
+  score = lambda f, rows: similarity.scores(settings.score, encoder, f, fps[victim],
+                                            num_uaps=num_uaps, num_classes=num_classes,
+                                            rows=rows)
+  reference, sims = score(fps[ref.index], ref.index), score(suspect_fps, None)
   suspect_accuracy = population.point_accuracy(suspect_fps, point_labels, num_uaps,
                                                num_classes)
   return [population.apply_coverage(

@@ -127,7 +127,7 @@ def uap_follow(suspect_fingerprints: np.ndarray, victim_fingerprints: np.ndarray
 
 def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
            victim_fingerprints: np.ndarray, *, num_uaps: int,
-           num_classes: int) -> np.ndarray:
+           num_classes: int, rows=None) -> np.ndarray:
   """The per-view score ``score`` of suspects against the victim.
 
   Args:
@@ -136,12 +136,16 @@ def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
       points only: where the victim's UAP sends the victim, a copy
       follows, an independent model much less; the clean outputs, on which
       every good classifier agrees, would only dilute it), ``raw_cosine`` (of whole views) or ``encoder``.
-    encoder: the trained encoder (only ``encoder`` uses it; may be None).
+    encoder: the trained encoder, or cross-fitted encoders
+      (:class:`uap_jax.verify.crossfit.CrossFitted`); only ``encoder`` uses
+      it (may be None otherwise).
     suspect_fingerprints: ``(..., V, D)``.
     victim_fingerprints: ``(V_victim, D)``.
     num_uaps: U of the fingerprints (``uap_cosine`` without a UAP is
       ``raw_cosine``).
     num_classes: C.
+    rows: for cross-fitted encoders, the run's model index of each suspect
+      (None: suspects from outside the run).
 
   Returns:
     ``(..., V)`` scores, higher meaning closer to the victim.
@@ -157,5 +161,7 @@ def scores(score: str, encoder: Any, suspect_fingerprints: np.ndarray,
   if score == "raw_cosine":
     return raw_cosine(suspect_fingerprints, victim_fingerprints)
   if score == "encoder":
+    if hasattr(encoder, "groups"):  # cross-fitted: each model by encoders that never saw it
+      return encoder.similarities(suspect_fingerprints, victim_fingerprints, rows)
     return similarities(encoder, suspect_fingerprints, victim_fingerprints)
   raise ValueError(f"Unknown score {score!r} (--score); choose from {', '.join(SCORES)}.")

@@ -33,6 +33,11 @@ def _family(m: dict) -> str:
   return family
 
 
+def bank_models(meta: Sequence[dict]) -> list[int]:
+  """The indices of the reference bank's models."""
+  return [i for i, m in enumerate(meta) if m.get("kind") == REFERENCE_KIND]
+
+
 def encoder_labels(meta: Sequence[dict]) -> np.ndarray:
   """The encoder's training labels.
 
@@ -47,7 +52,7 @@ def encoder_labels(meta: Sequence[dict]) -> np.ndarray:
 
 
 def train_encoder(fingerprints: np.ndarray, meta: Sequence[dict], train_idx,
-                  config: dict) -> encoder_lib.TrainedEncoder:
+                  config: dict, *, verbose: bool = True) -> encoder_lib.TrainedEncoder:
   """Trains an encoder on the models ``train_idx`` of a zoo only.
 
   Args:
@@ -55,13 +60,15 @@ def train_encoder(fingerprints: np.ndarray, meta: Sequence[dict], train_idx,
     meta: per model its metadata (``family``).
     train_idx: the models that train it (victim, piracy, independents).
     config: an :func:`uap_jax.verify.encoder.make_config` config.
+    verbose: log its training at INFO (else DEBUG).
 
   Returns:
     The trained encoder.
   """
   train_idx = np.asarray(train_idx)
   labels = encoder_labels([meta[i] for i in train_idx])
-  return encoder_lib.train(np.asarray(fingerprints)[train_idx], labels, config)
+  return encoder_lib.train(np.asarray(fingerprints)[train_idx], labels, config,
+                           verbose=verbose)
 
 
 def _interleave(indices: list[int], meta: Sequence[dict],
@@ -126,7 +133,7 @@ def _base_split(meta: Sequence[dict], seed: int, train_frac: float,
   victims = [i for i, f in enumerate(families) if f == VICTIM_FAMILY]
   piracy = _interleave([i for i, f in enumerate(families)
                         if f in POSITIVE_FAMILIES], meta, rng)
-  bank = [i for i, m in enumerate(meta) if m.get("kind") == REFERENCE_KIND]
+  bank = bank_models(meta)
   independent = _interleave([i for i, f in enumerate(families)
                              if f == NEGATIVE_FAMILY and i not in bank], meta, rng)
   if len(independent) < 3:
@@ -148,8 +155,9 @@ def _base_split(meta: Sequence[dict], seed: int, train_frac: float,
                                (1, 1 if len(piracy) > 1 else 0))
   else:
     pir_train, pir_eval = [], []
-  # The reference bank never trains the encoder and is never a zoo suspect:
-  # all of it calibrates (its own protocol evaluates it, leave-group-out).
+  # The reference bank is never a zoo suspect: all of it calibrates (its own
+  # protocol evaluates it, leave-group-out); it trains the encoder only
+  # cross-fitted (uap_jax.verify.crossfit), never as part of "train".
   return victims, (pir_train, pir_eval), (ind_train, ind_calib + bank, ind_eval)
 
 

@@ -44,9 +44,15 @@ REFERENCE_PARTS = ("victim", "independent", "attacker")
 
 # Recipe -> how it departs from the run's own training settings. Keys:
 # optimizer/lr (absolute), epochs_scale, width_scale, augment ("flip":
-# the opposite of the run's), label_smoothing.
+# the opposite of the run's), label_smoothing, part (every model on that
+# data part instead of the parts cycled).
 RECIPES: dict[str, dict] = {
     "base": {},
+    # The closest an innocent model comes to the victim: its architecture,
+    # its data, the zoo's recipe, another seed. Several of them, since one
+    # that fails to learn is left out and a reference without twins accuses
+    # them (2026-12-04, the quickstart with the cross-fitted encoder).
+    "twin": {"part": "victim"},
     "adam": {"optimizer": "adam", "lr": 1e-3},
     "augment": {"augment": "flip"},
     "smooth": {"label_smoothing": 0.1},
@@ -129,8 +135,8 @@ def plan_bank(cfg: Config, victim_arch: str | None = None) -> list[StackPlan]:
           kind=REFERENCE_KIND, arch=arch, names=names,
           seeds=tuple(model_seed(cfg.seed, f"{REFERENCE_KIND}/{recipe}", arch, i)
                       for i in range(count)),
-          hparams=tuple({**h, "part": REFERENCE_PARTS[i % len(REFERENCE_PARTS)]}
-                        for i in range(count)),
+          hparams=tuple({**h, "part": RECIPES[recipe].get(
+              "part", REFERENCE_PARTS[i % len(REFERENCE_PARTS)])} for i in range(count)),
           run_seed=int(cfg.seed)))
   return plans
 
