@@ -818,3 +818,23 @@ def test_cross_fitted_encoders_run_end_to_end_and_score_bank_models_unseen(tiny_
   with open(os.path.join(copy, "verify.json")) as f:
     held = json.load(f)["false_accusations"]["held_out"]
   assert held >= 8  # the bank's 8 models judged twice, and the zoo's independents
+
+
+def test_api_evasion_table_reads_a_finished_run(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  spec = importlib.util.spec_from_file_location(
+      "api_evasion", os.path.join(REPO, "experiments", "api_evasion.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  out = str(tmp_path / "evasion")
+  module.main([f"--workdir={workdir}", "--transforms=none,topk:1,labels", f"--out={out}"])
+  with open(out + ".json") as f:
+    rows = json.load(f)
+  assert [(r["transform"], r["score"]) for r in rows] == [
+      ("none", "encoder"), ("none", "uap_follow"), ("topk:1", "encoder"),
+      ("topk:1", "uap_follow"), ("topk:1", "encoder (owner matched)"), ("labels", "uap_follow")]
+  # Top-1 answers and labels are the same one-hot rows: uap_follow reads top-1 only.
+  same = {r["transform"]: r for r in rows if r["score"] == "uap_follow"}
+  assert same["topk:1"]["detected"] == same["labels"]["detected"] == same["none"]["detected"]
+  with open(out + ".md") as f:
+    assert "| topk:1 | encoder (owner matched) |" in f.read()

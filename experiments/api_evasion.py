@@ -1,0 +1,120 @@
+r"""API-side evasion: the zoo's evaluation suspects behind APIs that answer less.
+
+For one finished run, every evaluation suspect of the random split (pirates
+and independents alike: an innocent API may round too) answers through each
+transform of :mod:`uap_jax.fingerprint.api_answers`; the owner's reference
+models, the victim and the encoder stay as they are (the owner computes
+them white-box). Each transform is judged with the run's default test under
+the encoder's score and the encoder-free ``uap_follow`` (label answers: only
+``uap_follow``, on everyone reduced to labels), and under the encoder once
+more with the owner's own models passed through the same transform
+("owner matched").
+
+    python experiments/api_evasion.py --workdir=runs/quickstart \
+        --out=experiments/results/api_evasion_quickstart
+
+Prints, and writes OUT.md and OUT.json: per transform and score, the pirates
+detected at the run's alpha, independents accused, the ROC-AUC of the mean
+similarity (pirates against independents) and per piracy kind the pirates
+detected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from uap_jax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.fingerprint import api_answers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime.context import RunContext  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.verify import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TRANSFORMS = ("none", "round:2", "round:1", "topk:3", "topk:1", "temperature:3",
+              "temperature:0.3", "logit_noise:0.5", "logit_noise:2", "labels")
+
+
+def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = False) -> dict:
+  """One transform under one score: counts, AUC and per-kind detection.
+
+  ``matched``: the owner passes its own victim and reference models through
+  the same transform (it can read a deterministic one off the answers:
+  their decimals, how many classes are non-zero) before scoring.
+  """
+  art = ctx.artifacts
+  fp, split = art.fingerprints, art.split()
+  num_uaps, num_classes = len(art.uaps), ctx.data.num_classes
+  suspects = list(split["eval"])
+  fps = np.asarray(fp.fps)
+  answered = fps[suspects] if spec == "none" else api_answers.apply(
+      spec, fps[suspects], num_uaps, num_classes, seed=ctx.cfg.seed)
+  if matched and spec != "none":
+    fps = api_answers.apply(spec, fps, num_uaps, num_classes, seed=ctx.cfg.seed + 1)
+  settings = dataclasses.replace(verify_stage._settings(ctx), score=score)  # pylint: disable=protected-access
+  verdicts = protocols.judge(art.encoder(), answered, fps, fp.models, fp.victim_index,
+                             split["calib"], settings, num_uaps=num_uaps,
+                             num_classes=num_classes,
+                             point_labels=verify_stage.point_labels(ctx),
+                             labels_only=spec == "labels")
+  meta = [fp.models[i] for i in suspects]
+  piracy = np.array([m["family"] == "piracy" for m in meta])
+  pirated = np.array([v["verdict"] == "pirated" for v in verdicts])
+  means = np.array([v["similarity_mean"] for v in verdicts])
+  kinds = sorted({m["kind"] for m, p in zip(meta, piracy) if p})
+  return {"transform": spec, "score": score + (" (owner matched)" if matched else ""),
+          "detected": int((pirated & piracy).sum()), "num_piracy": int(piracy.sum()),
+          "accused": int((pirated & ~piracy).sum()), "num_independents": int((~piracy).sum()),
+          "auc": metrics.roc_auc(means, piracy.astype(int)),
+          "per_kind": {k: int(sum(p for m, p in zip(meta, pirated) if m["kind"] == k))
+                       for k in kinds}}
+
+
+def table(rows: list[dict], name: str) -> str:
+  kinds = sorted({k for r in rows for k in r["per_kind"]})
+  lines = [f"# API-side evasion: {name}", "",
+           "| transform | score | pirates detected | independents accused | AUC | "
+           + " | ".join(kinds) + " |", "|---" * (5 + len(kinds)) + "|"]
+  for r in rows:
+    lines.append(f"| {r['transform']} | {r['score']} | {r['detected']}/{r['num_piracy']} | "
+                 f"{r['accused']}/{r['num_independents']} | {r['auc']:.3f} | "
+                 + " | ".join(str(r["per_kind"].get(k, "")) for k in kinds) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="a finished run")
+  parser.add_argument("--transforms", default=",".join(TRANSFORMS))
+  parser.add_argument("--out", default="", help="write OUT.md and OUT.json")
+  args = parser.parse_args(argv)
+  ctx = api.Verifier.from_workdir(args.workdir).ctx
+  for spec in args.transforms.split(","):
+    if spec != "none":
+      api_answers.parse(spec)  # every spec checked before any work
+  rows = []
+  for spec in args.transforms.split(","):
+    runs = ([("uap_follow", False)] if spec == "labels" else
+            [("encoder", False), ("uap_follow", False)]
+            + ([("encoder", True)] if spec != "none" else []))
+    for score, matched in runs:
+      rows.append(judge_transform(ctx, spec, score, matched))
+      print(rows[-1], flush=True)
+  text = table(rows, os.path.basename(os.path.normpath(args.workdir)))
+  print(text)
+  if args.out:
+    with open(args.out + ".md", "w") as f:
+      f.write(text)
+    with open(args.out + ".json", "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
