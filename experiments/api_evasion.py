@@ -2,7 +2,10 @@ r"""API-side evasion: the zoo's evaluation suspects behind APIs that answer less
 
 For one finished run, every evaluation suspect of the random split (pirates
 and independents alike: an innocent API may round too) answers through each
-transform of :mod:`uap_jax.fingerprint.api_answers`; the owner's reference
+transform of :mod:`uap_jax.fingerprint.api_answers` (answers) or
+:mod:`uap_jax.fingerprint.api_queries` (queries: the suspect's model is run
+behind the API, and the pirates' test-accuracy cost of it is measured on
+1,000 test images); the owner's reference
 models, the victim and the encoder stay as they are (the owner computes
 them white-box). Each transform is judged with the run's default test under
 the encoder's score and the encoder-free ``uap_follow`` (label answers: only
@@ -13,7 +16,8 @@ more with the owner's own models passed through the same transform
     python experiments/api_evasion.py --workdir=runs/quickstart \
         --out=experiments/results/api_evasion_quickstart
 
-Prints, and writes OUT.md and OUT.json: per transform and score, the pirates
+Prints, and writes OUT.md and OUT.json: per transform and score, the
+pirates' mean accuracy cost (query side), the pirates
 detected at the run's alpha, independents accused, the ROC-AUC of the mean
 similarity (pirates against independents) and per piracy kind the pirates
 detected.
@@ -31,15 +35,81 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 from uap_jax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax import fingerprint as fp_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.fingerprint import api_answers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.fingerprint import api_queries  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.runtime.context import RunContext  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TRANSFORMS = ("none", "round:2", "round:1", "topk:3", "topk:1", "temperature:3",
-              "temperature:0.3", "logit_noise:0.5", "logit_noise:2", "labels")
+              "temperature:0.3", "logit_noise:0.5", "logit_noise:2", "labels",
+              "noise:0.05", "noise:0.1", "shift:2", "flag:3")
+QUERY_SIDE = ("noise", "shift", "flag")
+# Test images on which a query-side API's accuracy cost is measured.
+COST_IMAGES = 1000
+
+
+def _is_query_side(spec: str) -> bool:
+  return spec.partition(":")[0] in QUERY_SIDE
+
+
+def _check_spec(spec: str) -> None:
+  if spec == "none":
+    return
+  (api_queries if _is_query_side(spec) else api_answers).parse(spec)
+
+
+def _models_by_name(ctx: RunContext) -> dict:
+  """Model name -> (stack index, position in it), over every fingerprinted stack."""
+  return {name: (s, i) for s, stack in enumerate(ctx.artifacts.all_stacks())
+          for i, name in enumerate(stack.names)}
+
+
+def _accuracies(logits_fn, variables, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Test accuracy of every model of ``variables`` (leading model axis)."""
+  fn = jax.jit(jax.vmap(logits_fn, in_axes=(0, None)))
+  hits = 0
+  for start in range(0, len(x), 250):
+    batch = stack_lib.to_float(x[start:start + 250])
+    hits = hits + (np.asarray(fn(variables, batch)).argmax(-1) == y[start:start + 250]).sum(1)
+  return hits / len(x)
+
+
+def query_side(ctx: RunContext, spec: str, suspects: list[int]) -> tuple[np.ndarray, dict]:
+  """The suspects' fingerprints through a query-side API, and its accuracy cost.
+
+  Returns:
+    ``(S, V, D)`` fingerprints and ``{name: (test accuracy without, with)}``
+    of every piracy suspect.
+  """
+  art, data = ctx.artifacts, ctx.data
+  fp = art.fingerprints
+  stacks, by_name = art.all_stacks(), _models_by_name(ctx)
+  x_points = data.x_train[fp.points]
+  x_cost, y_cost = data.x_test[:COST_IMAGES], data.y_test[:COST_IMAGES]
+  rows, cost = {}, {}
+  groups: dict[int, list[int]] = {}
+  for i in suspects:
+    groups.setdefault(by_name[fp.models[i]["name"]][0], []).append(i)
+  for s, members in groups.items():
+    sub = stacks[s].select([by_name[fp.models[i]["name"]][1] for i in members])
+    api_fn = api_queries.wrap(spec, sub.logits_fn)
+    out = np.asarray(fp_lib.fingerprints((api_fn, sub.variables), x_points, art.uaps,
+                                         mode=fp.mode))
+    rows.update(zip(members, out))
+    if any(fp.models[i]["family"] == "piracy" for i in members):
+      plain = _accuracies(sub.logits_fn, sub.variables, x_cost, y_cost)
+      behind = _accuracies(api_fn, sub.variables, x_cost, y_cost)
+      cost.update({fp.models[i]["name"]: (float(a), float(b))
+                   for i, a, b in zip(members, plain, behind)
+                   if fp.models[i]["family"] == "piracy"})
+  return np.stack([rows[i] for i in suspects]), cost
 
 
 def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = False) -> dict:
@@ -54,9 +124,15 @@ def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = Fals
   num_uaps, num_classes = len(art.uaps), ctx.data.num_classes
   suspects = list(split["eval"])
   fps = np.asarray(fp.fps)
-  answered = fps[suspects] if spec == "none" else api_answers.apply(
-      spec, fps[suspects], num_uaps, num_classes, seed=ctx.cfg.seed)
-  if matched and spec != "none":
+  cost = {}
+  if spec == "none":
+    answered = fps[suspects]
+  elif _is_query_side(spec):
+    answered, cost = query_side(ctx, spec, suspects)
+  else:
+    answered = api_answers.apply(spec, fps[suspects], num_uaps, num_classes,
+                                 seed=ctx.cfg.seed)
+  if matched:
     fps = api_answers.apply(spec, fps, num_uaps, num_classes, seed=ctx.cfg.seed + 1)
   settings = dataclasses.replace(verify_stage._settings(ctx), score=score)  # pylint: disable=protected-access
   verdicts = protocols.judge(art.encoder(), answered, fps, fp.models, fp.victim_index,
@@ -73,6 +149,8 @@ def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = Fals
           "detected": int((pirated & piracy).sum()), "num_piracy": int(piracy.sum()),
           "accused": int((pirated & ~piracy).sum()), "num_independents": int((~piracy).sum()),
           "auc": metrics.roc_auc(means, piracy.astype(int)),
+          "pirate_accuracy_cost": (float(np.mean([a - b for a, b in cost.values()]))
+                                   if cost else 0.0),
           "per_kind": {k: int(sum(p for m, p in zip(meta, pirated) if m["kind"] == k))
                        for k in kinds}}
 
@@ -80,10 +158,12 @@ def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = Fals
 def table(rows: list[dict], name: str) -> str:
   kinds = sorted({k for r in rows for k in r["per_kind"]})
   lines = [f"# API-side evasion: {name}", "",
-           "| transform | score | pirates detected | independents accused | AUC | "
-           + " | ".join(kinds) + " |", "|---" * (5 + len(kinds)) + "|"]
+           "| transform | score | pirates' accuracy cost | pirates detected | "
+           "independents accused | AUC | " + " | ".join(kinds) + " |",
+           "|---" * (6 + len(kinds)) + "|"]
   for r in rows:
-    lines.append(f"| {r['transform']} | {r['score']} | {r['detected']}/{r['num_piracy']} | "
+    lines.append(f"| {r['transform']} | {r['score']} | {r['pirate_accuracy_cost']:.3f} | "
+                 f"{r['detected']}/{r['num_piracy']} | "
                  f"{r['accused']}/{r['num_independents']} | {r['auc']:.3f} | "
                  + " | ".join(str(r["per_kind"].get(k, "")) for k in kinds) + " |")
   return "\n".join(lines) + "\n"
@@ -97,13 +177,12 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   ctx = api.Verifier.from_workdir(args.workdir).ctx
   for spec in args.transforms.split(","):
-    if spec != "none":
-      api_answers.parse(spec)  # every spec checked before any work
+    _check_spec(spec)  # every spec checked before any work
   rows = []
   for spec in args.transforms.split(","):
     runs = ([("uap_follow", False)] if spec == "labels" else
             [("encoder", False), ("uap_follow", False)]
-            + ([("encoder", True)] if spec != "none" else []))
+            + ([("encoder", True)] if spec != "none" and not _is_query_side(spec) else []))
     for score, matched in runs:
       rows.append(judge_transform(ctx, spec, score, matched))
       print(rows[-1], flush=True)

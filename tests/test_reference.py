@@ -112,6 +112,35 @@ def test_unfit_references_are_left_out_and_coverage_is_one_sided():
     population.reference([4], meta, acc, 0, 10)
 
 
+def test_point_confidence_is_the_mean_top1_probability_of_the_clean_outputs():
+  fps, _ = _fps_with_accuracy([1.0, 0.5])  # clean rows: 0.8 on one class, 0.1 on two
+  np.testing.assert_allclose(population.point_confidence(fps, 1, 3), [0.8, 0.8], atol=1e-6)
+  logits = np.log(np.clip(fps, 1e-9, 1)) + 3.0  # the same outputs as logits
+  np.testing.assert_allclose(population.point_confidence(logits, 1, 3), [0.8, 0.8],
+                             atol=1e-5)
+  np.testing.assert_allclose(
+      population.point_confidence(layout.as_labels(fps, 1, 3), 1, 3), [1.0, 1.0])
+
+
+def test_answers_more_or_less_confident_than_every_reference_are_outside_it():
+  meta = [{"name": f"m{i}", "kind": "reference", "arch": "mlp"} for i in range(5)]
+  acc = np.full(5, 0.9)
+  confidence = np.array([0.97, 0.80, 0.85, 0.90, 0.88])  # model 0: the victim
+  ref = population.reference([1, 2, 3, 4], meta, acc, 0, 10, confidence=confidence)
+  assert ref.confidence_range == (0.80, 0.97)  # the victim's own is in the range
+  assert ref.description["point_confidence"] == [0.80, 0.97]
+  assert ref.covers(0.9, 0.975) and ref.covers(0.9, 0.795)
+  assert ref.outside(0.9, 0.99) == ref.outside(0.9, 0.70) == "confidence"
+  assert ref.outside(0.5, 0.99) == "accuracy" and ref.covers(0.9, None)
+  row = {"verdict": "pirated", "p_value": 1e-6, "method": "model_z"}
+  sharp = population.apply_coverage(row, 0.9, ref, 0.995)
+  assert sharp["verdict"] == "inconclusive" and sharp["outside_reference"] == "confidence"
+  assert "more or less confident (mean top-1 probability 0.995)" in sharp["statement"]
+  assert population.apply_coverage(row, 0.9, ref, 0.9)["verdict"] == "pirated"
+  # Without confidences the rule is off, as before.
+  assert population.reference([1, 2, 3, 4], meta, acc, 0, 10).covers(0.9, 0.999)
+
+
 @pytest.mark.parametrize("k,n", [(0, 10), (0, 100), (3, 50), (50, 50)])
 def test_clopper_pearson_upper_bound(k, n):
   from scipy import stats  # pylint: disable=g-import-not-at-top
@@ -294,3 +323,12 @@ def test_label_answers_are_judged_by_a_probability_run():
                     protocols.Settings(score="encoder"), num_uaps=1, num_classes=c,
                     point_labels=labels, labels_only=True)
   np.testing.assert_array_equal(layout.as_labels(fps, 1, c).sum(-1), 2 * k)
+
+
+def test_the_confidence_rule_is_off_for_the_top1_only_score():
+  from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top
+  fps, _ = _fps_with_accuracy([1.0, 0.5])
+  confidence = protocols._confidence  # pylint: disable=protected-access
+  assert confidence(protocols.Settings(score="uap_follow"), fps, 1, 3) is None
+  np.testing.assert_allclose(confidence(protocols.Settings(score="encoder"), fps, 1, 3),
+                             [0.8, 0.8], atol=1e-6)

@@ -8,11 +8,19 @@ is worth what that population is worth. Two rules keep it honest:
   reference spread and with it hide every pirate. References must reach
   :func:`accuracy_floor` on the fingerprint points.
 * **Coverage.** A suspect that is a worse classifier than every reference
-  model (by more than :data:`COVERAGE_MARGIN`) lies outside what the
-  reference describes: its verdict is ``inconclusive``, never ``pirated``.
+  model (by more than :data:`COVERAGE_MARGIN`), or whose answers are more
+  or less confident than every reference model's and the victim's (by more
+  than :data:`CONFIDENCE_MARGIN`), lies outside what the reference
+  describes: its verdict is ``inconclusive``, never ``pirated``.
 
 Accuracy here is the top-1 accuracy on the clean fingerprint points, which
-every suspect's fingerprint holds (white box or recorded answers alike).
+every suspect's fingerprint holds (white box or recorded answers alike);
+confidence is the mean top-1 probability there (:func:`point_confidence`).
+The confidence rule is there because the encoder reads confidence: on the
+fresh Fashion-MNIST zoo, independents behind an API that sharpened its
+softmax (temperature 0.3, top-1 unchanged) had a mean top-1 probability of
+0.96-0.98 against the references' 0.71-0.95, and 7 of 20 were accused
+(``experiments/api_evasion.py``, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ FIT_SHARE = 0.5
 # A suspect below the least accurate reference by more than this is outside
 # the reference.
 COVERAGE_MARGIN = 0.05
+# A suspect whose mean top-1 probability lies outside the references' and
+# the victim's range by more than this is outside the reference.
+CONFIDENCE_MARGIN = 0.01
 
 
 def point_accuracy(fps: np.ndarray, labels: np.ndarray, num_uaps: int,
@@ -51,6 +62,25 @@ def point_accuracy(fps: np.ndarray, labels: np.ndarray, num_uaps: int,
     raise ValueError(f"Point labels of shape {labels.shape} do not match fingerprints "
                      f"of {top1.shape[1]} views of {top1.shape[2]} points.")
   return (top1 == labels[None]).mean((1, 2))
+
+
+def point_confidence(fps: np.ndarray, num_uaps: int, num_classes: int) -> np.ndarray:
+  """Each model's mean top-1 probability on its clean fingerprint points.
+
+  Args:
+    fps: ``(M, V, D)`` fingerprints of probabilities, logits (a softmax is
+      taken) or labels (every confidence is 1).
+    num_uaps: U of the fingerprints.
+    num_classes: C.
+
+  Returns:
+    ``(M,)`` in [1 / C, 1].
+  """
+  clean = layout.split(np.asarray(fps, np.float64), num_uaps, num_classes)[..., 0, :]
+  if clean.min() < 0 or not np.allclose(clean.sum(-1), 1.0, atol=1e-3):
+    clean = np.exp(clean - clean.max(-1, keepdims=True))
+    clean /= clean.sum(-1, keepdims=True)
+  return clean.max(-1).mean((-2, -1))
 
 
 def accuracy_floor(victim_accuracy: float, num_classes: int) -> float:
@@ -77,19 +107,37 @@ class Reference:
     accuracy_min: the least point accuracy among ``index``.
     description: JSON-able: how many models of which kinds, architectures
       and recipes, their accuracy range, and what was left out.
+    confidence_range: the least and greatest :func:`point_confidence` of
+      the fit references and the victim (None: the confidence rule is off).
+    confidence: ``(M,)`` every model's point confidence, for the zoo's own
+      suspects (None with ``confidence_range``).
   """
   index: list[int]
   left_out: list[str]
   accuracy_min: float
   description: dict
+  confidence_range: tuple[float, float] | None = None
+  confidence: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
-  def covers(self, suspect_accuracy: float) -> bool:
-    """Whether a suspect of this point accuracy is within the reference."""
-    return suspect_accuracy >= self.accuracy_min - COVERAGE_MARGIN
+  def covers(self, suspect_accuracy: float, suspect_confidence: float | None = None) -> bool:
+    """Whether a suspect of this point accuracy (and confidence) is within the reference."""
+    return self.outside(suspect_accuracy, suspect_confidence) is None
+
+  def outside(self, suspect_accuracy: float,
+              suspect_confidence: float | None = None) -> str | None:
+    """Why a suspect lies outside the reference (``accuracy``, ``confidence``), or None."""
+    if suspect_accuracy < self.accuracy_min - COVERAGE_MARGIN:
+      return "accuracy"
+    if self.confidence_range is not None and suspect_confidence is not None:
+      lo, hi = self.confidence_range
+      if not lo - CONFIDENCE_MARGIN <= suspect_confidence <= hi + CONFIDENCE_MARGIN:
+        return "confidence"
+    return None
 
 
 def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
-              victim: int, num_classes: int, minimum: int = 3) -> Reference:
+              victim: int, num_classes: int, minimum: int = 3,
+              confidence: np.ndarray | None = None) -> Reference:
   """The fit part of the calibration models, described.
 
   Args:
@@ -100,6 +148,8 @@ def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
     num_classes: C.
     minimum: the fewest fit references the test needs (3 for the
       model-level tests, 2 for Welch's).
+    confidence: ``(M,)`` :func:`point_confidence` of every model: turns the
+      confidence rule on.
 
   Returns:
     The :class:`Reference`.
@@ -128,8 +178,15 @@ def reference(calib: Sequence[int], meta: Sequence[dict], accuracy: np.ndarray,
       "accuracy_floor": float(floor),
       "left_out_unfit": left_out,
   }
+  confidence_range = None
+  if confidence is not None:
+    confidence = np.asarray(confidence, np.float64)
+    around = confidence[fit + [victim]]
+    confidence_range = (float(around.min()), float(around.max()))
+    description["point_confidence"] = list(confidence_range)
   return Reference(index=fit, left_out=left_out,
-                   accuracy_min=float(accuracy[fit].min()), description=description)
+                   accuracy_min=float(accuracy[fit].min()), description=description,
+                   confidence_range=confidence_range, confidence=confidence)
 
 
 def _counts(values) -> dict[str, int]:
@@ -158,6 +215,12 @@ def statement(verdict: dict[str, Any], ref: Reference) -> str:
   v, p, method = verdict["verdict"], verdict["p_value"], verdict["method"]
   if v == "invalid_answers" or p is None:
     return f"{v}: not judged."
+  if verdict.get("outside_reference") == "confidence":
+    lo, hi = ref.confidence_range
+    return (f"inconclusive: the suspect's answers are more or less confident (mean "
+            f"top-1 probability {verdict['point_confidence']:.3f}) than those of the "
+            f"{population} and the victim ({lo:.3f} to {hi:.3f}), so they do not tell "
+            f"how unusual its score is (p = {p:.2g} against them, {method}).")
   if verdict.get("outside_reference"):
     return (f"inconclusive: the suspect's point accuracy "
             f"{verdict['point_accuracy']:.3f} is below every one of the {population} "
@@ -171,21 +234,27 @@ def statement(verdict: dict[str, Any], ref: Reference) -> str:
 
 
 def apply_coverage(verdict: dict[str, Any], suspect_accuracy: float,
-                   ref: Reference) -> dict[str, Any]:
+                   ref: Reference, suspect_confidence: float | None = None) -> dict[str, Any]:
   """The verdict with the coverage rule applied and the statement added.
 
   Args:
     verdict: a :func:`uap_jax.verify.tests.verify_suspect` dict.
     suspect_accuracy: the suspect's point accuracy.
     ref: the reference.
+    suspect_confidence: the suspect's :func:`point_confidence` (the
+      confidence rule applies when the reference has a range).
 
   Returns:
-    A new dict with ``point_accuracy``, ``outside_reference``,
+    A new dict with ``point_accuracy``, ``point_confidence`` (or None),
+    ``outside_reference`` (False, or why: ``accuracy``, ``confidence``),
     ``reference_population`` and ``statement``; ``pirated`` becomes
     ``inconclusive`` when the suspect is outside the reference.
   """
+  why = ref.outside(suspect_accuracy, suspect_confidence)
   out = dict(verdict, point_accuracy=float(suspect_accuracy),
-             outside_reference=not ref.covers(suspect_accuracy),
+             point_confidence=(None if suspect_confidence is None
+                               else float(suspect_confidence)),
+             outside_reference=why or False,
              reference_population=ref.description)
   if out["outside_reference"] and out["verdict"] == "pirated":
     out["verdict"] = "inconclusive"

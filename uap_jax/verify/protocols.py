@@ -99,7 +99,8 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
                    encoder_config: dict, settings: Settings, *,
                    point_accuracy: np.ndarray, num_classes: int,
                    sims: np.ndarray | None = None,
-                   crossfit_by: str = "none") -> dict[str, dict]:
+                   crossfit_by: str = "none",
+                   point_confidence: np.ndarray | None = None) -> dict[str, dict]:
   """Leave-kind-out folds, each with encoders trained on its own part.
 
   Args:
@@ -115,6 +116,8 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
       fold trains an encoder then, since nothing is learned from the zoo.
     crossfit_by: how each fold's encoders are cross-fitted over the bank
       (:mod:`uap_jax.verify.crossfit`).
+    point_confidence: ``(M,)`` every model's point confidence (the
+      confidence rule of the coverage; None: off).
 
   Returns:
     Per held-out kind its brief with ``family``, ``auc_held_out``,
@@ -138,7 +141,8 @@ def leave_kind_out(fps: np.ndarray, meta: Sequence[dict], victim: int,
     fold_sims = all_sims[f] if learned else sims
     try:
       ref = population.reference(fold["calib"], meta, point_accuracy, victim, num_classes,
-                                   minimum=settings.min_reference)
+                                   minimum=settings.min_reference,
+                                   confidence=point_confidence)
       result = summary.evaluate_split(fold_sims, meta, fold["eval"], ref.index,
                                       point_accuracy, ref, **settings.test())
     except ValueError as e:
@@ -182,7 +186,8 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
                        num_classes: int, settings: Settings, *,
                        fps: np.ndarray | None = None, train: Sequence[int] = (),
                        encoder_config: dict | None = None,
-                       crossfit_by: str = "none") -> dict[str, dict]:
+                       crossfit_by: str = "none",
+                       point_confidence: np.ndarray | None = None) -> dict[str, dict]:
   """The bank's models judged as suspects, one group left out at a time.
 
   For each architecture (then each recipe) of the reference bank, its bank
@@ -206,6 +211,8 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
     encoder_config: the encoders' config (retrained encoders only).
     crossfit_by: the encoders' cross-fitting over the bank (``--enc_crossfit``);
       ``none`` (or an encoder-free score): the bank never trained them.
+    point_confidence: ``(M,)`` every model's point confidence (the
+      confidence rule of the coverage; None: off).
 
   Returns:
     ``{"arch": ..., "recipe": ...}``, each with per group the models held
@@ -229,7 +236,8 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
       scores = group_sims[groups_of.index((by, group))] if retrain else sims
       try:
         ref = population.reference(others, meta, point_accuracy, victim, num_classes,
-                             minimum=settings.min_reference)
+                                   minimum=settings.min_reference,
+                                   confidence=point_confidence)
       except ValueError as e:
         groups[group] = {"error": str(e)}
         continue
@@ -275,6 +283,18 @@ def false_accusations(random: dict, folds: dict, bank: dict) -> dict[str, Any]:
           "upper_95": metrics.clopper_pearson_upper(accused, held)}
 
 
+def _confidence(settings: Settings, fps: np.ndarray, num_uaps: int,
+                num_classes: int) -> np.ndarray | None:
+  """Point confidences for the coverage rule, or None for a top-1-only score.
+
+  ``uap_follow`` reads top-1 answers only, which no softmax temperature
+  changes; every other score reads the probabilities themselves.
+  """
+  if settings.score == "uap_follow":
+    return None
+  return population.point_confidence(fps, num_uaps, num_classes)
+
+
 def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
                  split: dict, settings: Settings, *, num_uaps: int, num_classes: int,
                  point_labels: np.ndarray,
@@ -307,8 +327,9 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
                            num_classes=num_classes, rows=rows)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
+  confidence = _confidence(settings, fps, num_uaps, num_classes)
   ref = population.reference(split["calib"], meta, accuracy, victim, num_classes,
-                             minimum=settings.min_reference)
+                             minimum=settings.min_reference, confidence=confidence)
   fit_split = dict(split, calib=ref.index)
   random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
                                   **settings.test())
@@ -326,11 +347,12 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   learned = settings.score == "encoder"
   folds = leave_kind_out(fps, meta, victim, encoder.config, settings,
                          point_accuracy=accuracy, num_classes=num_classes, sims=sims,
-                         crossfit_by=by)
+                         crossfit_by=by, point_confidence=confidence)
   bank = reference_held_out(sims, meta, victim, split["calib"], accuracy, num_classes,
                             settings, fps=fps, train=split["train"],
                             encoder_config=encoder.config,
-                            crossfit_by=by if learned else "none")
+                            crossfit_by=by if learned else "none",
+                            point_confidence=confidence)
   zoo_rows = {m["name"]: m for m in meta}
   for row in random["suspects"]:
     src = zoo_rows[row["name"]]
@@ -384,7 +406,9 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(calib, meta, accuracy, victim, num_classes,
-                             minimum=settings.min_reference)
+                             minimum=settings.min_reference,
+                             confidence=_confidence(settings, fps, num_uaps, num_classes))
+  suspect_confidence = _confidence(settings, suspect_fps, num_uaps, num_classes)
   score = lambda f, rows: similarity.scores(settings.score, encoder, f, fps[victim],
                                             num_uaps=num_uaps, num_classes=num_classes,
                                             rows=rows)
@@ -394,5 +418,5 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
   return [population.apply_coverage(
               tests.verify_suspect(s, reference, num_views=settings.num_views,
                                    method=settings.method, alpha=settings.alpha),
-              a, ref)
-          for s, a in zip(sims, suspect_accuracy)]
+              a, ref, None if suspect_confidence is None else suspect_confidence[n])
+          for n, (s, a) in enumerate(zip(sims, suspect_accuracy))]

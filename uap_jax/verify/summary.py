@@ -137,9 +137,10 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
     alpha: accusation level.
     upper: clearing level.
     target_confidence: for ``views_for_target`` (0.9999).
-    coverage: ``(point accuracy per suspect, population.Reference)``: apply
-      the coverage rule (:func:`uap_jax.verify.population.apply_coverage`)
-      to every verdict before counting.
+    coverage: ``(point accuracy per suspect, population.Reference)``, or
+      with a third item the point confidence per suspect: apply the
+      coverage rule (:func:`uap_jax.verify.population.apply_coverage`) to
+      every verdict before counting.
 
   Returns:
     JSON-able dict: method, alpha, num_views, ``score``
@@ -159,10 +160,13 @@ def evaluate(suspect_similarities: Sequence[np.ndarray] | np.ndarray,
                                target_confidence=target_confidence)
     rows.append(dict(name=str(name), family=str(family), kind=str(kind), **row))
   if coverage is not None:
-    accuracy, ref = coverage
-    if len(accuracy) != len(rows):
-      raise ValueError(f"Got {len(accuracy)} point accuracies for {len(rows)} suspects.")
-    rows = [population.apply_coverage(r, a, ref) for r, a in zip(rows, accuracy)]
+    accuracy, ref = coverage[:2]
+    confidence = coverage[2] if len(coverage) > 2 else [None] * len(rows)
+    if len(accuracy) != len(rows) or len(confidence) != len(rows):
+      raise ValueError(f"Got {len(accuracy)} point accuracies and {len(confidence)} "
+                       f"confidences for {len(rows)} suspects.")
+    rows = [population.apply_coverage(r, a, ref, c)
+            for r, a, c in zip(rows, accuracy, confidence)]
   score = np.array([r["similarity_mean"] for r in rows])
   return {
       "method": method,
@@ -196,6 +200,8 @@ def evaluate_split(sims: np.ndarray, meta: Sequence[dict], eval_idx, calib_idx,
   coverage = None
   if ref is not None and point_accuracy is not None:
     coverage = ([float(point_accuracy[i]) for i in eval_idx], ref)
+    if ref.confidence is not None:
+      coverage += ([float(ref.confidence[i]) for i in eval_idx],)
   return evaluate(
       sims[eval_idx], [meta[i]["family"] for i in eval_idx],
       [meta[i]["kind"] for i in eval_idx], sims[calib_idx],
