@@ -69,7 +69,8 @@ def _stack_diff(a_dir, b_dir):
 
 def _without_timings(obj):
   if isinstance(obj, dict):
-    return {k: _without_timings(v) for k, v in obj.items() if "second" not in k}
+    return {k: _without_timings(v) for k, v in obj.items()
+            if "second" not in k and k != "created"}
   if isinstance(obj, list):
     return [_without_timings(v) for v in obj]
   return obj

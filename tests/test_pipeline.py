@@ -303,9 +303,10 @@ def _without_timings(obj):
   """``obj`` (parsed JSON) without the keys that hold wall-clock figures, or
   who trained a stack in this run (a resumed run reuses some)."""
   if isinstance(obj, dict):
-    # seconds, train_seconds, examples_per_second; trained_by_process
+    # seconds, train_seconds, examples_per_second; trained_by_process; the
+    # commitment's creation time
     return {k: _without_timings(v) for k, v in obj.items()
-            if "second" not in k and k != "trained_by_process"}
+            if "second" not in k and k not in ("trained_by_process", "created")}
   if isinstance(obj, list):
     return [_without_timings(v) for v in obj]
   return obj
@@ -341,7 +342,7 @@ def _saved_results(workdir):
   out["encoder_config"] = encoders.config
   out["encoder_groups"] = encoders.groups
   out["split.json"] = artifacts.split()
-  out["verify.json"] = artifacts.verification()
+  out["verify.json"] = _without_timings(artifacts.verification())
   for name in ("zoo.json", os.path.join("report", "results.json")):
     out[name] = _without_timings(artifacts.workdir.read_json(name))
   return out
@@ -838,3 +839,22 @@ def test_api_evasion_table_reads_a_finished_run(tiny_run, tmp_path):
   assert same["topk:1"]["detected"] == same["labels"]["detected"] == same["none"]["detected"]
   with open(out + ".md") as f:
     assert "| topk:1 | encoder (owner matched) |" in f.read()
+
+
+def test_verdicts_cite_the_commitment_and_a_changed_fingerprint_is_refused(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  with open(os.path.join(workdir, "commitment.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "verify.json")) as f:
+    assert json.load(f)["commitment"] == {"sha256": record["sha256"],
+                                          "created": record["created"]}
+  with open(os.path.join(workdir, "queries.json")) as f:
+    assert json.load(f)["commitment_sha256"] == record["sha256"]
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy, symlinks=True)
+  with open(os.path.join(copy, "commitment.json"), "w") as f:
+    json.dump(dict(record, sha256="0" * 64), f)
+  proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--stages=verify",
+                "--overwrite"], timeout=300)
+  assert proc.returncode != 0
+  assert "no longer matches the commitment made at" in proc.stderr

@@ -44,13 +44,13 @@ import dataclasses
 import functools
 import os
 import zipfile
-from typing import Any
 
 import numpy as np
 
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.workdir import Workdir
+from uap_jax.verify import commitment
 from uap_jax.verify import crossfit
 
 
@@ -282,6 +282,15 @@ class Artifacts:
                              {"models": fp.models, "mode": fp.mode, **info})
     self.workdir.write_json("fingerprints.json", summary)
     self.__dict__.pop("fingerprints", None)
+
+  # The commitment to the fingerprint (uap_jax.verify.commitment).
+
+  def save_commitment(self, record: dict) -> None:
+    self.workdir.write_json(commitment.FILE, record)
+
+  def commitment(self) -> dict | None:
+    """The saved commitment, or None for a run made before commitments."""
+    return self.workdir.read_json(commitment.FILE) if self.workdir.exists(commitment.FILE) else None
 
   # Split and encoder.
 

@@ -21,6 +21,9 @@ def run(ctx: RunContext) -> dict:
   queries, manifest = blackbox.make_queries(
       x_points, ctx.artifacts.uaps, num_classes=data.num_classes,
       holdout=holdout, seed=ctx.cfg.seed)
+  record = ctx.artifacts.commitment()
+  # The queries are bound to the fingerprint committed to.
+  manifest["commitment_sha256"] = record["sha256"] if record else None
   path = ctx.artifacts.save_queries(queries, manifest)
   c = manifest["controls"]
   return {"path": path, "num_queries": manifest["num_queries"],

@@ -19,6 +19,7 @@ from uap_jax import fingerprint as fp_lib
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.artifacts import Fingerprints
+from uap_jax.verify import commitment
 
 
 def choose_points(ctx: RunContext) -> np.ndarray:
@@ -72,7 +73,10 @@ def run(ctx: RunContext) -> dict:
              "models": len(meta), "seconds": time.time() - start, "per_stack": timings,
              "per_model": fp_lib.diagnostics.per_model(fps, meta, len(uaps),
                                                        data.num_classes)}
-  ctx.artifacts.save_fingerprints(Fingerprints(fps, meta, points, cfg.fp_mode),
-                                  info, summary)
+  saved = Fingerprints(fps, meta, points, cfg.fp_mode)
+  ctx.artifacts.save_fingerprints(saved, info, summary)
+  # The owner's commitment, before any suspect is judged against it.
+  ctx.artifacts.save_commitment(commitment.make(points, uaps, fps[saved.victim_index],
+                                                cfg.seed))
   return {k: summary[k] for k in ("K", "V", "dim", "models", "seconds")}
 

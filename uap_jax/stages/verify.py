@@ -41,6 +41,7 @@ from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
 from uap_jax.runtime.workdir import Workdir
+from uap_jax.verify import commitment
 from uap_jax.verify import crossfit
 from uap_jax.verify import protocols
 from uap_jax.verify import references
@@ -72,6 +73,17 @@ def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
       _saved_encoder(ctx), fp.fps, fp.models, fp.victim_index, split, _settings(ctx),
       num_uaps=len(art.uaps), num_classes=ctx.data.num_classes,
       point_labels=point_labels(ctx), sample_references=samples)
+
+
+def committed(ctx: RunContext) -> dict:
+  """The commitment every verdict cites, checked against the saved fingerprint.
+
+  Raises:
+    ValueError: the fingerprint changed since the commitment was made.
+  """
+  fp = ctx.artifacts.fingerprints
+  return commitment.check(ctx.artifacts.commitment(), fp.points, ctx.artifacts.uaps,
+                          fp.fps[fp.victim_index], ctx.cfg.seed)
 
 
 def point_labels(ctx: RunContext) -> np.ndarray:
@@ -162,6 +174,7 @@ def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
   for source in sources:
     if suspects.is_answers(source) or not source.startswith("py:"):
       blackbox.check_suspect(source)
+  cited = committed(ctx)
   fp = ctx.artifacts.fingerprints
   # Every model is checked and fingerprinted before any verdict is written.
   per_source = [_suspect_fingerprints(ctx, source) for source in sources]
@@ -186,7 +199,7 @@ def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
                         v.get("reason", ""))
       else:
         logging.info("Suspect %s: %s", name, v["statement"])
-    out = {"suspect": source_id, "verdicts": verdicts}
+    out = {"suspect": source_id, "verdicts": verdicts, "commitment": cited}
     file = save_verdicts(ctx.artifacts, ctx.workdir, out)
     logging.info("Verdicts on %s written to %s (all verdicts: %s).", source, file,
                  ctx.workdir.path(_INDEX + ".md"))
@@ -298,8 +311,9 @@ def run(ctx: RunContext) -> dict:
     outs = verify_sources(ctx, suspects.split_sources(ctx.cfg.suspect))
     return {"verdicts": [(v["suspect"], v["verdict"]) for o in outs for v in o["verdicts"]],
             "file": outs[0]["file"], "files": [o["file"] for o in outs]}
+  cited = committed(ctx)
   result, sims = evaluate_zoo(ctx)
-  ctx.artifacts.save_verification(result, sims)
+  ctx.artifacts.save_verification(dict(result, commitment=cited), sims)
   r = result["protocols"]["random"]
   logging.info("Random split (%s, %s): AUC %s, TPR@1%%FPR %s, %d/%d independents accused, "
                "%d/%d pirates detected", result["score"], r["method"], r["auc"],

@@ -232,8 +232,7 @@ def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[in
     history.append(losses)
     step += n
     logging.log(logging.INFO if verbose else logging.DEBUG,
-                "encoder step %d/%d: supcon loss %.4f", step, total,
-                 float(losses.mean()))
+                "encoder step %d/%d: supcon loss %.4f", step, total, float(losses.mean()))
   trained = nnx.merge(graphdef, params, rest)
   state = nnx.to_pure_dict(nnx.state(trained))
   return TrainedEncoder(state=state, config=config,

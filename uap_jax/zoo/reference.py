@@ -48,10 +48,11 @@ REFERENCE_PARTS = ("victim", "independent", "attacker")
 # data part instead of the parts cycled).
 RECIPES: dict[str, dict] = {
     "base": {},
-    # The closest an innocent model comes to the victim: its architecture,
-    # its data, the zoo's recipe, another seed. Several of them, since one
-    # that fails to learn is left out and a reference without twins accuses
-    # them (2026-12-04, the quickstart with the cross-fitted encoder).
+    # The closest an innocent model comes to the victim: its data, the zoo's
+    # recipe, another seed (the victim's architecture among the bank's).
+    # Base cycles the data parts, so without it the bank may hold one such
+    # model per architecture, or none once an unfit one is left out (the
+    # quickstart's, seed 0, 2026-12-04).
     "twin": {"part": "victim"},
     "adam": {"optimizer": "adam", "lr": 1e-3},
     "augment": {"augment": "flip"},
