@@ -125,11 +125,13 @@ class Verifier:
 
     Returns:
       The verdict dict (``verdict``, ``p_value``, ``confidence``,
-      ``statement``, ``reference_population``, ...); not written to disk.
+      ``statement``, ``reference_population``, ``commitment``, ...); not
+      written to disk.
     """
     from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top
     from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top
     ctx = self.ctx
+    cited = verify_stage.committed(ctx)  # before any work on the suspect
     fp, uaps = ctx.artifacts.fingerprints, ctx.artifacts.uaps
     x_points = ctx.data.x_train[fp.points]
     _check_logits_fn(logits_fn, variables, x_points[:, 0], ctx.data.num_classes)
@@ -141,7 +143,7 @@ class Verifier:
         fp.victim_index, ctx.artifacts.split()["calib"],
         verify_stage._settings(ctx), num_uaps=len(uaps),  # pylint: disable=protected-access
         num_classes=ctx.data.num_classes, point_labels=verify_stage.point_labels(ctx))
-    return dict(suspect=name, **verdict)
+    return dict(suspect=name, **verdict, commitment=cited)
 
 
 def _check_logits_fn(logits_fn: LogitsFn, variables: Any, images: np.ndarray,
