@@ -81,9 +81,12 @@ def committed(ctx: RunContext) -> dict:
   Raises:
     ValueError: the fingerprint changed since the commitment was made.
   """
+  record = ctx.artifacts.commitment()
+  if record is None:
+    return commitment.missing()
   fp = ctx.artifacts.fingerprints
-  return commitment.check(ctx.artifacts.commitment(), fp.points, ctx.artifacts.uaps,
-                          fp.fps[fp.victim_index], ctx.cfg.seed)
+  return commitment.check(record, fp.points, ctx.artifacts.uaps, fp.fps[fp.victim_index],
+                          ctx.cfg.seed)
 
 
 def point_labels(ctx: RunContext) -> np.ndarray:

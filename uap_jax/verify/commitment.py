@@ -67,25 +67,27 @@ def make(points: np.ndarray, uaps: np.ndarray, victim_fingerprint: np.ndarray,
                     "fingerprint: publish sha256 before judging any suspect"}
 
 
-def check(record: dict | None, points: np.ndarray, uaps: np.ndarray,
+def missing() -> dict[str, Any]:
+  """What a verdict cites for a run made before commitments were written."""
+  return {"sha256": None,
+          "note": "this run has no commitment.json (made before 2026-12-04): rerun "
+                  "its fingerprint stage (--stages=fingerprint --overwrite) to make one"}
+
+
+def check(record: dict, points: np.ndarray, uaps: np.ndarray,
           victim_fingerprint: np.ndarray, seed: int) -> dict[str, Any]:
   """What a verdict cites: the commitment, checked against the saved fingerprint.
 
   Args:
-    record: the saved ``commitment.json`` (None: a run made before
-      commitments were written).
+    record: the saved ``commitment.json``.
     points, uaps, victim_fingerprint, seed: the fingerprint being used.
 
   Returns:
-    ``{"sha256", "created"}``, or ``{"sha256": None, "note"}`` without a record.
+    ``{"sha256", "created"}``.
 
   Raises:
     ValueError: the fingerprint no longer matches the commitment.
   """
-  if record is None:
-    return {"sha256": None,
-            "note": "this run has no commitment.json (made before 2026-12-04): rerun "
-                    "its fingerprint stage (--stages=fingerprint --overwrite) to make one"}
   now = digest(points, uaps, victim_fingerprint, seed)
   if now != record.get("sha256"):
     raise ValueError(
