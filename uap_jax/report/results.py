@@ -11,7 +11,7 @@ Schema (keys; see README "Report format"):
   victim_self, leave_kind_out: per held-out kind its AUC, TPR and verdicts,
   other_tests, references: encoder-free scores on the same suspects
     (raw_cosine, raw_cosine_clean_only, agreement_*, sac_m, sac_w,
-    error_agreement),
+    error_agreement, ipguard),
   seconds: per stage.
 """
 

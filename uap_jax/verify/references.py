@@ -15,7 +15,10 @@ One number per model (tested by the one-view ``model`` test,
 * ``sac_w``: the same on victim training images the victim misclassifies
   (SAC-w);
 * ``error_agreement``: on (up to :data:`ERROR_SAMPLES`) such images, how
-  often a model repeats the victim's top-1 (its mistakes).
+  often a model repeats the victim's top-1 (its mistakes);
+* ``ipguard``: IPGuard's matching rate on points near the victim's decision
+  boundary grown from :data:`IPGUARD_SAMPLES` victim training images
+  (:mod:`.ipguard`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from uap_jax.fingerprint import layout
 from uap_jax.runtime import stack as stack_lib
+from uap_jax.verify import ipguard
 from uap_jax.verify import sac
 from uap_jax.verify import similarity
 from uap_jax.verify import summary
@@ -37,6 +41,8 @@ SAC_SAMPLES = sac.DEFAULT_NUM_SAMPLES
 # Misclassified victim training images for error_agreement (more samples
 # make the agreement fraction less noisy; SAC-w uses the first SAC_SAMPLES).
 ERROR_SAMPLES = 500
+# Seed images of IPGuard's boundary points (the paper uses 100).
+IPGUARD_SAMPLES = 100
 # Folded into the run's seed for the sample references' inputs, so that they
 # draw keys of their own.
 SAMPLE_KEY = 4242
@@ -125,25 +131,42 @@ def sample_scores(stacks: Sequence[stack_lib.Stack], victim: int, images: np.nda
     strategy: model-axis strategy.
 
   Returns:
-    ``({name: (M,) scores}, {name: samples used})`` for ``sac_m``, ``sac_w``
-    and ``error_agreement``.
+    ``({name: (M,) scores}, {name: samples used})`` for ``sac_m``, ``sac_w``,
+    ``error_agreement`` and ``ipguard``.
   """
   x_mix = np.asarray(sac.cutmix_inputs(images, SAC_SAMPLES, jax.random.fold_in(key, 0)))
   victim_logits = stack_lib.predict(stacks[0], images, strategy=strategy)[0]
   wrong = sac.misclassified_indices(labels, victim_logits, ERROR_SAMPLES,
                                     jax.random.fold_in(key, 1))
   x_wrong = np.asarray(stack_lib.to_float(images[wrong]))
-  logits = np.concatenate([stack_lib.predict(s, np.concatenate([x_mix, x_wrong]),
+  seeds = jax.random.choice(jax.random.fold_in(key, 2), len(images),
+                            (min(IPGUARD_SAMPLES, len(images)),), replace=False)
+  first = jax.tree.map(lambda a: a[0], stacks[0].variables)
+  x_edge = np.asarray(ipguard.boundary_points(
+      stacks[0].logits_fn, first, stack_lib.to_float(images[np.asarray(seeds)]),
+      jax.random.fold_in(key, 3)))
+  logits = np.concatenate([stack_lib.predict(s, np.concatenate([x_mix, x_wrong, x_edge]),
                                              strategy=strategy) for s in stacks])
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   n_mix, n_w = len(x_mix), min(SAC_SAMPLES, len(wrong))
   mix, err = slice(0, n_mix), slice(n_mix, n_mix + n_w)
+  wrong_part, edge = slice(n_mix, n_mix + len(wrong)), slice(n_mix + len(wrong), None)
   scores = {
       "sac_m": sac.scores_from_outputs(probs[:, mix], probs[victim, mix]),
       "sac_w": sac.scores_from_outputs(probs[:, err], probs[victim, err]),
-      "error_agreement": sac.error_agreement(logits[:, n_mix:], logits[victim, n_mix:]),
+      "error_agreement": sac.error_agreement(logits[:, wrong_part], logits[victim, wrong_part]),
+      "ipguard": ipguard.matching_rate(logits[:, edge], logits[victim, edge]),
   }
-  return scores, {"sac_m": n_mix, "sac_w": n_w, "error_agreement": len(wrong)}
+  return scores, {"sac_m": n_mix, "sac_w": n_w, "error_agreement": len(wrong),
+                  "ipguard": len(x_edge)}
+
+
+_INPUTS = {"sac_m": "cutmix", "sac_w": "victim-misclassified training images",
+           "error_agreement": "victim-misclassified training images",
+           "ipguard": "points near the victim's decision boundary"}
+_SCORE = {"sac_m": "-L1 distance of cosine correlation matrices",
+          "sac_w": "-L1 distance of cosine correlation matrices",
+          "error_agreement": "top-1 agreement", "ipguard": "matching rate (top-1)"}
 
 
 def sample_references(stacks: Sequence[stack_lib.Stack], meta: Sequence[dict],
@@ -185,9 +208,6 @@ def sample_references(stacks: Sequence[stack_lib.Stack], meta: Sequence[dict],
         score[eval_idx], [meta[i]["family"] for i in eval_idx],
         [meta[i]["kind"] for i in eval_idx], score[calib_idx],
         names=[meta[i]["name"] for i in eval_idx], alpha=alpha)
-    result.update(samples=samples[name], inputs="cutmix" if name == "sac_m" else
-                  "victim-misclassified training images",
-                  score="top-1 agreement" if name == "error_agreement"
-                  else "-L1 distance of cosine correlation matrices")
+    result.update(samples=samples[name], inputs=_INPUTS[name], score=_SCORE[name])
     out[name] = result
   return out
