@@ -49,8 +49,8 @@ from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top,wron
 
 TRANSFORMS = ("none", "round:2", "round:1", "topk:3", "topk:1", "temperature:3",
               "temperature:0.3", "logit_noise:0.5", "logit_noise:2", "labels",
-              "noise:0.05", "noise:0.1", "shift:2", "flag:3")
-QUERY_SIDE = ("noise", "shift", "flag")
+              "noise:0.05", "noise:0.1", "shift:2", "jpeg:75", "flag:3")
+QUERY_SIDE = ("noise", "shift", "jpeg", "flag")
 # Test images on which a query-side API's accuracy cost is measured.
 COST_IMAGES = 1000
 

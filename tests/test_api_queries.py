@@ -19,7 +19,7 @@ def _images(n=8, seed=0):
 W = jnp.asarray(np.random.default_rng(1).normal(size=(36, 4)), jnp.float32)
 
 
-@pytest.mark.parametrize("spec", ("noise:0.1", "shift:2", "flag:3"))
+@pytest.mark.parametrize("spec", ("noise:0.1", "shift:2", "jpeg:75", "flag:3"))
 def test_the_same_query_gets_the_same_answer_in_any_batch_and_under_jit(spec):
   api = api_queries.wrap(spec, _linear)
   x = _images()
@@ -46,6 +46,22 @@ def test_shift_moves_content_by_at_most_p_pixels_and_fills_with_zero():
     assert abs(r - 4) <= 2 and abs(c - 4) <= 2 and image.sum() == 1.0
 
 
+def test_jpeg_at_full_quality_is_near_identity_and_low_quality_is_not():
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(3, 16, 16, 1)), jnp.float32)
+  smooth = api_queries.box_blur(x, 5)  # JPEG keeps smooth images best
+  best = np.asarray(jax.jit(lambda v: api_queries.jpeg(v, 100))(smooth))
+  worst = np.asarray(api_queries.jpeg(x, 5))
+  assert best.shape == x.shape and best.dtype == np.float32
+  assert np.abs(best - np.asarray(smooth)).max() < 4 / 255
+  assert np.abs(worst - np.asarray(x)).mean() > 0.05
+  colour = jnp.asarray(np.random.default_rng(3).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  assert api_queries.jpeg(colour, 75).shape == (2, 8, 8, 3)
+  # Under vmap (the engine's model axis) each member is coded as on its own.
+  stacked = jnp.stack([x, x[::-1]])
+  np.testing.assert_allclose(jax.vmap(lambda v: api_queries.jpeg(v, 50))(stacked)[1],
+                             api_queries.jpeg(x[::-1], 50), atol=1e-6)
+
+
 def test_box_blur_keeps_a_constant_image_and_averages_a_spike():
   np.testing.assert_allclose(api_queries.box_blur(jnp.full((1, 5, 5, 2), 0.3), 3), 0.3,
                              atol=1e-6)
@@ -65,7 +81,7 @@ def test_flagging_answers_at_random_only_where_blur_changes_the_top1():
 
 
 @pytest.mark.parametrize("spec", ("noise", "noise:-1", "shift:0", "shift:1.5", "flag:x",
-                                  "jpeg:75"))
+                                  "jpeg:0", "jpeg:101", "blur:3"))
 def test_bad_specs_name_the_forms(spec):
   with pytest.raises(ValueError, match="the forms are noise:S"):
     api_queries.parse(spec)

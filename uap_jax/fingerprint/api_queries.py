@@ -9,6 +9,9 @@ that fingerprints and accuracies are computed as for any model. Specs
 
 * ``noise:S``: Gaussian noise of standard deviation S on every pixel;
 * ``shift:P``: a random translation by up to P pixels each way (zero fill);
+* ``jpeg:Q``: every query JPEG-compressed at quality Q (1-100) and decoded,
+  as an API that stores or forwards its inputs as JPEG would (Pillow's
+  codec, on the host through ``jax.pure_callback``);
 * ``flag:B``: the API predicts on the query and on a B x B box-blurred copy
   and, where the two top-1 answers differ (as they often do on an
   adversarially perturbed query), answers a random class instead.
@@ -23,8 +26,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import io
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
 LogitsFn = Callable[..., jax.Array]
 # Logits of a flagged query: a random class by this margin.
@@ -57,6 +64,31 @@ def random_shift(x: jax.Array, pixels: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
+def _jpeg_host(x: np.ndarray, quality: int) -> np.ndarray:
+  """``(..., H, W, C)`` images through Pillow's JPEG codec (any leading axes)."""
+  x = np.asarray(x)
+  flat = x.reshape((-1,) + x.shape[-3:])
+  out = np.empty_like(flat)
+  for n, image in enumerate(flat):
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    grey = pixels.shape[-1] == 1
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if grey else pixels).save(buffer, format="JPEG",
+                                                             quality=quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32) / 255.0
+    out[n] = decoded[..., None] if grey else decoded
+  return out.reshape(x.shape)
+
+
+def jpeg(x: jax.Array, quality: int) -> jax.Array:
+  """Each image JPEG-encoded at ``quality`` and decoded (on the host; jit-able)."""
+  shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  # Under vmap (the engine's model and view axes) the host gets the batch as
+  # leading axes, which it loops over like the images.
+  return jax.pure_callback(lambda v: _jpeg_host(v, quality), shape, x.astype(jnp.float32),
+                           vmap_method="expand_dims")
+
+
 def box_blur(x: jax.Array, size: int) -> jax.Array:
   """A ``size`` x ``size`` mean filter per channel (edges padded by reflection)."""
   lo, hi = (size - 1) // 2, size // 2
@@ -84,19 +116,21 @@ def parse(spec: str) -> tuple[str, float]:
   try:
     value = float(arg)
     if ((name == "noise" and value >= 0) or
-        (name in ("shift", "flag") and value == int(value) and value >= 1)):
+        (name in ("shift", "flag") and value == int(value) and value >= 1) or
+        (name == "jpeg" and value == int(value) and 1 <= value <= 100)):
       return name, value
   except ValueError:
     pass
   raise ValueError(f"Unknown API query transform {spec!r}; the forms are noise:S "
-                   "(S >= 0), shift:P and flag:B (P, B >= 1 integers).")
+                   "(S >= 0), shift:P and flag:B (P, B >= 1 integers), jpeg:Q "
+                   "(1 <= Q <= 100).")
 
 
 def wrap(spec: str, logits_fn: LogitsFn) -> LogitsFn:
   """The forward pass of an API that does ``spec`` around ``logits_fn``.
 
   Args:
-    spec: ``noise:S``, ``shift:P`` or ``flag:B`` (module docstring).
+    spec: ``noise:S``, ``shift:P``, ``jpeg:Q`` or ``flag:B`` (module docstring).
     logits_fn: ``(variables, x) -> logits`` of one model.
 
   Returns:
@@ -105,6 +139,7 @@ def wrap(spec: str, logits_fn: LogitsFn) -> LogitsFn:
   name, value = parse(spec)
   if name == "flag":
     return _flagging(logits_fn, int(value))
-  transform = ((lambda x: gaussian_noise(x, value)) if name == "noise"
-               else (lambda x: random_shift(x, int(value))))
+  transform = {"noise": lambda x: gaussian_noise(x, value),
+               "shift": lambda x: random_shift(x, int(value)),
+               "jpeg": lambda x: jpeg(x, int(value))}[name]
   return lambda variables, x: logits_fn(variables, transform(x))
