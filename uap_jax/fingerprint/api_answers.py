@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from uap_jax.fingerprint import compute
 from uap_jax.fingerprint import layout
 
 # Probabilities are floored here before a log.
@@ -120,8 +121,7 @@ def apply(spec: str, fingerprints: np.ndarray, num_uaps: int, num_classes: int,
   """
   transform = parse(spec)
   outputs = layout.split(np.asarray(fingerprints, np.float64), num_uaps, num_classes)
-  if outputs.min() < -1e-6 or not np.allclose(outputs.sum(-1), 1.0, atol=1e-3):
+  if compute.detect_output_kind(outputs) == "logits":
     raise ValueError("API answer transforms take probability fingerprints "
                      "(--fp_mode=probs): these rows are not distributions.")
-  return layout.join(transform(np.clip(outputs, 0.0, 1.0), np.random.default_rng(seed))
-                     ).astype(np.float32)
+  return layout.join(transform(outputs, np.random.default_rng(seed))).astype(np.float32)

@@ -40,8 +40,8 @@ def boundary_loss(logits: jax.Array, i: jax.Array, j: jax.Array, margin: float) 
   Returns:
     ``relu(max_{t not in {i, j}} z_t - min(z_i, z_j) + k) + |z_i - z_j|``.
   """
-  others = jnp.where((jnp.arange(logits.shape[-1]) == i) | (jnp.arange(logits.shape[-1]) == j),
-                     -jnp.inf, logits)
+  classes = jnp.arange(logits.shape[-1])
+  others = jnp.where((classes == i) | (classes == j), -jnp.inf, logits)
   return (jax.nn.relu(others.max() - jnp.minimum(logits[i], logits[j]) + margin)
           + jnp.abs(logits[i] - logits[j]))
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from uap_jax.fingerprint import compute
 from uap_jax.fingerprint import layout
 
 # A reference must close at least this share of the gap from chance to the
@@ -77,7 +78,7 @@ def point_confidence(fps: np.ndarray, num_uaps: int, num_classes: int) -> np.nda
     ``(M,)`` in [1 / C, 1].
   """
   clean = layout.split(np.asarray(fps, np.float64), num_uaps, num_classes)[..., 0, :]
-  if clean.min() < 0 or not np.allclose(clean.sum(-1), 1.0, atol=1e-3):
+  if compute.detect_output_kind(clean) == "logits":
     clean = np.exp(clean - clean.max(-1, keepdims=True))
     clean /= clean.sum(-1, keepdims=True)
   return clean.max(-1).mean((-2, -1))

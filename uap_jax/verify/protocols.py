@@ -227,31 +227,28 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
         fps, meta, victim,
         [(train, [i for i in bank if str(meta[i].get(by)) != g]) for by, g in groups_of],
         encoder_config, crossfit_by)
-  out = {}
-  for by in ("arch", "recipe"):
-    groups, held_total, accused_total = {}, 0, 0
-    for group in sorted({str(meta[i].get(by)) for i in bank}):
-      held = [i for i in bank if str(meta[i].get(by)) == group]
-      others = [i for i in calib if str(meta[i].get(by)) != group]
-      scores = group_sims[groups_of.index((by, group))] if retrain else sims
-      try:
-        ref = population.reference(others, meta, point_accuracy, victim, num_classes,
-                                   minimum=settings.min_reference,
-                                   confidence=point_confidence)
-      except ValueError as e:
-        groups[group] = {"error": str(e)}
-        continue
-      result = summary.evaluate_split(scores, meta, held, ref.index, point_accuracy,
-                                      ref, **settings.test())
-      rows = result["suspects"]
-      accused = [r["name"] for r in rows if r["verdict"] == "pirated"]
-      groups[group] = {"held_out": len(rows), "accused": len(accused),
-                       "accused_names": accused, "reference_models": len(ref.index),
-                       "min_p_value": float(min(r["p_value"] for r in rows))}
-      held_total += len(rows)
-      accused_total += len(accused)
-    out[by] = {"groups": groups, "held_out": held_total, "accused": accused_total}
-  return out
+  groups = {by: {} for by in ("arch", "recipe")}
+  for n, (by, group) in enumerate(groups_of):
+    held = [i for i in bank if str(meta[i].get(by)) == group]
+    others = [i for i in calib if str(meta[i].get(by)) != group]
+    try:
+      ref = population.reference(others, meta, point_accuracy, victim, num_classes,
+                                 minimum=settings.min_reference,
+                                 confidence=point_confidence)
+    except ValueError as e:
+      groups[by][group] = {"error": str(e)}
+      continue
+    result = summary.evaluate_split(group_sims[n] if retrain else sims, meta, held,
+                                    ref.index, point_accuracy, ref, **settings.test())
+    rows = result["suspects"]
+    accused = [r["name"] for r in rows if r["verdict"] == "pirated"]
+    groups[by][group] = {"held_out": len(rows), "accused": len(accused),
+                         "accused_names": accused, "reference_models": len(ref.index),
+                         "min_p_value": float(min(r["p_value"] for r in rows))}
+  return {by: {"groups": g,
+               "held_out": sum(r.get("held_out", 0) for r in g.values()),
+               "accused": sum(r.get("accused", 0) for r in g.values())}
+          for by, g in groups.items()}
 
 
 def false_accusations(random: dict, folds: dict, bank: dict) -> dict[str, Any]:
