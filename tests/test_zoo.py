@@ -15,7 +15,7 @@ from uap_jax import pipeline
 from uap_jax.runtime import stack as stack_lib
 from uap_jax import train
 from uap_jax import zoo as zoo_lib
-from uap_jax.config import Config, KINDS, PIRACY_KINDS
+from uap_jax.config import Config, DEFAULT_KINDS, PIRACY_KINDS
 from uap_jax.runtime.context import RunContext
 from uap_jax.stages import zoo as zoo_stage
 from uap_jax.runtime.workdir import Workdir
@@ -68,7 +68,7 @@ def test_plan_seeds_archs_and_hparams_derive_from_the_config():
   by_kind = {}
   for p in plans:
     by_kind.setdefault(p.kind, []).append(p)
-  assert set(by_kind) == set(KINDS)
+  assert set(by_kind) == set(DEFAULT_KINDS)
   # Extraction spreads over the victim's architecture and the others.
   assert [p.arch for p in by_kind["extract_soft"]] == ["lenet5", "mlp"]
   assert [p.names for p in by_kind["extract_soft"]] == [
@@ -84,7 +84,7 @@ def test_plan_seeds_archs_and_hparams_derive_from_the_config():
   other = zoo_lib.plan_zoo(dataclasses.replace(cfg, seed=1))
   assert not set(seeds) & {s for p in other for s in p.seeds}
   names = [n for p in plans for n in p.names]
-  assert len(set(names)) == len(names) == 3 * len(KINDS)
+  assert len(set(names)) == len(names) == 3 * len(DEFAULT_KINDS)
   for p in plans:
     assert p.family == ("piracy" if p.kind in PIRACY_KINDS else "independent")
     assert p.parent == ("victim" if p.kind in PIRACY_KINDS else None)
@@ -127,8 +127,8 @@ def test_every_kind_differs_from_the_victim_and_piracy_agrees(built_zoo):
   ctx, _ = built_zoo
   info = ctx.workdir.read_json("zoo.json")
   entries = info["models"]
-  assert sorted({e["kind"] for e in entries}) == sorted(KINDS)
-  assert set(info["seconds_per_kind"]) == set(KINDS)
+  assert sorted({e["kind"] for e in entries}) == sorted(DEFAULT_KINDS)
+  assert set(info["seconds_per_kind"]) == set(DEFAULT_KINDS)
   victim = ctx.artifacts.victim
   victim_params = jax.tree.leaves(zoo_lib.single_variables(victim)[0])
   num_classes = ctx.data.num_classes
@@ -243,7 +243,7 @@ def test_kinds_train_on_their_own_disjoint_parts(built_zoo):
         assert len(real) == len(index), kind
       else:
         assert np.all(index[index >= n_train] < call["pool_size"])
-  assert seen == set(KINDS)
+  assert seen == set(DEFAULT_KINDS)
 
 
 def test_partial_zoo_resumes_only_the_missing_stack(built_zoo, monkeypatch):

@@ -29,10 +29,15 @@ from typing import Any
 
 STAGES = ("victim", "zoo", "reference", "uap", "fingerprint", "encoder", "verify",
           "export_queries", "report")
-PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
-                "finetune_all", "prune", "adv_train", "distill")
+STANDARD_PIRACY_KINDS = ("extract_soft", "extract_hard", "extract_adv", "finetune_last",
+                         "finetune_all", "prune", "adv_train", "distill")
+# Pirates who know the method and try to remove the fingerprint
+# (uap_jax.zoo.removal); not in the default zoo: experiments/adaptive.flags.
+REMOVAL_KINDS = ("finetune_uat", "fine_prune", "distill_removal", "extract_mixup")
+PIRACY_KINDS = STANDARD_PIRACY_KINDS + REMOVAL_KINDS
 INDEPENDENT_KINDS = ("independent_seed", "independent_arch", "independent_data")
 KINDS = PIRACY_KINDS + INDEPENDENT_KINDS
+DEFAULT_KINDS = STANDARD_PIRACY_KINDS + INDEPENDENT_KINDS
 # Training recipes of the reference bank (uap_jax.zoo.reference.RECIPES).
 REFERENCE_RECIPES = ("base", "twin", "adam", "augment", "smooth", "short", "long", "narrow")
 # The choices of the other flags; the library takes its lists from here.
@@ -112,7 +117,7 @@ class Config:
   lr: float = _f(0.05, "Peak learning rate (cosine schedule).", stage="victim")
   weight_decay: float = _f(5e-4, "Weight decay.", stage="victim")
   # Zoo.
-  zoo_kinds: list = _f(list(KINDS), "Suspect kinds to simulate.", stage="zoo", choices=KINDS)
+  zoo_kinds: list = _f(list(DEFAULT_KINDS), "Suspect kinds to simulate (the removal kinds finetune_uat, fine_prune, distill_removal, extract_mixup only when named).", stage="zoo", choices=KINDS)
   zoo_count: int = _f(2, "Models per kind (per kind and architecture list entry: spread round-robin).", stage="zoo")
   zoo_counts: list = _f([], "Per-kind overrides, e.g. extract_soft:4,prune:6.", stage="zoo")
   zoo_archs: list = _f(["mlp"], "Architectures for kinds that may differ from the victim's (extract_*, distill, independent_arch).", stage="zoo")
@@ -124,6 +129,9 @@ class Config:
   extract_rounds: int = _f(2, "extract_adv: rounds of adding the substitute's adversarial examples.", stage="zoo")
   adv_eps: float = _f(0.03, "PGD L-inf radius (pixel units of [0, 1]) for adv_train and extract_adv.", stage="zoo")
   distill_temperature: float = _f(4.0, "Distillation temperature.", stage="zoo")
+  removal_rounds: int = _f(2, "finetune_uat / distill_removal: rounds of computing the copy's own UAPs and training against them.", stage="zoo")
+  removal_samples: int = _f(400, "distill_removal: the attacker's images (few-sample distillation).", stage="zoo")
+  removal_xi: float = _f(0.0, "L-inf radius of the pirate's own UAPs in finetune_uat / distill_removal (0: the run's --uap_xi, which the pirate is taken to know).", stage="zoo")
   # Reference bank.
   reference_bank: str = _f("", "Directory of the reference bank of independent models, shared by runs on the same data and partition (empty: WORKDIR/reference_bank).")
   reference_archs: list = _f(["mlp", "lenet5", "small_cnn"], "Architectures of the reference bank besides the victim's and --zoo_archs.", stage="reference")

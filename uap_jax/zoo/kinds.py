@@ -17,6 +17,8 @@ time, so tests can record or stub it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -222,17 +224,30 @@ def _substitute_examples(job: Job, student: stack_lib.Stack, phase: int,
                                          key, strategy=job.strategy)
 
 
-def _learn_from_api(job: Job, target: str, temperature: float = 1.0
-                    ) -> tuple[stack_lib.Stack, int]:
+def learn_from_api(job: Job, target: str, temperature: float = 1.0,
+                   copies_fn: Callable | None = None) -> tuple[stack_lib.Stack, int]:
   """A fresh student trained on the victim's API answers to the attacker's
-  queries: one batch of fresh answers per step, ``1 + rounds`` phases."""
+  queries: one batch of fresh answers per step, ``1 + rounds`` phases.
+
+  Args:
+    job: the plan and its data.
+    target: the teacher target (``teacher_soft``, ``teacher_hard``,
+      ``distill``).
+    temperature: the distillation temperature.
+    copies_fn: ``(x, copies, rng) -> uint8 images``: the attacker's query
+      copies of its images (default: translated copies,
+      :func:`~uap_jax.zoo.queries.augmented_queries`).
+
+  Returns:
+    The trained stack and its step count.
+  """
   plan, h = job.plan, job.plan.hparams[0]
   victim_vars = queries.single_variables(job.victim)
   api = (queries.label_only_api(job.victim.graphdef) if target == "teacher_hard"
          else job.victim.logits_fn)
-  copies = queries.augmented_queries(
-      job.x_pool[job.idx], query_copies(h, len(job.idx)),
-      np.random.default_rng([plan.run_seed, plan.seeds[0]]), flip=job.augment)
+  copies_fn = copies_fn or functools.partial(queries.augmented_queries, flip=job.augment)
+  copies = copies_fn(job.x_pool[job.idx], query_copies(h, len(job.idx)),
+                     np.random.default_rng([plan.run_seed, plan.seeds[0]]))
   asked = _Queries.start(job.x_pool, job.idx, copies, len(job.meta))
   student, steps = job.fresh(), 0
   rounds = h.get("rounds", 0)
@@ -266,7 +281,7 @@ def extraction(job: Job) -> tuple[stack_lib.Stack, int]:
     The trained stack and its step count.
   """
   target = "teacher_hard" if job.plan.kind == "extract_hard" else "teacher_soft"
-  return _learn_from_api(job, target)
+  return learn_from_api(job, target)
 
 
 def distillation(job: Job) -> tuple[stack_lib.Stack, int]:
@@ -278,4 +293,4 @@ def distillation(job: Job) -> tuple[stack_lib.Stack, int]:
   Returns:
     The trained stack and its step count.
   """
-  return _learn_from_api(job, "distill", temperature=job.plan.shared("T"))
+  return learn_from_api(job, "distill", temperature=job.plan.shared("T"))

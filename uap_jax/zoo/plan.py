@@ -20,9 +20,10 @@ from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax import train
 from uap_jax.config import Config, KINDS, PIRACY_KINDS
 
-EXTRACTION_KINDS = ("extract_soft", "extract_hard", "extract_adv")
+EXTRACTION_KINDS = ("extract_soft", "extract_hard", "extract_adv", "extract_mixup")
 # Kinds that start from the victim's parameters.
-DERIVED_KINDS = ("finetune_last", "finetune_all", "prune", "adv_train")
+DERIVED_KINDS = ("finetune_last", "finetune_all", "prune", "adv_train", "finetune_uat",
+                 "fine_prune", "distill_removal")
 # Training-data part of each kind (keys of RunContext.parts).
 PART_OF_KIND = {
     **{k: "attacker" for k in PIRACY_KINDS},
@@ -218,6 +219,8 @@ def _kind_hparams(cfg: Config, kind: str, index: int) -> dict:
   if kind == "adv_train":
     return {"eps": float(cfg.adv_eps), "pgd_steps": train.TrainConfig.adv_steps,
             "lr": lrs[0], "epochs": float(cfg.finetune_epochs)}
+  if kind in ("finetune_uat", "fine_prune", "distill_removal"):
+    return _removal_hparams(cfg, kind, index)
   if kind in EXTRACTION_KINDS:
     h = {"lr": float(cfg.lr), "query_budget": int(cfg.query_budget),
          "epochs": float(cfg.zoo_epochs)}
@@ -236,6 +239,19 @@ def _kind_hparams(cfg: Config, kind: str, index: int) -> dict:
   return {"lr": float(cfg.lr), "epochs": float(cfg.zoo_epochs)}
 
 
+def _removal_hparams(cfg: Config, kind: str, index: int) -> dict:
+  """A removal attack on a copy of the victim (:mod:`uap_jax.zoo.removal`):
+  fine-tuning's rate and epochs, and the attack's own settings."""
+  h = {"lr": float(cfg.finetune_lrs[0]), "epochs": float(cfg.finetune_epochs)}
+  if kind == "fine_prune":
+    ratios = [float(v) for v in cfg.prune_ratios]
+    return {**h, "ratio": ratios[index % len(ratios)]}
+  h.update(rounds=int(cfg.removal_rounds), xi=float(cfg.removal_xi or cfg.uap_xi))
+  if kind == "distill_removal":
+    h["samples"] = int(cfg.removal_samples)
+  return h
+
+
 def check_config(cfg: Config) -> None:
   """Checks every zoo setting; raises ValueError naming the flag and the fix.
 
@@ -249,8 +265,8 @@ def check_config(cfg: Config) -> None:
   if cfg.zoo_count < 0:
     raise ValueError(f"--zoo_count must be >= 0, got {cfg.zoo_count}.")
   counts = cfg.kind_counts()  # also checks --zoo_counts
-  if not cfg.prune_ratios and counts.get("prune", 0):
-    raise ValueError("--prune_ratios is empty but prune models are asked for: "
+  if not cfg.prune_ratios and (counts.get("prune", 0) or counts.get("fine_prune", 0)):
+    raise ValueError("--prune_ratios is empty but prune / fine_prune models are asked for: "
                      "give ratios such as 0.2,0.5,0.8.")
   for r in cfg.prune_ratios:
     if not 0.0 <= float(r) < 1.0:
@@ -269,6 +285,15 @@ def check_config(cfg: Config) -> None:
                      f"--zoo_epochs), got {cfg.query_budget}.")
   if cfg.extract_rounds < 0:
     raise ValueError(f"--extract_rounds must be >= 0, got {cfg.extract_rounds}.")
+  removal = [k for k in ("finetune_uat", "distill_removal") if counts.get(k, 0)]
+  if removal and cfg.removal_rounds < 1:
+    raise ValueError(f"--removal_rounds must be >= 1 for {', '.join(removal)}, got "
+                     f"{cfg.removal_rounds}.")
+  if removal and cfg.removal_xi < 0:
+    raise ValueError(f"--removal_xi must be >= 0 (0: --uap_xi), got {cfg.removal_xi}.")
+  if counts.get("distill_removal", 0) and cfg.removal_samples < 10:
+    raise ValueError(f"--removal_samples must be >= 10 for distill_removal, got "
+                     f"{cfg.removal_samples}.")
   if cfg.adv_eps <= 0 and (counts.get("adv_train", 0) or counts.get("extract_adv", 0)):
     raise ValueError(f"--adv_eps must be > 0 for adv_train / extract_adv, got "
                      f"{cfg.adv_eps}.")
@@ -316,8 +341,8 @@ def untrainable_kinds(params, *, has_head: bool) -> dict[str, str]:
   """The white-box kinds a victim cannot be made into, and why.
 
   Args:
-    params: the victim's trainable parameters (any pytree; no leaves: it
-      cannot be trained).
+    params: the victim's trainable parameters with the leading model axis
+      (any pytree; no leaves: it cannot be trained).
     has_head: whether its final layer is known.
 
   Returns:
@@ -330,8 +355,14 @@ def untrainable_kinds(params, *, has_head: bool) -> dict[str, str]:
               "trainable is None)")
     return {k: reason for k in DERIVED_KINDS}
   if not has_head:
-    return {"finetune_last": "the given victim's final layer is unknown (its "
-                             "adapter's head is None)"}
+    reason = "the given victim's final layer is unknown (its adapter's head is None)"
+    return {"finetune_last": reason, "fine_prune": reason}
+  from uap_jax.zoo import removal  # pylint: disable=g-import-not-at-top
+  try:
+    removal.head_kernel(params, batch_dims=1)
+  except ValueError:
+    return {"fine_prune": "the given victim's final layer is not one dense "
+                          "`head` kernel (F, C), whose input units fine-pruning cuts"}
   return {}
 
 

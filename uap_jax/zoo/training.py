@@ -9,6 +9,7 @@ import numpy as np
 from uap_jax.config import INDEPENDENT_KINDS
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.zoo import kinds
+from uap_jax.zoo import removal
 from uap_jax.zoo.plan import DERIVED_KINDS, EXTRACTION_KINDS, StackPlan
 from uap_jax.zoo.summary import agreement
 
@@ -18,6 +19,7 @@ TRAINERS = {
     **{k: kinds.extraction for k in EXTRACTION_KINDS},
     "distill": kinds.distillation,
     **{k: kinds.independent for k in INDEPENDENT_KINDS},
+    **removal.TRAINERS,
 }
 
 
