@@ -841,6 +841,42 @@ def test_api_evasion_table_reads_a_finished_run(tiny_run, tmp_path):
     assert "| topk:1 | encoder (owner matched) |" in f.read()
 
 
+def _experiment(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_adaptive_table_has_a_row_per_piracy_kind(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  out = str(tmp_path / "adaptive")
+  _experiment("adaptive_table").main([f"--workdir={workdir}", f"--out={out}"])
+  with open(out + ".json") as f:
+    result = json.load(f)
+  with open(os.path.join(workdir, "zoo.json")) as f:
+    zoo = json.load(f)["models"]
+  piracy = {m["kind"] for m in zoo if m["family"] == "piracy"}
+  assert {r["kind"] for r in result["rows"]} == piracy
+  for r in result["rows"]:
+    detected, evaluated = r["default_detected"]
+    assert 0 <= detected <= evaluated <= r["models"]
+  assert os.path.getsize(out + ".png") > 0
+
+
+def test_false_claim_crafts_are_refused_by_the_commitment(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  out = str(tmp_path / "claim")
+  _experiment("false_claim").main([f"--workdir={workdir}", "--max_targets=1", f"--out={out}"])
+  with open(out + ".json") as f:
+    rows = json.load(f)
+  assert [r["attack"] for r in rows] == ["committed", "joint_uap", "cherry_points", "both"]
+  assert [r["guard"] for r in rows] == ["judged", "refused", "refused", "refused"]
+  # The joint UAP is tuned to the target: it fools it at least as the victim's does.
+  assert rows[1]["fooling_target"] >= rows[0]["fooling_target"]
+
+
 def test_verdicts_cite_the_commitment_and_a_changed_fingerprint_is_refused(tiny_run, tmp_path):
   workdir, _ = tiny_run
   with open(os.path.join(workdir, "commitment.json")) as f:
