@@ -189,3 +189,12 @@ def test_extract_mixup_queries_are_blends_not_shifts(removal_zoo):
   assert len(extra) >= len(ctx.parts["attacker"])  # at least one blend per image
   assert call["target"] == "teacher_soft"
   assert jnp.asarray(call["pool"][extra]).dtype == jnp.uint8
+
+
+def test_a_victim_without_a_dense_head_skips_fine_pruning_only():
+  stacked = {"body": {"w": jnp.ones((1, 4, 3))}}
+  assert set(zoo_lib.untrainable_kinds(stacked, has_head=True)) == {"fine_prune"}
+  mlp = stack_lib.create("mlp", [0], num_classes=3, image_shape=(4, 4, 1))
+  assert zoo_lib.untrainable_kinds(mlp.params, has_head=True) == {}
+  assert set(zoo_lib.untrainable_kinds(mlp.params, has_head=False)) == {
+      "finetune_last", "fine_prune"}
