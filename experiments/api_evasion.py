@@ -16,7 +16,8 @@ more with the owner's own models passed through the same transform
     python experiments/api_evasion.py --workdir=runs/quickstart \
         --out=experiments/results/api_evasion_quickstart
 
-Prints, and writes OUT.md and OUT.json: per transform and score, the
+Prints, and writes OUT.md, OUT.json and OUT.png (detection against the
+pirates' accuracy cost for the query-side transforms): per transform and score, the
 pirates' mean accuracy cost (query side), the pirates
 detected at the run's alpha, independents accused, the ROC-AUC of the mean
 similarity (pirates against independents) and per piracy kind the pirates
@@ -169,6 +170,37 @@ def table(rows: list[dict], name: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path: str, name: str) -> None:
+  """Pirates detected against their accuracy cost, per query-side transform
+  family with a strength knob (one line per family and score)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  base = {r["score"]: r for r in rows if r["transform"] == "none"}
+  for family in QUERY_SIDE:
+    for score, style in (("encoder", "-o"), ("uap_follow", "--s")):
+      pts = sorted((r["pirate_accuracy_cost"], r["detected"] / max(1, r["num_piracy"]), r["transform"])
+                   for r in rows if r["score"] == score
+                   and r["transform"].partition(":")[0] == family)
+      if not pts:
+        continue
+      if score in base:
+        pts = [(0.0, base[score]["detected"] / max(1, base[score]["num_piracy"]), "none")] + pts
+      line, = ax.plot([100 * c for c, _, _ in pts], [d for _, d, _ in pts], style,
+                      label=f"{family} ({score})")
+      for c, d, t in pts[1:]:
+        ax.annotate(t.partition(":")[2], (100 * c, d), fontsize=7, color=line.get_color())
+  ax.set_xlabel("pirates' test-accuracy cost behind the API (points)")
+  ax.set_ylabel("pirates detected (fraction)")
+  ax.set_ylim(-0.05, 1.05)
+  ax.set_title(f"Query-side evasion: detection against cost ({name})")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a finished run")
@@ -193,6 +225,7 @@ def main(argv=None) -> None:
       f.write(text)
     with open(args.out + ".json", "w") as f:
       json.dump(rows, f, indent=1)
+    plot(rows, args.out + ".png", os.path.basename(os.path.normpath(args.workdir)))
 
 
 if __name__ == "__main__":
