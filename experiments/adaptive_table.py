@@ -21,7 +21,13 @@ pirate, its accuracy cost against the default recipe's evidence
 fine_prune's ratio moves a pirate along it.
 
     python experiments/adaptive_table.py --workdir=runs/adaptive_fashion \
-        --out=experiments/results/adaptive_fashion
+        [--owner_workdir=runs/fashion_mnist_fresh] --out=experiments/results/adaptive_fashion
+
+With ``--owner_workdir`` (a run of the same victim whose zoo held the
+standard kinds only: for example a copy of the adaptive run rerun without
+``adaptive``, which reuses every saved model), every model of each removal
+kind is also judged by that owner's encoder, test and reference: the owner
+who never imagined the attack.
 
 Writes OUT.md, OUT.json and OUT.png (default: print only).
 """
@@ -100,7 +106,56 @@ def _broad_aucs(ctx) -> dict:
   return {"auc": auc, "negatives": len(negatives)}
 
 
-def build(workdir: str) -> dict:
+def unaware_owner(workdir: str, owner_workdir: str) -> dict[str, dict]:
+  """The removal pirates of ``workdir`` judged by an owner who never
+  imagined them: the encoder, test and reference of ``owner_workdir``, a
+  run of the same victim whose zoo held the standard kinds only.
+
+  Returns:
+    Per removal kind ``{"auc", "auc_untrained", "detected"}``.
+  """
+  from uap_jax import fingerprint as fp_lib  # pylint: disable=g-import-not-at-top
+  ctx = api.Verifier.from_workdir(workdir).ctx
+  owner = api.Verifier.from_workdir(owner_workdir).ctx
+  digest = lambda c: c.workdir.read_json("zoo.json").get("victim_digest")
+  if digest(ctx) != digest(owner):
+    raise SystemExit(f"{owner_workdir} has another victim than {workdir}: the unaware "
+                     "owner must be a run of the same victim (its --stages=victim reused).")
+  art = owner.artifacts
+  fp, split = art.fingerprints, art.split()
+  fps = np.asarray(fp.fps)
+  settings = verify_stage._settings(owner)  # pylint: disable=protected-access
+  x_points = owner.data.x_train[fp.points]
+  mean = art.similarities().mean(1)
+  trained = set(split["train"])
+  evaluated = [i for i in split["eval"] if fp.models[i]["family"] == "independent"]
+  untrained = [i for i, m in enumerate(fp.models)
+               if m["family"] == "independent" and i not in trained]
+  out = {}
+  for stack in ctx.artifacts.zoo:
+    kind = stack.meta[0]["kind"]
+    if kind not in REMOVAL_KINDS:
+      continue
+    suspect_fps = np.asarray(fp_lib.fingerprints(stack, x_points, art.uaps, mode=fp.mode))
+    verdicts = protocols.judge(art.encoder(), suspect_fps, fps, fp.models, fp.victim_index,
+                               split["calib"], settings, num_uaps=len(art.uaps),
+                               num_classes=owner.data.num_classes,
+                               point_labels=verify_stage.point_labels(owner))
+    sims = np.array([v["similarity_mean"] for v in verdicts])
+    row = out.setdefault(kind, {"sims": [], "pirated": 0, "models": 0})
+    row["sims"] += sims.tolist()
+    row["pirated"] += sum(v["verdict"] == "pirated" for v in verdicts)
+    row["models"] += len(verdicts)
+  for row in out.values():
+    pos = np.array(row.pop("sims"))
+    for name, neg in (("auc", evaluated), ("auc_untrained", untrained)):
+      row[name] = metrics.roc_auc(np.concatenate([pos, mean[neg]]),
+                                  np.array([1] * len(pos) + [0] * len(neg)))
+    row["detected"] = (row.pop("pirated"), row.pop("models"))
+  return out
+
+
+def build(workdir: str, owner_workdir: str = "") -> dict:
   """Every figure of the table, from one finished run.
 
   Args:
@@ -124,6 +179,7 @@ def build(workdir: str) -> dict:
   indep = [s for s in suspects if s["family"] == "independent"]
   kinds = sorted({m["kind"] for m in zoo.values() if m["family"] == "piracy"},
                  key=lambda k: (k in REMOVAL_KINDS, k))
+  unaware = unaware_owner(workdir, owner_workdir) if owner_workdir else {}
   rows = []
   for kind in kinds:
     models = [m for m in zoo.values() if m["kind"] == kind]
@@ -141,6 +197,8 @@ def build(workdir: str) -> dict:
       pirated = fold["held_out_verdicts"]["pirated"]
       row["held_out_auc"] = fold.get("auc_held_out")
       row["held_out_detected"] = (pirated, sum(fold["held_out_verdicts"].values()))
+    if kind in unaware:
+      row.update({f"unaware_{k}": v for k, v in unaware[kind].items()})
     for name in ("sac_m", "ipguard"):
       if name in refs:
         row[f"{name}_auc"] = refs[name]["auc"].get(kind)
@@ -162,6 +220,7 @@ def build(workdir: str) -> dict:
              "hparams": zoo[s["name"]].get("hparams", {})}
             for s in suspects if s["family"] == "piracy"]
   return {"run": os.path.basename(os.path.normpath(workdir)), "victim_accuracy": victim_acc,
+          "owner_run": owner_workdir or None,
           "alpha": random["alpha"], "test": random["method"], "rows": rows,
           "accused": accused, "points": points,
           "independents_evaluated": len(indep),
@@ -189,7 +248,22 @@ def table(result: dict) -> str:
            "AUC (untrained) | "
            "default detected | held-out AUC | held-out detected | paper detected | "
            "SAC-m AUC | SAC-m detected | IPGuard AUC | IPGuard detected |",
-           "|---" * 14 + "|"]
+           "|---" * 14 + "|"] + _kind_rows(result)
+  unaware = [r for r in result["rows"] if "unaware_detected" in r]
+  if unaware:
+    lines += ["", f"The owner who never imagined these attacks ({result['owner_run']}: the same "
+              "victim, a zoo of the standard kinds only, its encoder, test and reference "
+              "bank) judging every model of each removal kind:", "",
+              "| kind | models | AUC vs its evaluated independents | AUC vs all its untrained "
+              "independents | detected |", "|---" * 5 + "|"]
+    lines += [f"| {r['kind']} | {r['unaware_detected'][1]} | {_num(r['unaware_auc'])} | "
+              f"{_num(r['unaware_auc_untrained'])} | {_frac(r['unaware_detected'])} |"
+              for r in unaware]
+  return "\n".join(lines) + "\n"
+
+
+def _kind_rows(result: dict) -> list[str]:
+  lines = []
   for r in result["rows"]:
     kind = f"**{r['kind']}**" if r["removal"] else r["kind"]
     lines.append(
@@ -200,9 +274,8 @@ def table(result: dict) -> str:
         f"| {_frac(r['paper_detected'])} | {_num(r.get('sac_m_auc'))} "
         f"| {_frac(r.get('sac_m_detected'))} | {_num(r.get('ipguard_auc'))} "
         f"| {_frac(r.get('ipguard_detected'))} |")
-  lines += ["", "Independents accused: " + "; ".join(
+  return lines + ["", "Independents accused: " + "; ".join(
       f"{k} {_frac(v)}" for k, v in result["accused"].items()) + "."]
-  return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: str) -> None:
@@ -232,9 +305,12 @@ def plot(result: dict, path: str) -> None:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a finished run")
+  parser.add_argument("--owner_workdir", default="",
+                      help="a run of the same victim with the standard kinds only: its "
+                           "encoder, test and reference judge the removal pirates")
   parser.add_argument("--out", default="", help="write OUT.md, OUT.json, OUT.png")
   args = parser.parse_args(argv)
-  result = build(args.workdir)
+  result = build(args.workdir, args.owner_workdir)
   text = table(result)
   print(text)
   if args.out:
