@@ -20,7 +20,10 @@ run's reference without itself, under the run's encoder and under the
 encoder-free ``uap_follow``. The guard is the commitment
 (:mod:`uap_jax.verify.commitment`): the crafted fingerprint is checked
 against the run's ``commitment.json``, as the verify stage does before it
-judges; a mismatch is a refusal, not a verdict.
+judges; a mismatch is a refusal, not a verdict. A second guard needs no
+timestamp: the points and the UAPs are re-derived from the victim, the data
+and the committed seed (the fingerprint and uap stages' own functions), and
+a fingerprint that is not that draw is flagged.
 
     python experiments/false_claim.py --workdir=runs/adaptive_fashion \
         --out=experiments/results/false_claim_fashion
@@ -183,6 +186,22 @@ def guard(ctx, points: np.ndarray, uaps: np.ndarray, fps: np.ndarray) -> str:
   return "judged"
 
 
+def rederive(ctx) -> tuple[np.ndarray, np.ndarray]:
+  """The points and UAPs the run's seed draws from the victim and the data:
+  what a judge holding those can recompute without trusting any timestamp."""
+  from uap_jax.stages import fingerprint as fp_stage  # pylint: disable=g-import-not-at-top
+  from uap_jax.stages import uap as uap_stage  # pylint: disable=g-import-not-at-top
+  return fp_stage.choose_points(ctx), np.asarray(uap_stage.victim_uaps(ctx)[0])
+
+
+def rederivation(points: np.ndarray, uaps: np.ndarray, drawn) -> str:
+  """``matches`` when a fingerprint's points and UAPs are the seed's draw."""
+  points_r, uaps_r = drawn
+  same = (np.array_equal(points, points_r) and uaps.shape == uaps_r.shape
+          and np.allclose(uaps, uaps_r, atol=1e-6))
+  return "matches" if same else "differs"
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="a finished run")
@@ -200,6 +219,7 @@ def main(argv=None) -> None:
   committed = fingerprint_all(ctx, points, uaps)
   # The harness reproduces the saved fingerprints before it crafts any.
   np.testing.assert_allclose(committed, np.asarray(fp.fps), atol=1e-4)
+  drawn = rederive(ctx)
   trained = set(split["train"])
   targets = [i for i, m in enumerate(fp.models) if m["family"] == "independent"
              and m.get("kind") != "reference" and i not in trained][:args.max_targets]
@@ -219,7 +239,8 @@ def main(argv=None) -> None:
       row = {"target": fp.models[t]["name"], "attack": attack,
              "fooling_target": fooling_rate(target, x_uap, us[0]),
              "fooling_victim": fooling_rate(victim, x_uap, us[0]),
-             "guard": guard(ctx, pts, us, fps)}
+             "guard": guard(ctx, pts, us, fps),
+             "rederivation": rederivation(pts, us, drawn)}
       for score in SCORES:
         verdict = judge_target(ctx, fps, t, calib, score)
         row[score] = {"verdict": verdict["verdict"], "p_value": verdict["p_value"]}
@@ -240,9 +261,12 @@ def table(records: list[dict], run: str) -> str:
            f"{targets} independent targets (zoo independents the encoder never trained on); "
            "per crafted fingerprint, the targets accused (pirated verdicts) when judged "
            "without the guard, and with it (the commitment check refuses a fingerprint "
-           "that is not the committed one).", "",
+           "that is not the committed one); the last column: fingerprints whose points "
+           "or UAPs are not what the run's seed draws from the victim and the data "
+           "(re-derived, a guard that needs no timestamp).", "",
            "| attack | UAP fooling rate on target (mean) | on victim | score | accused, no guard "
-           "| median p | accused with guard | refused by guard |", "|---" * 8 + "|"]
+           "| median p | accused with guard | refused by guard | not the seed's draw |",
+           "|---" * 9 + "|"]
   for attack in ATTACKS:
     rows = [r for r in records if r["attack"] == attack]
     if not rows:
@@ -255,7 +279,8 @@ def table(records: list[dict], run: str) -> str:
           f"| {attack} | {np.mean([r['fooling_target'] for r in rows]):.3f} | "
           f"{np.mean([r['fooling_victim'] for r in rows]):.3f} | {score} | "
           f"{accused}/{len(rows)} | {np.median([r[score]['p_value'] for r in rows]):.2g} | "
-          f"{guarded}/{len(rows)} | {refused}/{len(rows)} |")
+          f"{guarded}/{len(rows)} | {refused}/{len(rows)} | "
+          f"{sum(r.get('rederivation') == 'differs' for r in rows)}/{len(rows)} |")
   return "\n".join(lines) + "\n"
 
 

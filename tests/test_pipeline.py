@@ -873,6 +873,8 @@ def test_false_claim_crafts_are_refused_by_the_commitment(tiny_run, tmp_path):
     rows = json.load(f)
   assert [r["attack"] for r in rows] == ["committed", "joint_uap", "cherry_points", "both"]
   assert [r["guard"] for r in rows] == ["judged", "refused", "refused", "refused"]
+  # The committed fingerprint is the seed's draw; a crafted one is not.
+  assert [r["rederivation"] for r in rows] == ["matches", "differs", "differs", "differs"]
   # The joint UAP is tuned to the target: it fools it at least as the victim's does.
   assert rows[1]["fooling_target"] >= rows[0]["fooling_target"]
 
