@@ -150,6 +150,10 @@ def head_input_activity(student: stack_lib.Stack, x: np.ndarray) -> np.ndarray:
   return np.asarray(jax.jit(jax.vmap(one))(student.params, student.rest))
 
 
+def _is_head_kernel(path) -> bool:
+  return any(getattr(k, "key", None) == "head" for k in path) and masks_lib.prunable(path)
+
+
 def head_kernel(params, batch_dims: int = 0) -> jax.Array:
   """The final layer's dense kernel ``(..., F, C)`` of a parameter tree.
 
@@ -161,8 +165,7 @@ def head_kernel(params, batch_dims: int = 0) -> jax.Array:
     The kernel (raises ValueError where the model has no such layer).
   """
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  kernels = [v for p, v in flat
-             if any(getattr(k, "key", None) == "head" for k in p) and masks_lib.prunable(p)]
+  kernels = [v for p, v in flat if _is_head_kernel(p)]
   if len(kernels) != 1 or kernels[0].ndim != 2 + batch_dims:
     raise ValueError("fine_prune needs a model whose final layer is one dense "
                      "`head` kernel (F, C); this architecture has none.")
@@ -177,8 +180,7 @@ def _unit_masks(params, activity: np.ndarray, ratios: list[float]):
     one = jax.tree.map(lambda a: a[i], params)
     return jax.tree_util.tree_map_with_path(
         lambda p, v: (jnp.broadcast_to(jnp.asarray(keep)[:, None], v.shape)
-                      if any(getattr(k, "key", None) == "head" for k in p)
-                      and masks_lib.prunable(p) else jnp.ones_like(v)), one)
+                      if _is_head_kernel(p) else jnp.ones_like(v)), one)
   return jax.tree.map(lambda *m: jnp.stack(m), *[mask_of(i) for i in range(len(ratios))])
 
 
