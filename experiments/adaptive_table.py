@@ -45,7 +45,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from uap_jax.config import REMOVAL_KINDS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.config import Config, REMOVAL_KINDS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime.context import RunContext  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -106,6 +108,17 @@ def _broad_aucs(ctx) -> dict:
   return {"auc": auc, "negatives": len(negatives)}
 
 
+def _zoo_context(workdir: str) -> RunContext:
+  """The context of a run that has finished its zoo (later stages need not)."""
+  wd = Workdir(workdir)
+  if not wd.stage_done("zoo"):
+    raise SystemExit(f"{workdir} has not finished its zoo stage.")
+  fields = {f.name for f in dataclasses.fields(Config)}
+  saved = wd.read_json("config.json")
+  return RunContext(Config(**{**{k: v for k, v in saved.items() if k in fields},
+                              "workdir": wd.root}), wd)
+
+
 def unaware_owner(workdir: str, owner_workdir: str) -> dict[str, dict]:
   """The removal pirates of ``workdir`` judged by an owner who never
   imagined them: the encoder, test and reference of ``owner_workdir``, a
@@ -115,7 +128,7 @@ def unaware_owner(workdir: str, owner_workdir: str) -> dict[str, dict]:
     Per removal kind ``{"auc", "auc_untrained", "detected"}``.
   """
   from uap_jax import fingerprint as fp_lib  # pylint: disable=g-import-not-at-top
-  ctx = api.Verifier.from_workdir(workdir).ctx
+  ctx = _zoo_context(workdir)
   owner = api.Verifier.from_workdir(owner_workdir).ctx
   digest = lambda c: c.workdir.read_json("zoo.json").get("victim_digest")
   if digest(ctx) != digest(owner):

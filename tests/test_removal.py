@@ -62,6 +62,7 @@ def test_removal_kinds_are_named_not_default():
     (dict(removal_rounds=0), "--removal_rounds"),
     (dict(removal_xi=-0.1), "--removal_xi"),
     (dict(removal_samples=3), "--removal_samples"),
+    (dict(removal_repel=1.5), "--removal_repel"),
     (dict(prune_ratios=[], zoo_kinds=["fine_prune"]), "--prune_ratios"),
 ])
 def test_bad_removal_settings_name_the_flag(overrides, message):

@@ -131,6 +131,7 @@ class Config:
   distill_temperature: float = _f(4.0, "Distillation temperature.", stage="zoo")
   removal_rounds: int = _f(2, "finetune_uat / distill_removal: rounds of computing the copy's own UAPs and training against them.", stage="zoo")
   removal_samples: int = _f(400, "distill_removal: the attacker's images (few-sample distillation).", stage="zoo")
+  removal_repel: float = _f(1.0, "distill_removal: how far its targets on its own UAP images move from the victim's answer towards the answer's complement (0: plain distillation there, 1: the complement).", stage="zoo")
   removal_xi: float = _f(0.0, "L-inf radius of the pirate's own UAPs in finetune_uat / distill_removal (0: the run's --uap_xi, which the pirate is taken to know).", stage="zoo")
   # Reference bank.
   reference_bank: str = _f("", "Directory of the reference bank of independent models, shared by runs on the same data and partition (empty: WORKDIR/reference_bank).")

@@ -248,7 +248,7 @@ def _removal_hparams(cfg: Config, kind: str, index: int) -> dict:
     return {**h, "ratio": ratios[index % len(ratios)]}
   h.update(rounds=int(cfg.removal_rounds), xi=float(cfg.removal_xi or cfg.uap_xi))
   if kind == "distill_removal":
-    h["samples"] = int(cfg.removal_samples)
+    h.update(samples=int(cfg.removal_samples), repel=float(cfg.removal_repel))
   return h
 
 
@@ -291,6 +291,8 @@ def check_config(cfg: Config) -> None:
                      f"{cfg.removal_rounds}.")
   if removal and cfg.removal_xi < 0:
     raise ValueError(f"--removal_xi must be >= 0 (0: --uap_xi), got {cfg.removal_xi}.")
+  if counts.get("distill_removal", 0) and not 0.0 <= cfg.removal_repel <= 1.0:
+    raise ValueError(f"--removal_repel must be in [0, 1], got {cfg.removal_repel}.")
   if counts.get("distill_removal", 0) and cfg.removal_samples < 10:
     raise ValueError(f"--removal_samples must be >= 10 for distill_removal, got "
                      f"{cfg.removal_samples}.")

@@ -19,7 +19,8 @@ changed with that knowledge, at a cost in test accuracy that the zoo records:
   RemovalNet, Yao et al. 2023): few-sample distillation (``samples``
   images) of the victim into its own copy, with a term that pushes the
   copy's answers on its own UAP-perturbed images away from the victim's
-  (towards the complement of the victim's answer), recomputed each round;
+  (towards the complement of the victim's answer, by ``repel`` in [0, 1]),
+  recomputed each round;
 * :func:`mixup_extraction` (``extract_mixup``): extraction whose queries
   are mixup and CutMix blends of the attacker's images, far from the data
   points the fingerprint is read at.
@@ -238,8 +239,9 @@ def removal_distillation(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
 
   The pirate asks the victim's probability API once per image: its
   ``samples`` clean images (targets: the answers) and, each round, their
-  copies under the student's own UAP (targets: :func:`away_from` the
-  answers). Each round trains the steps a fine-tuning of ``epochs`` over
+  copies under the student's own UAP (targets: ``repel`` of the way from
+  the answers to :func:`away_from` them; 0 is plain distillation on those
+  images too). Each round trains the steps a fine-tuning of ``epochs`` over
   the whole attacker part would take, divided by ``rounds``.
 
   Args:
@@ -261,8 +263,11 @@ def removal_distillation(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
   for r in range(rounds):
     adv = perturbed_images(clean, own_uaps(student, clean, xi, _round_key(job, r),
                                            strategy=job.strategy))
-    targets = [np.concatenate([answers, away_from(_victim_probs(job, adv[i]))])
-               for i in range(k)]
+    repel = plan.shared("repel")
+    targets = []
+    for i in range(k):
+      asked = _victim_probs(job, adv[i])
+      targets.append(np.concatenate([answers, (1 - repel) * asked + repel * away_from(asked)]))
     queried += len(chosen)
     pool, index = _with_copies(job.x_pool, chosen, adv)
     student, n = job.fit(student, pool, index, tc, lrs=job.lrs, labels=targets,
