@@ -332,3 +332,24 @@ def test_the_confidence_rule_is_off_for_the_top1_only_score():
   assert confidence(protocols.Settings(score="uap_follow"), fps, 1, 3) is None
   np.testing.assert_allclose(confidence(protocols.Settings(score="encoder"), fps, 1, 3),
                              [0.8, 0.8], atol=1e-6)
+
+
+def test_calibration_independents_are_judged_each_without_itself():
+  rng = np.random.default_rng(5)
+  meta = ([{"name": "victim", "kind": "victim", "family": "victim"}]
+          + [{"name": f"ind_{i}", "kind": "independent_seed", "family": "independent",
+              "arch": "a"} for i in range(6)]
+          + [{"name": f"ref_{i}", "kind": "reference", "family": "independent", "arch": "b",
+              "recipe": "base"} for i in range(8)])
+  sims = np.concatenate([np.full((1, 6), 0.99), 0.2 + 0.05 * rng.standard_normal((14, 6))])
+  acc = np.full(len(meta), 0.9)
+  calib = list(range(1, 15))
+  settings = protocols.Settings(alpha=1e-4, num_views=6)
+  out = protocols.calibration_left_out(sims, meta, 0, calib, acc, 10, settings)
+  assert out["held_out"] == 6 and out["accused"] == 0  # the zoo's six, not the bank
+  sims[3] = 0.97  # an innocent twin far above the others
+  out = protocols.calibration_left_out(sims, meta, 0, calib, acc, 10, settings)
+  assert out["accused_names"] == ["ind_2"]
+  tally = protocols.false_accusations({"num_independents": 0, "accused_independents": 0},
+                                      {}, {}, out)
+  assert tally["sources"]["calibration_leave_one_out"] == {"held_out": 6, "accused": 1}

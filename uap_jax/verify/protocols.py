@@ -251,13 +251,60 @@ def reference_held_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
           for by, g in groups.items()}
 
 
-def false_accusations(random: dict, folds: dict, bank: dict) -> dict[str, Any]:
+def calibration_left_out(sims: np.ndarray, meta: Sequence[dict], victim: int,
+                         calib: Sequence[int], point_accuracy: np.ndarray,
+                         num_classes: int, settings: Settings, *,
+                         point_confidence: np.ndarray | None = None) -> dict[str, Any]:
+  """Each of the zoo's calibration independents judged against the others.
+
+  The zoo's calibration models never train an encoder, so each can be
+  judged against the reference without itself, as a new suspect made the
+  same way would be. The zoo's independents are the models made most like
+  the victim (its architecture, data part and recipe for
+  ``independent_seed``); when the bank holds nothing like them, leaving one
+  out shows the tail an innocent twin of the victim falls in.
+
+  Args:
+    sims: ``(M, V)`` scores of every model.
+    meta: per model its metadata.
+    victim: the victim's index.
+    calib: the calibration models (bank included; the bank's are judged by
+      :func:`reference_held_out`).
+    point_accuracy: ``(M,)`` accuracies on the points.
+    num_classes: C.
+    settings: the run's settings.
+    point_confidence: ``(M,)`` point confidences (the coverage's confidence
+      rule; None: off).
+
+  Returns:
+    ``{"held_out", "accused", "accused_names", "min_p_value"}``.
+  """
+  bank = set(splits.bank_models(meta))
+  rows = []
+  for i in [i for i in calib if i not in bank]:
+    try:
+      ref = population.reference([j for j in calib if j != i], meta, point_accuracy, victim,
+                                 num_classes, minimum=settings.min_reference,
+                                 confidence=point_confidence)
+    except ValueError as e:
+      logging.warning("Calibration leave-one-out of %s: %s", meta[i].get("name"), e)
+      continue
+    rows += summary.evaluate_split(sims, meta, [i], ref.index, point_accuracy, ref,
+                                   **settings.test())["suspects"]
+  accused = [r["name"] for r in rows if r["verdict"] == "pirated"]
+  return {"held_out": len(rows), "accused": len(accused), "accused_names": accused,
+          "min_p_value": float(min((r["p_value"] for r in rows), default=1.0))}
+
+
+def false_accusations(random: dict, folds: dict, bank: dict,
+                      calibration: dict | None = None) -> dict[str, Any]:
   """Every held-out independent judged by the protocols, and how many were accused.
 
   Args:
     random: the random split's :func:`~uap_jax.verify.summary.evaluate` dict.
     folds: :func:`leave_kind_out`'s folds (independent folds count).
     bank: :func:`reference_held_out`'s dict.
+    calibration: :func:`calibration_left_out`'s dict (None: not judged).
 
   Returns:
     Per source its ``held_out`` and ``accused``, the totals, and the
@@ -274,6 +321,9 @@ def false_accusations(random: dict, folds: dict, bank: dict) -> dict[str, Any]:
   for by, part in bank.items():
     sources[f"reference_leave_{by}_out"] = {"held_out": part["held_out"],
                                             "accused": part["accused"]}
+  if calibration is not None:
+    sources["calibration_leave_one_out"] = {"held_out": calibration["held_out"],
+                                            "accused": calibration["accused"]}
   held = sum(v["held_out"] for v in sources.values())
   accused = sum(v["accused"] for v in sources.values())
   return {"sources": sources, "held_out": held, "accused": accused,
@@ -316,7 +366,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
       the per-view ones.
 
   Returns:
-    ``({"protocols": {"random", "leave_kind_out", "reference_held_out"},
+    ``({"protocols": {"random", "leave_kind_out", "reference_held_out",
+    "calibration_left_out"},
     "false_accusations", "reference", "other_tests", "references",
     "victim_self"}, (M, V) scores of every model)``.
   """
@@ -350,6 +401,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
                             encoder_config=encoder.config,
                             crossfit_by=by if learned else "none",
                             point_confidence=confidence)
+  left_out = calibration_left_out(sims, meta, victim, split["calib"], accuracy,
+                                  num_classes, settings, point_confidence=confidence)
   zoo_rows = {m["name"]: m for m in meta}
   for row in random["suspects"]:
     src = zoo_rows[row["name"]]
@@ -359,8 +412,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
                                      num_views=settings.num_views,
                                      method=settings.method, alpha=settings.alpha)
   return {"protocols": {"random": random, "leave_kind_out": folds,
-                        "reference_held_out": bank},
-          "false_accusations": false_accusations(random, folds, bank),
+                        "reference_held_out": bank, "calibration_left_out": left_out},
+          "false_accusations": false_accusations(random, folds, bank, left_out),
           "reference": ref.description, "score": settings.score,
           "other_tests": others, "references": refs, "victim_self": victim_self}, sims
 
