@@ -6,6 +6,10 @@
 #   bash experiments/reproduce.sh            # quickstart x3 (about 10 min on 2 CPU cores)
 #   bash experiments/reproduce.sh all        # + Fashion-MNIST x3 (about 20 min each)
 #                                            #   and CIFAR-10 x2 (about 40 min each)
+#   bash experiments/reproduce.sh adaptive   # the pirates who know the method and the
+#                                            #   false-claim accuser on fresh Fashion-MNIST
+#                                            #   (about 65 min: run 35, owner 2, sweep 7,
+#                                            #   false claim 20)
 #
 # Each run is a work directory runs/NAME_seedS; a rerun resumes (finished runs
 # only rebuild their report). Fashion-MNIST needs Debian's
@@ -26,6 +30,24 @@ run_seeds() {  # NAME FLAGFILE SEED...
       --out="experiments/results/seeds_${name}"
 }
 
+adaptive() {  # the README's "Pirates who know the method" tables
+  local run=runs/adaptive_fashion owner=runs/adaptive_fashion_owner
+  python -m uap_jax.main --preset=fashion_mnist_fresh,adaptive --workdir="$run"
+  # The unaware owner: the same victim and models, the standard kinds only.
+  [[ -d "$owner" ]] || cp -r "$run" "$owner"
+  python -m uap_jax.main --preset=fashion_mnist_fresh --workdir="$owner"
+  python experiments/adaptive_table.py --workdir="$run" --owner_workdir="$owner" \
+      --out=experiments/results/adaptive_fashion_fresh
+  python experiments/removal_sweep.py --owner_workdir="$owner" --preset=fashion_mnist_fresh \
+      --workroot=runs/removal_sweep --out=experiments/results/removal_sweep_fashion
+  python experiments/false_claim.py --workdir="$owner" --max_targets=12 \
+      --out=experiments/results/false_claim_fashion_fresh
+}
+
+if [[ "${1:-}" == "adaptive" ]]; then
+  adaptive
+  exit 0
+fi
 run_seeds quickstart experiments/quickstart.flags 0 1 2
 if [[ "${1:-}" == "all" ]]; then
   run_seeds fashion_mnist experiments/fashion_mnist.flags 0 1 2
