@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from uap_jax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from uap_jax.config import Config, REMOVAL_KINDS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.config import REMOVAL_KINDS  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.runtime.context import RunContext  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -113,10 +113,7 @@ def _zoo_context(workdir: str) -> RunContext:
   wd = Workdir(workdir)
   if not wd.stage_done("zoo"):
     raise SystemExit(f"{workdir} has not finished its zoo stage.")
-  fields = {f.name for f in dataclasses.fields(Config)}
-  saved = wd.read_json("config.json")
-  return RunContext(Config(**{**{k: v for k, v in saved.items() if k in fields},
-                              "workdir": wd.root}), wd)
+  return RunContext(api.saved_config(wd), wd)
 
 
 def unaware_owner(workdir: str, owner_workdir: str) -> dict[str, dict]:

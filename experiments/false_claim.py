@@ -55,6 +55,7 @@ from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-a
 from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import commitment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top,wrong-import-position
+from uap_jax.zoo import removal  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ATTACKS = ("committed", "joint_uap", "cherry_points", "both")
 SCORES = ("encoder", "uap_follow")
@@ -63,15 +64,14 @@ UAP_IMAGES, UAP_STEPS, UAP_BATCH = 1000, 400, 64
 
 
 class Model:
-  """One fingerprinted model: its forward pass and variables."""
+  """One fingerprinted model: a stack of one, and its forward pass."""
 
-  def __init__(self, logits_fn, variables):
-    self.logits_fn, self.variables = logits_fn, variables
+  def __init__(self, stack: stack_lib.Stack):
+    self.stack, self.logits_fn = stack, stack.logits_fn
+    self.variables = jax.tree.map(lambda a: a[0], stack.variables)
 
   def logits(self, x: np.ndarray) -> np.ndarray:
-    fn = jax.jit(self.logits_fn)
-    return np.concatenate([np.asarray(fn(self.variables, stack_lib.to_float(x[s:s + 500])))
-                           for s in range(0, len(x), 500)])
+    return stack_lib.predict(self.stack, x)[0]
 
 
 def _models(ctx) -> list[Model]:
@@ -79,7 +79,7 @@ def _models(ctx) -> list[Model]:
   by_name = {}
   for stack in ctx.artifacts.all_stacks():
     for i, name in enumerate(stack.names):
-      by_name[name] = Model(stack.logits_fn, jax.tree.map(lambda a, i=i: a[i], stack.variables))
+      by_name[name] = Model(stack.select([i]))
   return [by_name[m["name"]] for m in ctx.artifacts.fingerprints.models]
 
 
@@ -131,7 +131,7 @@ def joint_uap(victim: Model, target: Model, x: np.ndarray, xi: float, key) -> np
 
 def fooling_rate(model: Model, x: np.ndarray, v: np.ndarray) -> float:
   clean = model.logits(x).argmax(-1)
-  shifted = np.round(np.clip(x / 255.0 + v, 0, 1) * 255).astype(np.uint8)
+  shifted = removal.perturbed_images(x, v[None])[0]
   return float(np.mean(model.logits(shifted).argmax(-1) != clean))
 
 
@@ -148,7 +148,7 @@ def cherry_points(ctx, victim: Model, target: Model, uap: np.ndarray,
   cand = np.asarray(ctx.parts["victim"])
   k, v = points.shape
   centres = np.stack([victim.logits(x[points[c]]).mean(0) for c in range(k)])
-  shifted = np.round(np.clip(x[cand] / 255.0 + uap, 0, 1) * 255).astype(np.uint8)
+  shifted = removal.perturbed_images(x[cand], uap[None])[0]
   lv, lt = victim.logits(x[cand]), target.logits(x[cand])
   sv, st = victim.logits(shifted), target.logits(shifted)
   prob = lambda a: np.asarray(jax.nn.softmax(a))

@@ -33,6 +33,30 @@ from uap_jax.runtime.workdir import Workdir
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
+def saved_config(workdir: Workdir, **overrides: Any) -> config_lib.Config:
+  """The settings a run was made with (its ``config.json``), with overrides.
+
+  Args:
+    workdir: the run's work directory.
+    **overrides: fields of :class:`uap_jax.config.Config` to change.
+
+  Returns:
+    The checked settings, ``workdir`` set to the run's.
+
+  Raises:
+    ValueError: an override is not a setting, or out of range.
+  """
+  saved = workdir.read_json("config.json")
+  fields = {f.name for f in dataclasses.fields(config_lib.Config)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"Unknown setting(s) {', '.join(unknown)}; see uap-jax --help.")
+  cfg = config_lib.Config(**{**{k: v for k, v in saved.items() if k in fields},
+                             **overrides, "workdir": workdir.root})
+  cfg.validate()
+  return cfg
+
+
 @dataclasses.dataclass
 class Verifier:
   """Judges suspects against one finished run.
@@ -66,15 +90,7 @@ class Verifier:
         raise FileNotFoundError(
             f"{workdir.root} has not finished the {stage} stage: run the pipeline "
             f"there first (uap-jax --workdir={path} ...).")
-    saved = workdir.read_json("config.json")
-    fields = {f.name for f in dataclasses.fields(config_lib.Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-      raise ValueError(f"Unknown setting(s) {', '.join(unknown)}; see uap-jax --help.")
-    cfg = config_lib.Config(**{**{k: v for k, v in saved.items() if k in fields},
-                               **overrides, "workdir": workdir.root})
-    cfg.validate()
-    return cls(RunContext(cfg, workdir))
+    return cls(RunContext(saved_config(workdir, **overrides), workdir))
 
   def export_queries(self, path: str) -> str:
     """Writes the query images a black-box suspect must answer.

@@ -301,13 +301,18 @@ class Artifacts:
     self.workdir.write_json("split.json", split)
 
   def encoder(self) -> crossfit.CrossFitted:
-    """The saved (cross-fitted) encoders."""
+    """The saved (cross-fitted) encoders (read once)."""
+    return self._saved_encoders
+
+  @functools.cached_property
+  def _saved_encoders(self) -> crossfit.CrossFitted:
     tree, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("encoder"))
     return crossfit.from_arrays(tree, meta)
 
   def save_encoder(self, encoders: crossfit.CrossFitted, summary: dict) -> None:
     self.workdir.save_arrays("encoder", *crossfit.to_arrays(encoders))
     self.workdir.write_json("encoder.json", summary)
+    self.__dict__.pop("_saved_encoders", None)
 
   # Verification.
 

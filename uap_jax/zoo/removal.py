@@ -39,7 +39,6 @@ from uap_jax import train
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.train import masks as masks_lib
 from uap_jax.zoo import kinds
-from uap_jax.zoo import queries
 
 # Images on which the pirate computes its copy's UAP (a random subset of its
 # data): as many as the owner's default --uap_samples.
@@ -225,12 +224,10 @@ def away_from(probs: np.ndarray) -> np.ndarray:
 
 
 def _victim_probs(job: kinds.Job, x: np.ndarray) -> np.ndarray:
-  """The victim's API answers (probabilities) to uint8 images."""
-  fn = jax.jit(job.victim.logits_fn)
-  variables = queries.single_variables(job.victim)
-  out = [np.asarray(jax.nn.softmax(fn(variables, stack_lib.to_float(x[s:s + 500]))))
-         for s in range(0, len(x), 500)]
-  return np.concatenate(out)
+  """The victim's API answers (probabilities) to uint8 images ``(..., H, W, C)``."""
+  flat = x.reshape((-1,) + x.shape[-3:])
+  probs = stack_lib.predict(job.victim, flat, strategy=job.strategy, output="probs")[0]
+  return probs.reshape(x.shape[:-3] + probs.shape[-1:])
 
 
 def removal_distillation(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
@@ -251,11 +248,10 @@ def removal_distillation(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
     The trained stack and its step count.
   """
   plan = job.plan
-  rounds, xi = plan.shared("rounds"), plan.shared("xi")
+  rounds, xi, repel = plan.shared("rounds"), plan.shared("xi"), plan.shared("repel")
   chosen = _uap_subset(job, plan.shared("samples"), rounds)
   clean = job.x_pool[chosen]
   answers = _victim_probs(job, clean)
-  k = len(job.meta)
   steps_per_round = max(1, round(plan.shared("epochs") / rounds * train.steps_per_epoch(
       len(job.idx), plan.shared("batch_size"))))
   tc = kinds.train_config(plan, augment=False, target="soft", steps=steps_per_round)
@@ -263,11 +259,9 @@ def removal_distillation(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
   for r in range(rounds):
     adv = perturbed_images(clean, own_uaps(student, clean, xi, _round_key(job, r),
                                            strategy=job.strategy))
-    repel = plan.shared("repel")
-    targets = []
-    for i in range(k):
-      asked = _victim_probs(job, adv[i])
-      targets.append(np.concatenate([answers, (1 - repel) * asked + repel * away_from(asked)]))
+    asked = _victim_probs(job, adv)
+    targets = [np.concatenate([answers, (1 - repel) * a + repel * away_from(a)])
+               for a in asked]
     queried += len(chosen)
     pool, index = _with_copies(job.x_pool, chosen, adv)
     student, n = job.fit(student, pool, index, tc, lrs=job.lrs, labels=targets,
@@ -321,8 +315,7 @@ def mixup_extraction(job: kinds.Job) -> tuple[stack_lib.Stack, int]:
   Returns:
     The trained stack and its step count.
   """
-  return kinds.learn_from_api(job, "teacher_soft", copies_fn=lambda x, c, rng: mixed_queries(
-      x, max(1, c), rng))
+  return kinds.learn_from_api(job, "teacher_soft", copies_fn=mixed_queries)
 
 
 # The function that trains each removal kind.
