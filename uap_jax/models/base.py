@@ -89,10 +89,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   A side of 1 is left alone, so stacks of pooling stages work on small
   images (8x8 digits) as on 32x32 ones.
   """
-  window = (pool_window(x.shape[1]), pool_window(x.shape[2]))
-  if window == (1, 1):
+  wh, ww = pool_window(x.shape[1]), pool_window(x.shape[2])
+  if (wh, ww) == (1, 1):
     return x
-  return nnx.max_pool(x, window_shape=window, strides=window, padding="VALID")
+  # A max over reshaped windows, not lax.reduce_window: the forward values are
+  # the same, and its gradient is an elementwise mask instead of XLA's
+  # select-and-scatter, which runs slowly on CPU (DeepFool's input gradients
+  # and training steps of pooled conv nets; experiments/bench_uap_art.py).
+  n, h, w, c = x.shape
+  h, w = h // wh, w // ww
+  x = x[:, :h * wh, :w * ww].reshape(n, h, wh, w, ww, c)
+  return jnp.max(x, axis=(2, 4))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
