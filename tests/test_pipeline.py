@@ -518,6 +518,7 @@ def test_wrong_recorded_outputs_are_refused(tiny_run, tmp_path):
     ("--uap_p=3", "uap_p"),
     ("--uap_xi=0", "uap_xi"),
     ("--uap_delta=1.5", "uap_delta"),
+    ("--uap_candidates=1", "uap_candidates"),
     ("--stages=victim,steal", "unknown 'steal'"),
     ("--strategy=pmap", "strategy"),
     ("--victim_frac=0.9", "victim_frac"),
@@ -896,3 +897,28 @@ def test_verdicts_cite_the_commitment_and_a_changed_fingerprint_is_refused(tiny_
                 "--overwrite"], timeout=300)
   assert proc.returncode != 0
   assert "no longer matches the commitment made at" in proc.stderr
+
+
+@pytest.mark.parametrize("method, candidates", [("pipelined", 3),
+                                                ("sgd", None)])
+def test_uap_stage_gives_deepfool_its_candidate_classes(monkeypatch, method,
+                                                        candidates):
+  # --uap_candidates reaches DeepFool-UAP and is not passed to SGD-UAP, which
+  # has no such option.
+  import types   # pylint: disable=g-import-not-at-top
+  from uap_jax import attacks   # pylint: disable=g-import-not-at-top
+  from uap_jax.stages import uap as uap_stage   # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(attacks, "compute_victim_uap",
+                      lambda *args, **kwargs: seen.update(kwargs))
+  cfg = config_lib.Config(uap_method=method, uap_candidates=3)
+  images = np.zeros((8, 4, 4, 1), np.uint8)
+  victim = types.SimpleNamespace(variables=np.zeros((1, 2)),
+                                 logits_fn=lambda v, x: x)
+  ctx = types.SimpleNamespace(
+      cfg=cfg, data=types.SimpleNamespace(x_train=images, x_test=images),
+      artifacts=types.SimpleNamespace(victim=victim),
+      parts={"victim": np.arange(8)})
+  uap_stage.victim_uaps(ctx)
+  assert seen["algorithm"] == method
+  assert seen.get("num_candidates") == candidates

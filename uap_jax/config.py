@@ -146,6 +146,7 @@ class Config:
   uap_delta: float = _f(0.2, "Stop when the fooling rate reaches 1 - delta.", stage="uap")
   uap_max_passes: int = _f(5, "Most passes over the UAP data.", stage="uap")
   uap_samples: int = _f(1000, "Victim training images used to compute the UAP.", stage="uap")
+  uap_candidates: int = _f(10, "DeepFool's candidate classes (the top ones of each input) in DeepFool-UAP; each costs a backward pass per DeepFool step. 3 took the same DeepFool steps as 10 on a 10-class LeNet-5 at a third of the time (experiments/bench_uap_art.py). Unused by sgd.", stage="uap")
   num_uaps: int = _f(1, "Number of UAPs (from different seeds) in a fingerprint; 0: no UAP, fingerprints of clean outputs only (an ablation).", stage="uap")
   # Fingerprints.
   fp_k: int = _f(20, "Fingerprint points per view (k-means clusters K).", stage="fingerprint")
@@ -205,6 +206,9 @@ class Config:
                  "uap_samples", "enc_hidden", "enc_embed"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+    if self.uap_candidates < 2:
+      raise ValueError(f"--uap_candidates must be >= 2 (the input's own class and one "
+                       f"other), got {self.uap_candidates}.")
     if self.num_uaps < 0:
       raise ValueError(f"--num_uaps must be >= 0 (0: clean outputs only), got {self.num_uaps}.")
     if self.n_views > self.fp_v:

@@ -34,7 +34,9 @@ def victim_uaps(ctx: RunContext) -> tuple[np.ndarray, dict]:
       stack_lib.to_float(data.x_test), key=jax.random.key(cfg.seed),
       algorithm=cfg.uap_method, p=cfg.uap_p, xi=cfg.uap_xi,
       delta=cfg.uap_delta, max_passes=cfg.uap_max_passes,
-      num_uaps=cfg.num_uaps)
+      num_uaps=cfg.num_uaps,
+      **({} if cfg.uap_method == "sgd" else
+         {"num_candidates": cfg.uap_candidates}))
 
 
 def run(ctx: RunContext) -> dict:
