@@ -78,7 +78,7 @@ def torch_lenet(variables):
   import torch   # pylint: disable=g-import-not-at-top
 
   params, _ = variables
-  get = lambda name, leaf: np.asarray(params[name][leaf].value)
+  get = lambda name, leaf: np.array(params[name][leaf][...])   # a writable copy
 
   class LeNet(torch.nn.Module):
 

@@ -257,29 +257,36 @@ def test_wrong_input_channels_or_size_raise_clear_errors():
     abstract_output(lenet, (2, 32, 32, 1))
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape", [(3, 28, 28, 6), (2, 7, 9, 4), (2, 1, 5, 3),
                                    (2, 1, 1, 2)])
-def test_max_pool_equals_reduce_window_in_value_and_gradient(shape):
+def test_max_pool_equals_reduce_window_in_value_and_gradient(shape, ties):
   # max_pool_2x2 replaces lax.reduce_window (whose gradient, select-and-scatter,
-  # is slow on CPU); after a ReLU, the zoo's use, values and gradients must not
-  # change, odd sides (the last row or column dropped) and sides of 1 included.
+  # is slow on CPU); values and gradients must not change, odd sides (the last
+  # row or column dropped), sides of 1 and tied maxima (saturated pixels,
+  # constant backgrounds) included: a tie's gradient goes to the first maximum.
   from uap_jax.models import base   # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(shape[1] * 100 + shape[2])
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  weights = jnp.asarray(rng.normal(size=(shape[0], max(1, shape[1] // 2),
-                                         max(1, shape[2] // 2), shape[3])),
-                        jnp.float32)
+  x = rng.integers(-1, 3, size=shape) if ties else rng.normal(size=shape)
+  x = jnp.asarray(x, jnp.float32)
 
   def reference(x):
     window = (base.pool_window(x.shape[1]), base.pool_window(x.shape[2]))
     return nnx.max_pool(x, window_shape=window, strides=window,
                         padding="VALID")
 
-  def loss(pool, x):
-    return jnp.sum(weights * pool(jax.nn.relu(x)))
+  weights = jnp.asarray(rng.normal(size=reference(x).shape), jnp.float32)
 
-  np.testing.assert_array_equal(base.max_pool_2x2(jax.nn.relu(x)),
-                                reference(jax.nn.relu(x)))
+  def loss(pool, x):
+    return jnp.sum(weights * pool(jax.nn.relu(x) + x))
+
+  np.testing.assert_array_equal(base.max_pool_2x2(x), reference(x))
   np.testing.assert_array_equal(
       jax.jit(jax.grad(functools.partial(loss, base.max_pool_2x2)))(x),
       jax.jit(jax.grad(functools.partial(loss, reference)))(x))
+
+
+def test_max_pool_keeps_nan():
+  from uap_jax.models import base   # pylint: disable=g-import-not-at-top
+  x = jnp.asarray([1.0, np.nan, 0.0, 2.0], jnp.float32).reshape(1, 2, 2, 1)
+  assert np.isnan(float(base.max_pool_2x2(x)[0, 0, 0, 0]))

@@ -88,18 +88,29 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   A side of 1 is left alone, so stacks of pooling stages work on small
   images (8x8 digits) as on 32x32 ones.
+
+  The same values and gradients as ``lax.reduce_window`` max pooling (ties
+  included: the gradient goes to the first maximum of a window, row by row),
+  written as elementwise operations over reshaped windows: the gradient of
+  ``reduce_window`` is XLA's select-and-scatter, which is slow on CPU (input
+  gradients for DeepFool and SGD-UAP, training steps of pooled conv nets;
+  see the README's Benchmarks).
   """
   wh, ww = pool_window(x.shape[1]), pool_window(x.shape[2])
   if (wh, ww) == (1, 1):
     return x
-  # A max over reshaped windows, not lax.reduce_window: the forward values are
-  # the same, and its gradient is an elementwise mask instead of XLA's
-  # select-and-scatter, which runs slowly on CPU (DeepFool's input gradients
-  # and training steps of pooled conv nets; experiments/bench_uap_art.py).
   n, h, w, c = x.shape
   h, w = h // wh, w // ww
-  x = x[:, :h * wh, :w * ww].reshape(n, h, wh, w, ww, c)
-  return jnp.max(x, axis=(2, 4))
+  windows = x[:, :h * wh, :w * ww].reshape(n, h, wh, w, ww, c)
+  windows = windows.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, wh * ww, c)
+  fixed = jax.lax.stop_gradient(windows)
+  top = jnp.max(fixed, axis=3)
+  is_top = fixed == top[:, :, :, None]
+  first = is_top & (jnp.cumsum(is_top, axis=3) == 1)
+  picked = jnp.sum(jnp.where(first, windows, 0.0), axis=3)
+  # The value is the window's maximum (NaN stays NaN); the derivative is
+  # that of the first maximum.
+  return top + (picked - jax.lax.stop_gradient(picked))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
