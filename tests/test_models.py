@@ -286,7 +286,10 @@ def test_max_pool_equals_reduce_window_in_value_and_gradient(shape, ties):
       jax.jit(jax.grad(functools.partial(loss, reference)))(x))
 
 
-def test_max_pool_keeps_nan():
+def test_max_pool_keeps_nan_and_infinity():
   from uap_jax.models import base   # pylint: disable=g-import-not-at-top
-  x = jnp.asarray([1.0, np.nan, 0.0, 2.0], jnp.float32).reshape(1, 2, 2, 1)
-  assert np.isnan(float(base.max_pool_2x2(x)[0, 0, 0, 0]))
+  x = jnp.asarray([[1.0, np.nan, 0.0, 2.0], [1.0, np.inf, 0.0, 2.0],
+                   [-np.inf, -np.inf, -np.inf, -np.inf]], jnp.float32)
+  pooled = base.max_pool_2x2(x.reshape(3, 2, 2, 1)).ravel()
+  assert np.isnan(pooled[0])
+  np.testing.assert_array_equal(pooled[1:], [np.inf, -np.inf])

@@ -108,9 +108,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   is_top = fixed == top[:, :, :, None]
   first = is_top & (jnp.cumsum(is_top, axis=3) == 1)
   picked = jnp.sum(jnp.where(first, windows, 0.0), axis=3)
-  # The value is the window's maximum (NaN stays NaN); the derivative is
-  # that of the first maximum.
-  return top + (picked - jax.lax.stop_gradient(picked))
+  # The value is the window's maximum (an infinite or NaN one too); the
+  # derivative is that of the first maximum.
+  return top + jnp.where(jnp.isfinite(top),
+                         picked - jax.lax.stop_gradient(picked), 0.0)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
