@@ -72,19 +72,6 @@ def block(tree):
   return jax.tree.map(lambda a: a.block_until_ready(), tree)
 
 
-def matmul_gflops(n: int, repeats: int = 10) -> float:
-  """Best float32 matmul GFLOP/s of the default device, over sizes n, 2n."""
-  rates = []
-  for size in (n, 2 * n):
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    f = jax.jit(jnp.dot)
-    block(f(a, b))
-    best = min(_timed(lambda: block(f(a, b))) for _ in range(repeats))
-    rates.append(2 * size ** 3 / best / 1e9)
-  return max(rates)
-
-
 def _timed(call) -> float:
   start = time.perf_counter()
   call()
@@ -195,7 +182,7 @@ def main(argv):
   h, w, c = (int(s) for s in args.image.split(","))
   x = jax.random.uniform(jax.random.key(0), (2 * k * v, h, w, c))
 
-  peak = matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192))
+  peak = bench_common.matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192))
   print(f"backend {backend}, {jax.local_device_count()} device(s) "
         f"({jax.devices()[0].device_kind}); batch 2*K*V = {x.shape[0]} images "
         f"{h}x{w}x{c}; auto -> {auto}; matmul peak {peak:.1f} GFLOP/s")
@@ -206,7 +193,7 @@ def main(argv):
                    args.repeats, args.cell_budget_s), auto)
   # Matmul peak again at the end: the best of both, so that a disturbed
   # first measurement does not inflate the percentages.
-  peak = max(peak, matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192)))
+  peak = max(peak, bench_common.matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192)))
   print(f"matmul peak (best of start and end) {peak:.1f} GFLOP/s")
   print_table(rows, peak)
   # The rule the default must satisfy: never slower than the per-model loop.

@@ -19,8 +19,10 @@ does not train) is its own. Reported: the seconds of a first one-step run
 (tracing + compilation), the seconds of a warm run of all steps (compiled
 programs cached), the fixed per-call seconds and the milliseconds per step
 for all K models (from the difference between a warm one-step run and the
-warm full run), the speed-up of the warm run against ``separate``, and peak
-memory.
+warm full run), the arithmetic rate (XLA's FLOPs of a forward and backward
+pass, see ``step_flops``) as GFLOP/s and as a share of the matmul floor
+measured in the same run, the speed-up of the warm run against
+``separate``, and peak memory.
 
 Usage (CPU defaults stay under ~3 minutes on 2 cores):
 
@@ -120,6 +122,32 @@ def run_child(spec: dict) -> dict:
   return out
 
 
+def step_flops(arch: str, width: float, image: list[int], batch: int) -> float:
+  """XLA's FLOP count of one model's forward and backward pass on a batch.
+
+  The loss's gradient with respect to the parameters, in inference mode: a
+  training step's arithmetic without the optimizer update and BatchNorm's
+  statistics, both small beside the convolutions.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
+
+  stack = stack_lib.create(arch, [0], num_classes=10, image_shape=tuple(image),
+                           width=width)
+  params, rest = jax.tree.map(lambda a: a[0], (stack.params, stack.rest))
+
+  def loss(params, x, y):
+    logits = stack.logits_fn((params, rest), x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  shapes = (jax.ShapeDtypeStruct((batch, *image), jnp.float32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32))
+  compiled = jax.jit(jax.grad(loss)).lower(params, *shapes).compile()
+  return float(compiled.cost_analysis().get("flops", float("nan")))
+
+
 def spawn(spec: dict, timeout_s: float) -> dict:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
@@ -167,11 +195,21 @@ def main(argv):
         row["peak_mb_over_baseline"] = r["max_rss_mb"] - baseline["max_rss_mb"]
       rows.append(row)
       print(f"  {arch} {name}: {r}", flush=True)
+  # Arithmetic rate of each variant against the matmul floor of this device.
+  floor = bench_common.matmul_gflops(1024 if jax.default_backend() == "cpu"
+                                     else 8192)
+  flops = {arch: step_flops(arch, args.width, image, args.batch)
+           for arch in args.archs.split(",")}
+  for r in rows:
+    if r.get("ms_per_step"):
+      r["gflops"] = flops[r["arch"]] * args.k / (r["ms_per_step"] / 1e3) / 1e9
+      r["floor_fraction"] = r["gflops"] / floor
   sep = {r["arch"]: r.get("seconds") for r in rows if r["variant"] == "separate"}
   print(f"\nK={args.k} models x {args.steps} steps, batch {args.batch}, "
         f"images {'x'.join(map(str, image))}, width {args.width}")
   print(f"{'arch':10s} {'variant':18s} {'compile s':>9s} {'train s':>8s} "
-        f"{'fixed s':>8s} {'ms/step':>8s} {'vs sep':>7s} {'peak MB':>8s} {'(+base)':>8s}")
+        f"{'fixed s':>8s} {'ms/step':>8s} {'GFLOP/s':>8s} {'% mm':>5s} {'vs sep':>7s} "
+        f"{'peak MB':>8s} {'(+base)':>8s}")
   for r in rows:
     if "error" in r:
       print(f"{r['arch']:10s} {r['variant']:18s} {r['error']}")
@@ -179,12 +217,15 @@ def main(argv):
     s = sep.get(r["arch"])
     print(f"{r['arch']:10s} {r['variant']:18s} {r['cold_one_step_seconds']:9.2f} "
           f"{r['seconds']:8.2f} {r['fixed_seconds']:8.2f} {r['ms_per_step']:8.1f} "
+          f"{r.get('gflops', float('nan')):8.1f} "
+          f"{100 * r.get('floor_fraction', float('nan')):5.1f} "
           f"{(s / r['seconds']) if s else float('nan'):6.2f}x "
           f"{r['max_rss_mb']:8.0f} {r.get('peak_mb_over_baseline', float('nan')):8.0f}")
   result = dict(benchmark="train_stack", backend=jax.default_backend(), auto=auto,
                 machine=bench_common.machine(),
                 k=args.k, steps=args.steps, batch=args.batch, image=image,
-                width=args.width, rows=rows,
+                width=args.width, rows=rows, matmul_gflops=floor,
+                step_flops_per_model=flops,
                 command=bench_common.command())
   if args.out:
     bench_common.write_json(args.out, result)
