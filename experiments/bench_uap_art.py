@@ -70,7 +70,10 @@ def parse_args():
   parser.add_argument("--art_seeds", type=int, default=1,
                       help="ART runs (Python's random seeds 0..N-1).")
   parser.add_argument("--seed", type=int, default=0, help="The LeNet's seed.")
-  return parser.parse_args()
+  args = parser.parse_args()
+  if min(args.seeds, args.art_seeds, args.passes) < 1:
+    parser.error("--seeds, --art_seeds and --passes must be >= 1.")
+  return args
 
 
 def torch_lenet(variables):
@@ -117,8 +120,13 @@ def run_art(model, x_fit, args, seed):
   """ART's DeepFool-UAP of ``model``: the perturbation (NHWC) and seconds."""
   import random   # pylint: disable=g-import-not-at-top
   import torch   # pylint: disable=g-import-not-at-top
-  from art.attacks.evasion import UniversalPerturbation
-  from art.estimators.classification import PyTorchClassifier
+  try:
+    from art.attacks.evasion import UniversalPerturbation  # pylint: disable=g-import-not-at-top
+    from art.estimators.classification import PyTorchClassifier  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise SystemExit(
+        f"IBM ART is not installed ({error}): pip install -e '.[bench]', or "
+        "run with --no_art --art_seconds=S.") from error
 
   classifier = PyTorchClassifier(
       model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
