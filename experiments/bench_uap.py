@@ -134,31 +134,35 @@ def train_victim(name, args):
               image_shape=list(ds.x_train.shape[1:]))
 
 
-def time_algorithm(kernel, victim, x, scalars, statics, passes_list, key):
-  """Compiles ``kernel`` once, then runs it for each max_passes value."""
+def time_algorithm(kernel, victim, x, scalars, statics, passes_list, keys):
+  """Compiles ``kernel`` once, then runs it for each key and max_passes value.
+
+  Returns one row per key and max_passes value, keys outermost.
+  """
   logits_fn, variables = victim["logits_fn"], victim["variables"]
-  # Index of max_passes among the kernels' traced scalars (xi, delta, passes).
   start = time.time()
-  compiled = kernel.lower(logits_fn, variables, key, x, *scalars,
+  compiled = kernel.lower(logits_fn, variables, keys[0], x, *scalars,
                           **statics).compile()
   compile_seconds = time.time() - start
   rows = []
-  for passes in passes_list:
-    run_scalars = list(scalars)
-    run_scalars[2] = jnp.int32(passes)
-    start = time.time()
-    result = jax.block_until_ready(compiled(variables, key, x, *run_scalars))
-    seconds = time.time() - start
-    test_rate = float(attacks.fooling_rate(logits_fn, variables,
-                                           victim["x_test"], result.v))
-    history = np.asarray(result.history)
-    rows.append(dict(
-        max_passes=passes, passes=int(result.passes), seconds=seconds,
-        compile_seconds=compile_seconds,
-        fooling_rate_fit=float(result.fooling_rate),
-        fooling_rate_test=test_rate,
-        history=[None if np.isnan(h) else round(float(h), 4) for h in history],
-        norm=float(attacks.flat_norm(result.v, attacks.check_p(victim["p"])))))
+  for key in keys:
+    for passes in passes_list:
+      run_scalars = list(scalars)
+      # Index of max_passes among the kernels' traced scalars (xi, delta, passes).
+      run_scalars[2] = jnp.int32(passes)
+      start = time.time()
+      result = jax.block_until_ready(compiled(variables, key, x, *run_scalars))
+      seconds = time.time() - start
+      test_rate = float(attacks.fooling_rate(logits_fn, variables,
+                                             victim["x_test"], result.v))
+      history = np.asarray(result.history)
+      rows.append(dict(
+          max_passes=passes, passes=int(result.passes), seconds=seconds,
+          compile_seconds=compile_seconds,
+          fooling_rate_fit=float(result.fooling_rate),
+          fooling_rate_test=test_rate,
+          history=[None if np.isnan(h) else round(float(h), 4) for h in history],
+          norm=float(attacks.flat_norm(result.v, attacks.check_p(victim["p"])))))
   return rows
 
 
@@ -182,7 +186,7 @@ def bench_dataset(name, args):
         victim["x_fit"], p, xi, delta, history_size, batch_size, method,
         aggregate, args.num_candidates, args.max_iter, 0.02, 2, 500)
     for row in time_algorithm(uap_deepfool.deepfool_uap_kernel, victim, x,
-                              scalars, statics, passes_list, key):
+                              scalars, statics, passes_list, [key]):
       rows.append(dict(dataset=name, algorithm=algorithm, method=method,
                        batch_size=batch_size, aggregate=aggregate, **row))
       print_row(rows[-1])
@@ -191,7 +195,7 @@ def bench_dataset(name, args):
         victim["x_fit"], xi, p, delta, history_size, 32, "margin", None, 0.0,
         None, 500)
     for row in time_algorithm(uap_sgd.sgd_uap_kernel, victim, x, scalars,
-                              statics, passes_list, key):
+                              statics, passes_list, [key]):
       rows.append(dict(dataset=name, algorithm="sgd_uap", method="adam_margin",
                        batch_size=32, aggregate="-", **row))
       print_row(rows[-1])

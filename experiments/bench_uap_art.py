@@ -58,7 +58,7 @@ def parse_args():
   parser.add_argument("--passes", type=int, default=1)
   parser.add_argument("--methods",
                       default="sequential,minibatch:32,pipelined:32",
-                      help="uap-jax runs, METHOD[:BATCH][:CANDIDATES].")
+                      help="uap-jax runs, METHOD[:BATCH[:CANDIDATES]].")
   parser.add_argument("--no_art", action="store_true",
                       help="Skip ART (e.g. to tune the uap-jax side).")
   parser.add_argument("--art_seconds", type=float, default=None,
@@ -193,9 +193,9 @@ def main():
     x, scalars, statics = uap_deepfool.uap_args(
         x_fit, "inf", args.xi, 1e-6, args.passes, batch, method, "sum",
         candidates, args.max_iter, args.overshoot, 2, 500)
-    runs = [bench_uap.time_algorithm(
+    runs = bench_uap.time_algorithm(
         uap_deepfool.deepfool_uap_kernel, victim, x, scalars, statics,
-        [args.passes], jax.random.key(seed))[0] for seed in range(args.seeds)]
+        [args.passes], [jax.random.key(seed) for seed in range(args.seeds)])
     rows.append(summarize(runs, args.passes, library="uap_jax", method=method,
                           batch_size=batch, num_candidates=candidates,
                           compile_seconds=runs[0]["compile_seconds"]))
