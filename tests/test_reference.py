@@ -57,6 +57,15 @@ def test_bank_plan_match_and_key():
   assert key != reference.bank_key("mnist5k", (8, 8, 1), 10, parts)
 
 
+def test_twins_train_as_long_as_the_victim_and_the_rest_as_the_zoo():
+  epochs = lambda **kw: {p.shared("recipe"): p.shared("epochs") for p in reference.plan_bank(
+      _cfg(reference_recipes=["base", "twin", "short", "long"], epochs=15, zoo_epochs=8,
+           **kw)) if p.arch == "lenet5"}
+  assert epochs() == {"base": 8.0, "twin": 15.0, "short": 4.0, "long": 16.0}
+  # A given victim's --epochs say nothing of how it was trained.
+  assert epochs(victim="py:some.module:build")["twin"] == 8.0
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(reference_per_recipe=-1), "--reference_per_recipe"),
     (dict(reference_recipes=["base", "bogus"]), "unknown recipe"),

@@ -90,6 +90,10 @@ def test_plan_seeds_archs_and_hparams_derive_from_the_config():
     assert p.parent == ("victim" if p.kind in PIRACY_KINDS else None)
   assert by_kind["independent_data"][0].part == "independent"
   assert by_kind["independent_seed"][0].part == "victim"
+  # The innocent twin trains as long as the victim; the other independents
+  # as long as the zoo's students.
+  assert by_kind["independent_seed"][0].shared("epochs") == cfg.epochs != cfg.zoo_epochs
+  assert by_kind["independent_data"][0].shared("epochs") == cfg.zoo_epochs
   assert by_kind["extract_hard"][0].part == "attacker"
   narrowed = dataclasses.replace(cfg, zoo_kinds=["distill"], zoo_counts=["prune:2"])
   assert narrowed.kind_counts() == {"distill": 3}

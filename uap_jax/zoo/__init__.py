@@ -33,10 +33,11 @@ Piracy kinds (family ``piracy``, parent ``victim``):
   architecture on the attacker's images.
 
 Independent kinds (family ``independent``, parent ``None``), trained from
-scratch: ``independent_seed`` (victim's architecture and data part, other
-seeds), ``independent_arch`` (``zoo_archs``, victim's data part),
-``independent_data`` (victim's architecture, the disjoint ``independent``
-part).
+scratch: ``independent_seed`` (the innocent twin: victim's architecture,
+data part and training length ``--epochs``, other seeds), ``independent_arch``
+(``zoo_archs``, victim's data part), ``independent_data`` (victim's
+architecture, the disjoint ``independent`` part); the last two train for
+``--zoo_epochs``.
 
 Extraction and distillation spend ``--query_budget`` queries (0: the
 attacker's images x ``--zoo_epochs``), one batch of fresh API answers per

@@ -236,6 +236,12 @@ def _kind_hparams(cfg: Config, kind: str, index: int) -> dict:
     return {"T": float(cfg.distill_temperature),
             "lr": float(cfg.lr) / math.sqrt(float(cfg.distill_temperature)),
             "query_budget": int(cfg.query_budget), "epochs": float(cfg.zoo_epochs)}
+  if kind == "independent_seed" and not cfg.victim:
+    # The innocent twin: the victim's data, architecture and training
+    # length. Trained for --zoo_epochs instead, twins never taught the
+    # encoder what an equally trained independent looks like, and one in
+    # the reference bank was accused (fresh CIFAR-10 and Fashion-MNIST).
+    return {"lr": float(cfg.lr), "epochs": float(cfg.epochs)}
   return {"lr": float(cfg.lr), "epochs": float(cfg.zoo_epochs)}
 
 

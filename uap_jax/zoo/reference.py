@@ -43,17 +43,22 @@ REFERENCE_KIND = "reference"
 REFERENCE_PARTS = ("victim", "independent", "attacker")
 
 # Recipe -> how it departs from the run's own training settings. Keys:
-# optimizer/lr (absolute), epochs_scale, width_scale, augment ("flip":
+# optimizer/lr (absolute), epochs_scale (of --zoo_epochs), epochs_of
+# ("victim": the victim's --epochs), width_scale, augment ("flip":
 # the opposite of the run's), label_smoothing, part (every model on that
 # data part instead of the parts cycled).
 RECIPES: dict[str, dict] = {
     "base": {},
-    # The closest an innocent model comes to the victim: its data, the zoo's
-    # recipe, another seed (the victim's architecture among the bank's).
-    # Base cycles the data parts, so without it the bank may hold one such
-    # model per architecture, or none once an unfit one is left out (the
-    # quickstart's, seed 0, 2026-12-04).
-    "twin": {"part": "victim"},
+    # The closest an innocent model comes to the victim: its data, trained
+    # as long as the victim (--epochs, not --zoo_epochs), another seed (the
+    # victim's architecture among the bank's). Base cycles the data parts,
+    # so without it the bank may hold one such model per architecture, or
+    # none once an unfit one is left out (the quickstart's, seed 0,
+    # 2026-12-04). The victim's training length matters: an independent
+    # trained as long as the victim scores closer to it than the bank's
+    # zoo-length models, and with the long recipe left out such a model was
+    # accused on the fresh CIFAR-10 and Fashion-MNIST zoos (2026-12-07).
+    "twin": {"part": "victim", "epochs_of": "victim"},
     "adam": {"optimizer": "adam", "lr": 1e-3},
     "augment": {"augment": "flip"},
     "smooth": {"label_smoothing": 0.1},
@@ -97,6 +102,17 @@ def bank_archs(cfg: Config, victim_arch: str | None = None) -> list[str]:
                              *cfg.reference_archs]))
 
 
+def _recipe_epochs(cfg: Config, recipe: dict) -> float:
+  """A recipe's training epochs: the zoo's (scaled), or the victim's own.
+
+  A given victim (``--victim``) was not trained by this run, so its
+  ``--epochs`` say nothing of it: its twins train for the zoo's epochs.
+  """
+  if recipe.get("epochs_of") == "victim" and not cfg.victim:
+    return float(cfg.epochs)
+  return float(cfg.zoo_epochs) * recipe.get("epochs_scale", 1.0)
+
+
 def _recipe_hparams(cfg: Config, recipe: str) -> dict:
   r = RECIPES[recipe]
   augment = cfg.augment
@@ -104,7 +120,7 @@ def _recipe_hparams(cfg: Config, recipe: str) -> dict:
     augment = "flip"  # resolved against the data's default when training
   return {"recipe": recipe, "optimizer": r.get("optimizer", cfg.optimizer),
           "lr": float(r.get("lr", cfg.lr)),
-          "epochs": float(cfg.zoo_epochs) * r.get("epochs_scale", 1.0),
+          "epochs": _recipe_epochs(cfg, r),
           "width": float(cfg.width) * r.get("width_scale", 1.0),
           "label_smoothing": float(r.get("label_smoothing", 0.0)),
           "augment": augment, "batch_size": int(cfg.batch_size),
