@@ -94,6 +94,17 @@ def test_markdown_tables_hold_the_figures(res):
   assert _rows(text, "## Seconds per stage")[1:] == [["victim", "3.000"], ["verify", "1.500"]]
 
 
+def test_the_report_says_when_not_even_the_victim_reaches_alpha(res):
+  assert "The victim judged as a suspect" not in tables.markdown(res)  # not judged
+  res["victim_self"] = {"reference_mean": 0.3, "p_value": 2e-3, "verdict": "inconclusive"}
+  text = tables.markdown(res)
+  assert "p = 0.002 (inconclusive). Not even the victim reaches alpha = 0.0001" in text
+  assert "--zoo_count" in text
+  res["victim_self"].update(p_value=3e-8, verdict="pirated")
+  text = tables.markdown(res)
+  assert "p = 3e-08 (pirated)." in text and "Not even" not in text
+
+
 def test_auc_per_kind_bars_follow_the_aucs(res, tmp_path):
   fig = plots.auc_per_kind(res)
   ax = fig.axes[0]

@@ -61,6 +61,7 @@ def markdown(res: dict) -> str:
          f"{res['alpha']}, {res['num_views']} views per suspect. "
          f"Independents accused: {res['accused_independents']} of {res['num_independents']}; "
          f"piracy detected: {res['detected_piracy']} of {res['num_piracy']}.", "",
+         *_power(res),
          *_population(res),
          "## Detection (random split of models)", "",
          _table(["kind", "AUC"], [[k, a] for k, a in res["auc"].items()]), "",
@@ -92,6 +93,26 @@ def markdown(res: dict) -> str:
          "", "## Seconds per stage", "",
          _table(["stage", "seconds"], [[k, s] for k, s in res["seconds"].items()]), ""]
   return "\n".join(out)
+
+
+def _power(res: dict) -> list[str]:
+  """The victim judged as a suspect of itself: the most this run can accuse."""
+  me = res.get("victim_self")
+  if not me or me.get("p_value") is None:
+    return []
+  line = (f"The victim judged as a suspect against the same reference: p = "
+          f"{me['p_value']:.2g} ({me['verdict']}).")
+  if me["p_value"] >= res["alpha"]:
+    line += (f" Not even the victim reaches alpha = {res['alpha']}: the reference "
+             "models' scores spread so wide that a suspect is accused only if it "
+             "scores closer to the victim than the victim itself. " + POWER_FIX)
+  return [line, ""]
+
+
+# What widens a run's reach when the victim itself cannot be accused.
+POWER_FIX = ("More zoo models train a sharper encoder (--zoo_count, --zoo_counts); "
+             "more reference models narrow the test's margin (--reference_per_recipe); "
+             "or judge at a larger --alpha, and say so.")
 
 
 def _population(res: dict) -> list[str]:

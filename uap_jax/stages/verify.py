@@ -37,6 +37,7 @@ from uap_jax.adapters import spec as spec_lib
 from uap_jax.adapters import suspects
 from uap_jax.fingerprint import blackbox
 from uap_jax.fingerprint import controls
+from uap_jax.report import tables
 from uap_jax.runtime import checkpoint
 from uap_jax.runtime.artifacts import Artifacts
 from uap_jax.runtime.context import RunContext
@@ -322,6 +323,12 @@ def run(ctx: RunContext) -> dict:
                "%d/%d pirates detected", result["score"], r["method"], r["auc"],
                r["tpr_at_1pct_fpr"], r["accused_independents"], r["num_independents"],
                r["detected_piracy"], r["num_piracy"])
+  me = result["victim_self"]
+  if me["p_value"] >= ctx.cfg.alpha:
+    logging.warning("The victim itself, judged as a suspect, gets p = %.2g >= alpha = %g: "
+                    "a suspect is accused only if it scores closer to the victim than the "
+                    "victim itself. %s", me["p_value"],
+                    ctx.cfg.alpha, tables.POWER_FIX)
   fa = result["false_accusations"]
   logging.info("Held-out independents over every protocol: %d of %d accused (95%% "
                "upper bound %.3f)", fa["accused"], fa["held_out"], fa["upper_95"] or 1.0)
