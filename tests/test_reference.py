@@ -64,6 +64,12 @@ def test_twins_train_as_long_as_the_victim_and_the_rest_as_the_zoo():
   assert epochs() == {"base": 8.0, "twin": 15.0, "short": 4.0, "long": 16.0}
   # A given victim's --epochs say nothing of how it was trained.
   assert epochs(victim="py:some.module:build")["twin"] == 8.0
+  # Victims trained for other lengths share a bank without sharing twins.
+  names = lambda victim_epochs: [reference.checkpoint_name(p) for p in reference.plan_bank(
+      _cfg(reference_recipes=["base", "twin"], epochs=victim_epochs, zoo_epochs=8))
+                                 if p.arch == "mlp"]
+  assert names(15) == ["mlp__base", "mlp__twin-e15"]
+  assert names(10) == ["mlp__base", "mlp__twin-e10"]
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -21,6 +21,8 @@ Nothing in the bank depends on the victim's weights, so a bank directory
 (``--reference_bank=DIR``) is shared by every victim trained on the same
 data and partition: stacks live under ``DIR/<data key>/`` and a stack is
 reused whenever its plan matches (:func:`bank_key`, :func:`plan_matches`).
+The ``twin`` recipe trains as long as the victim, so its stacks are kept per
+training length (:func:`checkpoint_name`).
 """
 
 from __future__ import annotations
@@ -168,7 +170,10 @@ def checkpoint_name(plan: StackPlan, arch_digest: str | None = None) -> str:
       architectures sharing the bank get stacks of their own.
 
   Returns:
-    ``ARCH__RECIPE``, or ``adapter-DIGEST__RECIPE``.
+    ``ARCH__RECIPE``, or ``adapter-DIGEST__RECIPE``; a recipe that trains as
+    long as the victim (``twin``) adds its epochs, ``ARCH__twin-e15``, so
+    that victims trained for different lengths sharing the bank keep a twin
+    stack each instead of retraining one in turn.
   """
   arch = plan.arch
   if arch == ADAPTER_ARCH:
@@ -176,7 +181,10 @@ def checkpoint_name(plan: StackPlan, arch_digest: str | None = None) -> str:
       raise ValueError("A bank stack of a given victim's architecture needs its "
                        "architecture digest.")
     arch = f"{arch}-{arch_digest}"
-  return f"{arch}__{plan.shared('recipe')}"
+  recipe = plan.shared("recipe")
+  if RECIPES.get(recipe, {}).get("epochs_of") == "victim":
+    recipe += f"-e{plan.shared('epochs'):g}"
+  return f"{arch}__{recipe}"
 
 
 def architecture_digest(victim: stack_lib.Stack) -> str:
