@@ -242,7 +242,13 @@ def main(argv=None) -> None:
              "guard": guard(ctx, pts, us, fps),
              "rederivation": rederivation(pts, us, drawn)}
       for score in SCORES:
-        verdict = judge_target(ctx, fps, t, calib, score)
+        try:
+          verdict = judge_target(ctx, fps, t, calib, score)
+        except ValueError as e:
+          # E.g. a crafted UAP that moves none of the victim's answers on the
+          # crafted points leaves uap_follow nothing to count: no accusation.
+          row[score] = {"verdict": "not_judged", "p_value": None, "reason": str(e)}
+          continue
         row[score] = {"verdict": verdict["verdict"], "p_value": verdict["p_value"]}
       records.append(row)
       print(json.dumps(row), flush=True)
@@ -275,10 +281,12 @@ def table(records: list[dict], run: str) -> str:
       accused = sum(r[score]["verdict"] == "pirated" for r in rows)
       refused = sum(r["guard"] == "refused" for r in rows)
       guarded = sum(r[score]["verdict"] == "pirated" and r["guard"] == "judged" for r in rows)
+      p_values = [r[score]["p_value"] for r in rows if r[score]["p_value"] is not None]
+      median = f"{np.median(p_values):.2g}" if p_values else "– (not judged)"
       lines.append(
           f"| {attack} | {np.mean([r['fooling_target'] for r in rows]):.3f} | "
           f"{np.mean([r['fooling_victim'] for r in rows]):.3f} | {score} | "
-          f"{accused}/{len(rows)} | {np.median([r[score]['p_value'] for r in rows]):.2g} | "
+          f"{accused}/{len(rows)} | {median} | "
           f"{guarded}/{len(rows)} | {refused}/{len(rows)} | "
           f"{sum(r.get('rederivation') == 'differs' for r in rows)}/{len(rows)} |")
   return "\n".join(lines) + "\n"
