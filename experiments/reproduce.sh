@@ -5,9 +5,9 @@
 #
 #   bash experiments/reproduce.sh            # quickstart x3 (about 10 min on 2 CPU cores)
 #   bash experiments/reproduce.sh all        # + the fresh Fashion-MNIST zoo x3 (run seeds
-#                                            #   1-3, about 45 min each) and the fresh
-#                                            #   CIFAR-10 zoo x2 (seeds 1-2, about 60 min
-#                                            #   each): about 4.5 hours on 2 idle cores
+#                                            #   1-3) and the fresh CIFAR-10 zoo x2 (seeds
+#                                            #   1-2), each about 50 min on 2 cores shared
+#                                            #   with another run (2026-12-07): about 4.5 h
 #   bash experiments/reproduce.sh adaptive   # the pirates who know the method and the
 #                                            #   false-claim accuser on fresh Fashion-MNIST
 #                                            #   (about 65 min: run 35, owner 2, sweep 7,
