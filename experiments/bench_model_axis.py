@@ -34,7 +34,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bench_common  # experiments/bench_common.py, beside this script

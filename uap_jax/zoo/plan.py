@@ -236,13 +236,22 @@ def _kind_hparams(cfg: Config, kind: str, index: int) -> dict:
     return {"T": float(cfg.distill_temperature),
             "lr": float(cfg.lr) / math.sqrt(float(cfg.distill_temperature)),
             "query_budget": int(cfg.query_budget), "epochs": float(cfg.zoo_epochs)}
-  if kind == "independent_seed" and not cfg.victim:
-    # The innocent twin: the victim's data, architecture and training
-    # length. Trained for --zoo_epochs instead, twins never taught the
-    # encoder what an equally trained independent looks like, and one in
-    # the reference bank was accused (fresh CIFAR-10 and Fashion-MNIST).
-    return {"lr": float(cfg.lr), "epochs": float(cfg.epochs)}
+  if kind == "independent_seed":
+    return {"lr": float(cfg.lr), "epochs": twin_epochs(cfg)}
   return {"lr": float(cfg.lr), "epochs": float(cfg.zoo_epochs)}
+
+
+def twin_epochs(cfg: Config) -> float:
+  """How long an innocent twin of the victim trains (``independent_seed``,
+  the bank's ``twin`` recipe): as long as the victim, ``--epochs``.
+
+  Trained for ``--zoo_epochs`` instead, twins never taught the encoder what
+  an equally trained independent looks like, and a bank model trained about
+  as long as the victim was accused (fresh CIFAR-10 and Fashion-MNIST,
+  2026-12-07). A given victim (``--victim``) was not trained by this run, so
+  its ``--epochs`` say nothing of it: its twins train for ``--zoo_epochs``.
+  """
+  return float(cfg.zoo_epochs if cfg.victim else cfg.epochs)
 
 
 def _removal_hparams(cfg: Config, kind: str, index: int) -> dict:

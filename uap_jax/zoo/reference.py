@@ -38,7 +38,7 @@ from uap_jax.adapters.base import ADAPTER_ARCH
 from uap_jax.config import Config
 from uap_jax.runtime import stack as stack_lib
 from uap_jax.zoo import kinds
-from uap_jax.zoo.plan import StackPlan, model_seed
+from uap_jax.zoo.plan import StackPlan, model_seed, twin_epochs
 
 REFERENCE_KIND = "reference"
 # The parts a reference model may train on, cycled over a stack's models.
@@ -105,13 +105,9 @@ def bank_archs(cfg: Config, victim_arch: str | None = None) -> list[str]:
 
 
 def _recipe_epochs(cfg: Config, recipe: dict) -> float:
-  """A recipe's training epochs: the zoo's (scaled), or the victim's own.
-
-  A given victim (``--victim``) was not trained by this run, so its
-  ``--epochs`` say nothing of it: its twins train for the zoo's epochs.
-  """
-  if recipe.get("epochs_of") == "victim" and not cfg.victim:
-    return float(cfg.epochs)
+  """A recipe's training epochs: the zoo's (scaled), or a twin's."""
+  if recipe.get("epochs_of") == "victim":
+    return twin_epochs(cfg)
   return float(cfg.zoo_epochs) * recipe.get("epochs_scale", 1.0)
 
 
