@@ -150,7 +150,8 @@ def unaware_owner(workdir: str, owner_workdir: str) -> dict[str, dict]:
     verdicts = protocols.judge(art.encoder(), suspect_fps, fps, fp.models, fp.victim_index,
                                split["calib"], settings, num_uaps=len(art.uaps),
                                num_classes=owner.data.num_classes,
-                               point_labels=verify_stage.point_labels(owner))
+                               point_labels=verify_stage.point_labels(owner),
+                               label_judge=art.label_judge())
     sims = np.array([v["similarity_mean"] for v in verdicts])
     row = out.setdefault(kind, {"sims": [], "pirated": 0, "models": 0})
     row["sims"] += sims.tolist()

@@ -8,10 +8,12 @@ behind the API, and the pirates' test-accuracy cost of it is measured on
 1,000 test images); the owner's reference
 models, the victim and the encoder stay as they are (the owner computes
 them white-box). Each transform is judged with the run's default test under
-the encoder's score and the encoder-free ``uap_follow`` (label answers: only
-``uap_follow``, on everyone reduced to labels), and under the encoder once
-more with the owner's own models passed through the same transform
-("owner matched").
+the encoder's score and the encoder-free ``uap_follow``, and under the
+encoder once more with the owner's own models passed through the same
+transform ("owner matched"). Under the encoder, answers that carry only the
+top class (``labels``; ``topk:1``, which the owner records as labels, as the
+README advises) and answers more or less confident than every reference
+model are judged by the run's label judge, as the command line judges them.
 
     python experiments/api_evasion.py --workdir=runs/quickstart \
         --out=experiments/results/api_evasion_quickstart
@@ -52,6 +54,8 @@ TRANSFORMS = ("none", "round:2", "round:1", "topk:3", "topk:1", "temperature:3",
               "temperature:0.3", "logit_noise:0.5", "logit_noise:2", "labels",
               "noise:0.05", "noise:0.1", "shift:2", "jpeg:75", "flag:3")
 QUERY_SIDE = ("noise", "shift", "jpeg", "flag")
+# Answers the owner records as labels: the label judge compares them.
+TOP_CLASS_ONLY = ("labels", "topk:1")
 # Test images on which a query-side API's accuracy cost is measured.
 COST_IMAGES = 1000
 
@@ -140,7 +144,8 @@ def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = Fals
                              split["calib"], settings, num_uaps=num_uaps,
                              num_classes=num_classes,
                              point_labels=verify_stage.point_labels(ctx),
-                             labels_only=spec == "labels")
+                             labels_only=spec in TOP_CLASS_ONLY,
+                             label_judge=art.label_judge())
   meta = [fp.models[i] for i in suspects]
   piracy = np.array([m["family"] == "piracy" for m in meta])
   pirated = np.array([v["verdict"] == "pirated" for v in verdicts])
@@ -150,6 +155,7 @@ def judge_transform(ctx: RunContext, spec: str, score: str, matched: bool = Fals
           "detected": int((pirated & piracy).sum()), "num_piracy": int(piracy.sum()),
           "accused": int((pirated & ~piracy).sum()), "num_independents": int((~piracy).sum()),
           "auc": metrics.roc_auc(means, piracy.astype(int)),
+          "judged_on_labels": int(sum(v.get("judged_on") == "labels" for v in verdicts)),
           "pirate_accuracy_cost": (float(np.mean([a - b for a, b in cost.values()]))
                                    if cost else 0.0),
           "per_kind": {k: int(sum(p for m, p in zip(meta, pirated) if m["kind"] == k))
@@ -160,12 +166,13 @@ def table(rows: list[dict], name: str) -> str:
   kinds = sorted({k for r in rows for k in r["per_kind"]})
   lines = [f"# API-side evasion: {name}", "",
            "| transform | score | pirates' accuracy cost | pirates detected | "
-           "independents accused | AUC | " + " | ".join(kinds) + " |",
-           "|---" * (6 + len(kinds)) + "|"]
+           "independents accused | AUC | judged on labels | " + " | ".join(kinds) + " |",
+           "|---" * (7 + len(kinds)) + "|"]
   for r in rows:
     lines.append(f"| {r['transform']} | {r['score']} | {r['pirate_accuracy_cost']:.3f} | "
                  f"{r['detected']}/{r['num_piracy']} | "
                  f"{r['accused']}/{r['num_independents']} | {r['auc']:.3f} | "
+                 f"{r.get('judged_on_labels', 0)} | "
                  + " | ".join(str(r["per_kind"].get(k, "")) for k in kinds) + " |")
   return "\n".join(lines) + "\n"
 
@@ -195,7 +202,8 @@ def plot(rows: list[dict], path: str, name: str) -> None:
   ax.set_ylabel("pirates detected (fraction)")
   ax.set_ylim(-0.05, 1.05)
   ax.set_title(f"Query-side evasion: detection against cost ({name})")
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -212,9 +220,9 @@ def main(argv=None) -> None:
     _check_spec(spec)  # every spec checked before any work
   rows = []
   for spec in args.transforms.split(","):
-    runs = ([("uap_follow", False)] if spec == "labels" else
-            [("encoder", False), ("uap_follow", False)]
-            + ([("encoder", True)] if spec != "none" and not _is_query_side(spec) else []))
+    matchable = spec not in ("none", *TOP_CLASS_ONLY) and not _is_query_side(spec)
+    runs = [("encoder", False), ("uap_follow", False)] + ([("encoder", True)] if matchable
+                                                          else [])
     for score, matched in runs:
       rows.append(judge_transform(ctx, spec, score, matched))
       print(rows[-1], flush=True)

@@ -171,7 +171,8 @@ def judge_target(ctx, fps: np.ndarray, target: int, calib: list[int], score: str
                                art.fingerprints.victim_index, [i for i in calib if i != target],
                                settings, num_uaps=len(art.uaps),
                                num_classes=ctx.data.num_classes,
-                               point_labels=verify_stage.point_labels(ctx))
+                               point_labels=verify_stage.point_labels(ctx),
+                               label_judge=art.label_judge())
   return verdict
 
 

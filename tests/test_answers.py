@@ -248,19 +248,21 @@ def test_unreadable_queries_file(tmp_path):
 # -------------------------------------------------- labels and --fp_mode
 
 
-def test_label_answers_for_a_probs_run_name_the_flag():
+def test_label_answers_for_a_probs_run_name_the_fix():
   check = verify_stage._check_answers_fit_mode  # pylint: disable=protected-access
-  with pytest.raises(ValueError, match="labels only.*--fp_mode=probs.*--score=uap_follow.*"
-                     "rerun the run with --fp_mode=labels"):
-    check("a.npz", "labels", "probs", "encoder")
+  with pytest.raises(ValueError, match="labels only.*no label judge.*--stages=encoder,verify"
+                     ".*--score=uap_follow"):
+    check("a.npz", "labels", "probs", "encoder", False)
   with pytest.raises(ValueError, match="probabilities.*--fp_mode=logits"):
-    check("a.npz", "probs", "logits", "uap_cosine")
-  # Labels against a probability run: judged on labels, encoder-free.
-  assert check("a.npz", "labels", "probs", "uap_cosine")
-  assert check("a.npz", "labels", "logits", "raw_cosine")
+    check("a.npz", "probs", "logits", "uap_cosine", True)
+  # Labels against a probability run: judged on labels, by the label judge
+  # or an encoder-free score.
+  assert check("a.npz", "labels", "probs", "encoder", True)
+  assert check("a.npz", "labels", "probs", "uap_cosine", False)
+  assert check("a.npz", "labels", "logits", "raw_cosine", False)
   for kind, mode in (("labels", "labels"), ("probs", "probs"),
                      ("probs", "labels"), ("logits", "logits")):
-    assert not check("a.npz", kind, mode, "encoder")
+    assert not check("a.npz", kind, mode, "encoder", False)
 
 
 # -------------------------------------------------------- verdict files
@@ -345,7 +347,11 @@ class _StubArtifacts(Artifacts):
   def __init__(self, workdir, manifest, mode):
     super().__init__(workdir)
     self._mode = mode
+    self.judge_on_labels = None
     workdir.write_json("queries.json", manifest)
+
+  def label_judge(self):
+    return self.judge_on_labels
 
   @property
   def fingerprints(self):
@@ -368,6 +374,7 @@ def _stub_stage(tmp_path, manifest, monkeypatch):
   def judge(_, suspect_fps, *args, **kwargs):
     seen["fps"] = suspect_fps
     seen["labels_only"] = kwargs.get("labels_only")
+    seen["label_judge"] = kwargs.get("label_judge")
     return [{"verdict": "pirated", "p_value": 1e-3, "confidence": 0.999,
              "views_used": V, "statement": "pirated (stub)"}]
 
@@ -410,16 +417,21 @@ def test_stage_passes_the_declared_kind_and_names_the_file(
   assert out2["file"] != out["file"]
 
 
-def test_stage_judges_label_answers_in_a_probs_run_without_an_encoder(
+def test_stage_judges_label_answers_by_the_label_judge_or_without_an_encoder(
     tmp_path, stub_stage):
   make, seen = stub_stage
   _, probs = _probs()
   path = _save(tmp_path, outputs=probs.argmax(-1))
   ctx = make("probs")
   ctx.cfg.score = ctx.cfg.verify_score = "encoder"
-  with pytest.raises(ValueError, match="rerun the run with --fp_mode=labels"):
+  with pytest.raises(ValueError, match="no label judge"):
     verify_stage.verify_external(ctx, path)
   assert "outputs" not in seen
+  ctx.artifacts.judge_on_labels = object()  # a run that trained its label judge
+  verify_stage.verify_external(ctx, path)
+  assert seen["outputs"] == "labels" and seen["labels_only"]
+  assert seen["label_judge"] is ctx.artifacts.judge_on_labels
+  del seen["outputs"]
   verify_stage.verify_external(make("probs"), path)
   assert seen["outputs"] == "labels" and seen["labels_only"]
   verify_stage.verify_external(make("labels"), path)

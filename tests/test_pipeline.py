@@ -255,6 +255,12 @@ def test_every_report_file_and_schema(tiny_run):
     assert 0.0 <= s["p_value"] <= 1.0 and abs(s["confidence"] - (1 - s["p_value"])) < 1e-9
   # The victim judged against itself is pirated with near-certainty.
   assert res["victim_self"]["p_value"] < 0.01
+  # The label judge judged the same suspects, and every held-out independent.
+  labels = res["labels"]
+  assert labels["num_piracy"] == res["num_piracy"] and labels["false_accusations"]["held_out"] > 0
+  assert labels["victim_self_p_value"] < 0.01
+  with open(os.path.join(report, "report.md")) as f:
+    assert "## Judged on top-1 labels (the label judge)" in f.read()
 
 
 def _latest(workdir, name):
@@ -499,6 +505,31 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
     v = json.load(f)["verdicts"][0]
   assert v["verdict"] == "invalid_answers" and v["p_value"] is None
   assert "repeated queries answered differently" in v["reason"]
+
+
+def test_label_and_sharpened_answers_are_judged_by_the_label_judge(tiny_run):
+  workdir, _ = tiny_run
+  _run_in_process(workdir, "--stages=export_queries")
+  stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
+  with np.load(os.path.join(workdir, "queries.npz")) as q:
+    from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
+    logits = stack_lib.predict(stack, q["queries"], output="logits")[0]
+  with open(os.path.join(workdir, "verify.json")) as f:
+    on_labels = json.load(f)["labels"]["victim_self"]
+  sharp = np.exp(logits / 0.1 - (logits / 0.1).max(-1, keepdims=True))
+  answers = {"victim_labels": logits.argmax(-1), "victim_sharp": sharp / sharp.sum(-1, keepdims=True)}
+  for stem, outputs in answers.items():
+    path = os.path.join(workdir, f"{stem}.npz")
+    np.savez(path, outputs=outputs)
+    _run_in_process(workdir, "--stages=verify", f"--suspect={path}")
+    with open(os.path.join(workdir, "verdicts", f"{stem}.json")) as f:
+      v = json.load(f)["verdicts"][0]
+    # The victim's own top classes: exactly the victim judged on labels.
+    assert v["judged_on"] == "labels", stem
+    assert v["p_value"] == pytest.approx(on_labels["p_value"], rel=1e-4, abs=1e-12)
+    assert v["verdict"] == on_labels["verdict"]
+  assert v["statement"].startswith("Judged on top-1 labels: the answers' mean top-1 probability")
+  assert v["outside_reference"] is False and v["scores_verdict"].startswith("inconclusive")
 
 
 def test_wrong_recorded_outputs_are_refused(tiny_run, tmp_path):
@@ -834,12 +865,19 @@ def test_api_evasion_table_reads_a_finished_run(tiny_run, tmp_path):
     rows = json.load(f)
   assert [(r["transform"], r["score"]) for r in rows] == [
       ("none", "encoder"), ("none", "uap_follow"), ("topk:1", "encoder"),
-      ("topk:1", "uap_follow"), ("topk:1", "encoder (owner matched)"), ("labels", "uap_follow")]
+      ("topk:1", "uap_follow"), ("labels", "encoder"), ("labels", "uap_follow")]
   # Top-1 answers and labels are the same one-hot rows: uap_follow reads top-1 only.
   same = {r["transform"]: r for r in rows if r["score"] == "uap_follow"}
   assert same["topk:1"]["detected"] == same["labels"]["detected"] == same["none"]["detected"]
+  # The encoder hands both to the label judge, which judges them alike.
+  learned = {r["transform"]: r for r in rows if r["score"] == "encoder"}
+  suspects = learned["none"]["num_piracy"] + learned["none"]["num_independents"]
+  for spec in ("topk:1", "labels"):
+    assert learned[spec]["judged_on_labels"] == suspects
+  assert ({k: learned["topk:1"][k] for k in ("detected", "accused", "auc")}
+          == {k: learned["labels"][k] for k in ("detected", "accused", "auc")})
   with open(out + ".md") as f:
-    assert "| topk:1 | encoder (owner matched) |" in f.read()
+    assert "| labels | encoder |" in f.read()
 
 
 def _experiment(name):

@@ -333,7 +333,7 @@ def test_label_answers_are_judged_by_a_probability_run():
   independent, = judge(other, labels_only=True)
   assert pirated["verdict"] == "pirated" and pirated["point_accuracy"] == 1.0
   assert independent["verdict"] != "pirated"
-  with pytest.raises(ValueError, match="--fp_mode=labels"):
+  with pytest.raises(ValueError, match="need the label judge.*--stages=encoder,verify"):
     protocols.judge(None, copy, fps, meta, 0, list(range(1, m)),
                     protocols.Settings(score="encoder"), num_uaps=1, num_classes=c,
                     point_labels=labels, labels_only=True)

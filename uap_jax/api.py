@@ -145,7 +145,6 @@ class Verifier:
       written to disk.
     """
     from uap_jax.stages import verify as verify_stage  # pylint: disable=g-import-not-at-top
-    from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top
     ctx = self.ctx
     cited = verify_stage.committed(ctx)  # before any work on the suspect
     fp, uaps = ctx.artifacts.fingerprints, ctx.artifacts.uaps
@@ -154,11 +153,7 @@ class Verifier:
     stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
     suspect_fps = np.asarray(fp_lib.fingerprints(
         (logits_fn, stacked), x_points, uaps, mode=fp.mode, strategy=ctx.cfg.strategy))
-    verdict, = protocols.judge(
-        verify_stage._saved_encoder(ctx), suspect_fps, fp.fps, fp.models,  # pylint: disable=protected-access
-        fp.victim_index, ctx.artifacts.split()["calib"],
-        verify_stage._settings(ctx), num_uaps=len(uaps),  # pylint: disable=protected-access
-        num_classes=ctx.data.num_classes, point_labels=verify_stage.point_labels(ctx))
+    verdict, = verify_stage.judge(ctx, suspect_fps)
     return dict(suspect=name, **verdict, commitment=cited)
 
 

@@ -57,5 +57,15 @@ def build(dataset: str, victim: dict, uap: dict, verification: dict,
       "leave_kind_out": verification["protocols"]["leave_kind_out"],
       "other_tests": verification["other_tests"],
       "references": verification["references"],
+      "labels": _label_judge(verification.get("labels")),
       "seconds": seconds,
   }
+
+
+def _label_judge(on_labels: dict | None) -> dict | None:
+  """The label judge's random split, held-out independents and victim_self."""
+  if not on_labels:
+    return None
+  return {**summary.brief(on_labels["protocols"]["random"]),
+          "false_accusations": on_labels["false_accusations"],
+          "victim_self_p_value": on_labels["victim_self"]["p_value"]}

@@ -74,6 +74,7 @@ def markdown(res: dict) -> str:
                   f["held_out_verdicts"]["pirated"], f["held_out_verdicts"]["inconclusive"],
                   f["held_out_verdicts"]["not_pirated"]]
                  for k, f in res["leave_kind_out"].items() if "error" not in f]), "",
+         *_label_judge(res),
          "## References on the same suspects (no encoder)", "",
          _table(["score", "AUC all", "TPR@1%FPR", "independents accused"],
                 [[name, r["auc"].get("all"), r["tpr_at_1pct_fpr"],
@@ -107,6 +108,24 @@ def _power(res: dict) -> list[str]:
              "models' scores spread so wide that a suspect is accused only if it "
              "scores closer to the victim than the victim itself. " + POWER_FIX)
   return [line, ""]
+
+
+def _label_judge(res: dict) -> list[str]:
+  """The same suspects judged on their top-1 labels alone."""
+  lab = res.get("labels")
+  if not lab:
+    return []
+  fa = lab["false_accusations"]
+  return [
+      "## Judged on top-1 labels (the label judge)", "",
+      "Answers that carry only the top class (labels, a top-1 probability, a "
+      "softmax sharpened or softened beyond every reference model's) are judged "
+      "by encoders trained on top-1 labels; the random split's suspects, judged so:", "",
+      _table(["AUC all", "piracy detected", "independents accused",
+              "held-out independents accused", "victim itself, p"],
+             [[lab["auc"].get("all"), f"{lab['detected_piracy']}/{lab['num_piracy']}",
+               f"{lab['accused_independents']}/{lab['num_independents']}",
+               f"{fa['accused']}/{fa['held_out']}", lab["victim_self_p_value"]]]), ""]
 
 
 # What widens a run's reach when the victim itself cannot be accused.

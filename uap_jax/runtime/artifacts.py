@@ -80,6 +80,9 @@ class Fingerprints:
 
 # Per stage, the JSON files and the checkpoints it leaves (the table above;
 # the zoo's stacks are named in zoo.json, the report's files are its own).
+# The checkpoint of the encoders trained on top-1 labels (stage encoder).
+LABEL_JUDGE = "encoder_labels"
+
 _STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "victim": (("victim.json",), ("victim",)),
     "zoo": (("zoo.json",), ()),
@@ -309,10 +312,28 @@ class Artifacts:
     tree, meta = checkpoint.load_arrays(self.workdir.checkpoint_dir("encoder"))
     return crossfit.from_arrays(tree, meta)
 
-  def save_encoder(self, encoders: crossfit.CrossFitted, summary: dict) -> None:
+  def label_judge(self) -> crossfit.CrossFitted | None:
+    """The encoders trained on top-1 labels (read once); None in a run of
+    labels (its encoder is the label judge) or one made before there was one."""
+    return self._saved_label_judge
+
+  @functools.cached_property
+  def _saved_label_judge(self) -> crossfit.CrossFitted | None:
+    directory = self.workdir.checkpoint_dir(LABEL_JUDGE)
+    if not os.path.isdir(directory):
+      return None
+    return crossfit.from_arrays(*checkpoint.load_arrays(directory))
+
+  def save_encoder(self, encoders: crossfit.CrossFitted, summary: dict,
+                   label_judge: crossfit.CrossFitted | None = None) -> None:
     self.workdir.save_arrays("encoder", *crossfit.to_arrays(encoders))
+    if label_judge is None:  # a run of labels: a judge of an earlier run must not stay
+      self.workdir.remove(os.path.join("checkpoints", LABEL_JUDGE))
+    else:
+      self.workdir.save_arrays(LABEL_JUDGE, *crossfit.to_arrays(label_judge))
     self.workdir.write_json("encoder.json", summary)
     self.__dict__.pop("_saved_encoders", None)
+    self.__dict__.pop("_saved_label_judge", None)
 
   # Verification.
 

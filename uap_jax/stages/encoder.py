@@ -1,7 +1,10 @@
 """Stage `encoder`: split the zoo, train the contrastive encoder(s).
 
 The encoders learn from the zoo's training part and, cross-fitted, from the
-reference bank (:mod:`uap_jax.verify.crossfit`).
+reference bank (:mod:`uap_jax.verify.crossfit`). A run of probabilities or
+logits also trains the *label judge*: the same encoders on the same models'
+fingerprints reduced to top-1 labels, which judges answers that carry only
+the top class (labels, a top-1 probability, a sharpened softmax).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from uap_jax.fingerprint import layout
 from uap_jax.runtime.context import RunContext
 from uap_jax.verify import crossfit
 from uap_jax.verify import encoder as encoder_lib
@@ -27,13 +31,23 @@ def run(ctx: RunContext) -> dict:
       fp.fps.shape[-1], hidden=(cfg.enc_hidden,), embed_dim=cfg.enc_embed,
       temperature=cfg.enc_temperature, learning_rate=cfg.enc_lr, steps=cfg.enc_steps,
       seed=cfg.seed)
-  encoders = crossfit.train(fp.fps, fp.models, split["train"], splits.bank_models(fp.models),
-                            config, cfg.enc_crossfit)
-  histories = np.stack([np.asarray(e.history) for e in encoders.encoders])
+  bank = splits.bank_models(fp.models)
+  encoders = crossfit.train(fp.fps, fp.models, split["train"], bank, config, cfg.enc_crossfit)
   summary = {"train_models": len(split["train"]), "calib_models": len(split["calib"]),
-             "eval_models": len(split["eval"]), "steps": int(histories.shape[1]),
-             "loss_first": float(histories[:, :10].mean()),
-             "loss_last": float(histories[:, -10:].mean()),
+             "eval_models": len(split["eval"]), **_losses(encoders),
              "crossfit": encoders.describe(fp.models), "config": encoders.config}
-  ctx.artifacts.save_encoder(encoders, summary)
+  label_judge = None
+  if fp.mode != "labels":
+    logging.info("The label judge: the same encoders on top-1 labels.")
+    label_judge = crossfit.train(
+        layout.as_labels(fp.fps, len(ctx.artifacts.uaps), ctx.data.num_classes),
+        fp.models, split["train"], bank, config, cfg.enc_crossfit)
+    summary["label_judge"] = _losses(label_judge)
+  ctx.artifacts.save_encoder(encoders, summary, label_judge)
   return {k: summary[k] for k in ("train_models", "loss_first", "loss_last")}
+
+
+def _losses(encoders: crossfit.CrossFitted) -> dict:
+  histories = np.stack([np.asarray(e.history) for e in encoders.encoders])
+  return {"steps": int(histories.shape[1]), "loss_first": float(histories[:, :10].mean()),
+          "loss_last": float(histories[:, -10:].mean())}

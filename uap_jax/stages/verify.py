@@ -73,7 +73,8 @@ def evaluate_zoo(ctx: RunContext) -> tuple[dict, np.ndarray]:
   return protocols.evaluate_zoo(
       _saved_encoder(ctx), fp.fps, fp.models, fp.victim_index, split, _settings(ctx),
       num_uaps=len(art.uaps), num_classes=ctx.data.num_classes,
-      point_labels=point_labels(ctx), sample_references=samples)
+      point_labels=point_labels(ctx), sample_references=samples,
+      label_judge=art.label_judge())
 
 
 def committed(ctx: RunContext) -> dict:
@@ -95,7 +96,8 @@ def point_labels(ctx: RunContext) -> np.ndarray:
   return np.asarray(ctx.data.y_train[ctx.artifacts.fingerprints.points]).T
 
 
-def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str) -> bool:
+def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str,
+                            has_label_judge: bool) -> bool:
   """Refuses answers that cannot give this run's kind of fingerprints.
 
   Returns:
@@ -103,14 +105,12 @@ def _check_answers_fit_mode(path: str, kind: str, mode: str, score: str) -> bool
     logits (every fingerprint is then reduced to labels).
   """
   if kind == "labels" and mode != "labels":
-    if score != "encoder":
+    if score != "encoder" or has_label_judge:
       return True
     raise ValueError(
-        f"The answers in {path} are labels only, but this run scores with an "
-        f"encoder trained on --fp_mode={mode} fingerprints: verify them with the "
-        "encoder-free --score=uap_follow (the default for a given --victim), or "
-        "rerun the run with --fp_mode=labels (it redoes the fingerprint stage and "
-        "those after it).")
+        f"The answers in {path} are labels only, and this run has no label judge "
+        "(it was made before there was one): rerun --stages=encoder,verify to train "
+        "it, or verify them with the encoder-free --score=uap_follow.")
   if kind == "probs" and mode == "logits":
     raise ValueError(
         f"The answers in {path} are probabilities, but this run's fingerprints "
@@ -140,7 +140,8 @@ def _suspect_fingerprints(ctx: RunContext, path: str
       logging.warning("%s: %s.", manifest, controls.NO_CONTROLS_NOTE)
     if not check.valid:
       return names, None, check, False
-    labels_only = _check_answers_fit_mode(path, answers.kind, fp.mode, ctx.cfg.verify_score)
+    labels_only = _check_answers_fit_mode(path, answers.kind, fp.mode, ctx.cfg.verify_score,
+                                          ctx.artifacts.label_judge() is not None)
     return names, np.asarray(fp_lib.fingerprints_from_outputs(
         answers.clean, answers.perturbed, mode="labels" if labels_only else fp.mode,
         outputs=answers.kind))[None], check, labels_only
@@ -158,6 +159,17 @@ def _suspect_fingerprints(ctx: RunContext, path: str
   return suspect.names, np.asarray(fp_lib.fingerprints(
       suspect, ctx.data.x_train[fp.points], ctx.artifacts.uaps,
       mode=fp.mode, strategy=ctx.cfg.strategy)), None, False
+
+
+def judge(ctx: RunContext, suspect_fps: np.ndarray, labels_only: bool = False) -> list[dict]:
+  """Verdicts on suspects' ``(S, V, D)`` fingerprints against this run
+  (:func:`uap_jax.verify.protocols.judge`, with the run's label judge)."""
+  fp = ctx.artifacts.fingerprints
+  return protocols.judge(
+      _saved_encoder(ctx), suspect_fps, fp.fps, fp.models, fp.victim_index,
+      ctx.artifacts.split()["calib"], _settings(ctx), num_uaps=len(ctx.artifacts.uaps),
+      num_classes=ctx.data.num_classes, point_labels=point_labels(ctx),
+      labels_only=labels_only, label_judge=ctx.artifacts.label_judge())
 
 
 def verify_external(ctx: RunContext, path: str) -> dict:
@@ -187,11 +199,7 @@ def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
     if suspect_fps is None:
       results = [controls.invalid_verdict(check)]
     else:
-      results = protocols.judge(
-          _saved_encoder(ctx), suspect_fps, fp.fps, fp.models, fp.victim_index,
-          ctx.artifacts.split()["calib"], _settings(ctx), num_uaps=len(ctx.artifacts.uaps),
-          num_classes=ctx.data.num_classes, point_labels=point_labels(ctx),
-          labels_only=labels_only)
+      results = judge(ctx, suspect_fps, labels_only)
       if check is not None:
         results = [dict(v, answer_check=check.as_json()) for v in results]
     source_id = suspects.source_id(source)
@@ -332,4 +340,11 @@ def run(ctx: RunContext) -> dict:
   fa = result["false_accusations"]
   logging.info("Held-out independents over every protocol: %d of %d accused (95%% "
                "upper bound %.3f)", fa["accused"], fa["held_out"], fa["upper_95"] or 1.0)
+  on_labels = result.get("labels")
+  if on_labels:
+    lr, lfa = on_labels["protocols"]["random"], on_labels["false_accusations"]
+    logging.info("Judged on top-1 labels (the label judge): %d/%d pirates detected, "
+                 "%d/%d independents accused; held out: %d of %d accused",
+                 lr["detected_piracy"], lr["num_piracy"], lr["accused_independents"],
+                 lr["num_independents"], lfa["accused"], lfa["held_out"])
   return summary.brief(r)

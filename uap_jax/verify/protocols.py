@@ -345,8 +345,8 @@ def _confidence(settings: Settings, fps: np.ndarray, num_uaps: int,
 def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
                  split: dict, settings: Settings, *, num_uaps: int, num_classes: int,
                  point_labels: np.ndarray,
-                 sample_references: dict[str, dict] | None = None
-                 ) -> tuple[dict[str, Any], np.ndarray]:
+                 sample_references: dict[str, dict] | None = None,
+                 label_judge: Any = None) -> tuple[dict[str, Any], np.ndarray]:
   """Every protocol on the zoo (what ``verify.json`` holds).
 
   Args:
@@ -364,13 +364,48 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
     sample_references: the one-number-per-model references
       (:func:`uap_jax.verify.references.sample_references`), listed after
       the per-view ones.
+    label_judge: the encoders trained on top-1 labels: the zoo is judged
+      again on its labels alone (``labels``), as answers that carry only
+      the top class are; None: not.
 
   Returns:
     ``({"protocols": {"random", "leave_kind_out", "reference_held_out",
     "calibration_left_out"},
     "false_accusations", "reference", "other_tests", "references",
-    "victim_self"}, (M, V) scores of every model)``.
+    "victim_self", "labels"}, (M, V) scores of every model)``; ``labels``
+    holds the same protocols, false accusations, reference and victim_self
+    for the label judge (None without one, or for an encoder-free score).
   """
+  judged, sims, ref = _protocols(encoder, fps, meta, victim, split, settings,
+                                 num_uaps=num_uaps, num_classes=num_classes,
+                                 point_labels=point_labels)
+  fit_split = dict(split, calib=ref.index)
+  others = other_tests(sims, meta, fit_split, settings)
+  refs = references.view_references(fps, meta, victim, fit_split, num_uaps, num_classes,
+                                    **settings.test())
+  if settings.score != "encoder":
+    # The paper's learned score on the same suspects and references.
+    encoder_sims = similarity.scores("encoder", encoder, fps, fps[victim],
+                                     num_uaps=num_uaps, num_classes=num_classes,
+                                     rows=range(fps.shape[0]))
+    refs["encoder"] = summary.brief(summary.evaluate_split(
+        encoder_sims, meta, split["eval"], ref.index, **settings.test()))
+  refs.update(sample_references or {})
+  on_labels = None
+  if label_judge is not None and settings.score == "encoder":
+    on_labels, _, _ = _protocols(label_judge, layout.as_labels(fps, num_uaps, num_classes),
+                                 meta, victim, split, settings, num_uaps=num_uaps,
+                                 num_classes=num_classes, point_labels=point_labels)
+  return dict(judged, other_tests=others, references=refs, labels=on_labels), sims
+
+
+def _protocols(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
+               split: dict, settings: Settings, *, num_uaps: int, num_classes: int,
+               point_labels: np.ndarray
+               ) -> tuple[dict[str, Any], np.ndarray, population.Reference]:
+  """The zoo under every protocol with one score: the verdicts and their
+  false accusations, the reference, the victim judged as its own suspect;
+  also the ``(M, V)`` scores and the reference population."""
   rows = range(fps.shape[0])
   sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
                            num_classes=num_classes, rows=rows)
@@ -378,19 +413,8 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
   confidence = _confidence(settings, fps, num_uaps, num_classes)
   ref = population.reference(split["calib"], meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference, confidence=confidence)
-  fit_split = dict(split, calib=ref.index)
   random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
                                   **settings.test())
-  others = other_tests(sims, meta, fit_split, settings)
-  refs = references.view_references(fps, meta, victim, fit_split, num_uaps, num_classes,
-                                    **settings.test())
-  if settings.score != "encoder":
-    # The paper's learned score on the same suspects and references.
-    encoder_sims = similarity.scores("encoder", encoder, fps, fps[victim],
-                                     num_uaps=num_uaps, num_classes=num_classes, rows=rows)
-    refs["encoder"] = summary.brief(summary.evaluate_split(
-        encoder_sims, meta, split["eval"], ref.index, **settings.test()))
-  refs.update(sample_references or {})
   by = getattr(encoder, "mode", "none")
   learned = settings.score == "encoder"
   folds = leave_kind_out(fps, meta, victim, encoder.config, settings,
@@ -415,13 +439,13 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
                         "reference_held_out": bank, "calibration_left_out": left_out},
           "false_accusations": false_accusations(random, folds, bank, left_out),
           "reference": ref.description, "score": settings.score,
-          "other_tests": others, "references": refs, "victim_self": victim_self}, sims
+          "victim_self": victim_self}, sims, ref
 
 
 def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence[dict],
           victim: int, calib: Sequence[int], settings: Settings, *, num_uaps: int,
           num_classes: int, point_labels: np.ndarray,
-          labels_only: bool = False) -> list[dict[str, Any]]:
+          labels_only: bool = False, label_judge: Any = None) -> list[dict[str, Any]]:
   """Verdicts on suspects from outside the zoo.
 
   Args:
@@ -437,23 +461,71 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     point_labels: ``(V, K)`` true labels of the points.
     labels_only: the suspects' fingerprints are labels (one-hot) while the
       run's hold probabilities or logits: the run's are reduced to labels
-      too (:func:`uap_jax.fingerprint.layout.as_labels`), which an
-      encoder-free score allows; the encoder needs a run made with
-      ``--fp_mode=labels``.
+      too (:func:`uap_jax.fingerprint.layout.as_labels`) and the label
+      judge (or an encoder-free score) compares them.
+    label_judge: the run's encoders trained on top-1 labels: they judge
+      label answers, and a suspect whose answers are more or less
+      confident than every reference model's (a sharpened or softened
+      softmax), on its top-1 labels. None: such answers get no verdict
+      from an encoder (labels raise; other answers read ``inconclusive``).
 
   Returns:
     Per suspect its :func:`~uap_jax.verify.tests.verify_suspect` dict with
-    the coverage rule applied and its ``statement``
-    (:func:`uap_jax.verify.population.apply_coverage`).
+    the coverage rule applied, its ``statement``
+    (:func:`uap_jax.verify.population.apply_coverage`) and ``judged_on``
+    (``labels``, or ``outputs``: the probabilities or logits themselves).
   """
+  learned = settings.score == "encoder"
   if labels_only:
-    if settings.score == "encoder":
+    if learned and label_judge is None:
       raise ValueError(
-          "Label-only answers cannot be scored by an encoder trained on this run's "
-          "probability fingerprints: use the encoder-free --score=uap_follow, or "
-          "rerun the run with --fp_mode=labels.")
-    fps = layout.as_labels(fps, num_uaps, num_classes)
-    suspect_fps = layout.as_labels(suspect_fps, num_uaps, num_classes)
+          "Label-only answers need the label judge, which this run has not trained "
+          "(made before it, or with --fp_mode=labels already): rerun "
+          "--stages=encoder,verify, or use the encoder-free --score=uap_follow.")
+    return _judge_on_labels(label_judge if learned else encoder, suspect_fps, fps, meta,
+                            victim, calib, settings, num_uaps=num_uaps,
+                            num_classes=num_classes, point_labels=point_labels)
+  mode = "labels" if _are_labels(fps, num_uaps, num_classes) else "outputs"
+  verdicts = [dict(v, judged_on=mode) for v in _judge(
+      encoder, suspect_fps, fps, meta, victim, calib, settings, num_uaps=num_uaps,
+      num_classes=num_classes, point_labels=point_labels)]
+  sharp = [n for n, v in enumerate(verdicts) if v["outside_reference"] == "confidence"]
+  if not (learned and sharp and label_judge is not None):
+    return verdicts
+  # Confidence is what a softmax temperature changes and top-1 labels are
+  # not: answers outside the reference's confidence are judged on labels.
+  on_labels = _judge_on_labels(label_judge, suspect_fps[sharp], fps, meta, victim, calib,
+                               settings, num_uaps=num_uaps, num_classes=num_classes,
+                               point_labels=point_labels)
+  for n, v in zip(sharp, on_labels):
+    lo, hi = verdicts[n]["reference_population"]["point_confidence"]
+    why = (f"Judged on top-1 labels: the answers' mean top-1 probability "
+           f"{verdicts[n]['point_confidence']:.3f} lies outside the reference models' "
+           f"and the victim's ({lo:.3f} to {hi:.3f}). ")
+    verdicts[n] = dict(v, statement=why + v["statement"],
+                       scores_verdict=verdicts[n]["statement"])
+  return verdicts
+
+
+def _are_labels(fps: np.ndarray, num_uaps: int, num_classes: int) -> bool:
+  """Whether fingerprints hold one-hot rows (a run made with --fp_mode=labels)."""
+  return bool(np.array_equal(fps, layout.as_labels(fps, num_uaps, num_classes)))
+
+
+def _judge_on_labels(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray,
+                     meta: Sequence[dict], victim: int, calib: Sequence[int],
+                     settings: Settings, **kwargs) -> list[dict[str, Any]]:
+  """:func:`_judge` with every fingerprint reduced to top-1 labels."""
+  num_uaps, num_classes = kwargs["num_uaps"], kwargs["num_classes"]
+  return [dict(v, judged_on="labels") for v in _judge(
+      encoder, layout.as_labels(suspect_fps, num_uaps, num_classes),
+      layout.as_labels(fps, num_uaps, num_classes), meta, victim, calib, settings,
+      **kwargs)]
+
+
+def _judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence[dict],
+           victim: int, calib: Sequence[int], settings: Settings, *, num_uaps: int,
+           num_classes: int, point_labels: np.ndarray) -> list[dict[str, Any]]:
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(calib, meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference,
