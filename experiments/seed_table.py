@@ -6,6 +6,8 @@ r"""Headline figures over several runs (run seeds) of one setting: mean and rang
 Per run, from its verify.json: piracy detected and independents accused on
 the random split; every held-out independent of every protocol and how many
 were accused (``false_accusations``); the weakest piracy kind's AUC; the
+victim judged as its own suspect (the most the run can accuse); the same
+counts for the label judge (``labels``, where the run has one); the
 stages' wall time. Then one row of the sums (held-out independents over all
 runs, with the Clopper-Pearson 95 % upper bound) and the mean and range of
 the rest. Writes OUT.md and OUT.json (default: print only).
@@ -34,6 +36,7 @@ def run_row(path: str) -> dict:
   fa = v["false_accusations"]
   kinds = {k: a for k, a in r["auc"].items() if k != "all"}
   config = wd.read_json("config.json")
+  on_labels = v.get("labels")
   return {
       "run": os.path.basename(os.path.normpath(path)), "seed": config.get("seed"),
       "test": r["method"], "score": v.get("score"),
@@ -44,6 +47,11 @@ def run_row(path: str) -> dict:
       "weakest_kind": min(kinds, key=kinds.get) if kinds else None,
       "auc_weakest": min(kinds.values()) if kinds else None,
       "reference_models": v.get("reference", {}).get("models"),
+      "victim_self_p": v["victim_self"]["p_value"],
+      "labels_detected": (on_labels["protocols"]["random"]["detected_piracy"]
+                          if on_labels else None),
+      "labels_held_out_accused": (on_labels["false_accusations"]["accused"]
+                                  if on_labels else None),
       "wall_seconds": float(sum(wd.stage_seconds(
           ["victim", "zoo", "reference", "uap", "fingerprint", "encoder", "verify",
            "export_queries", "report"]).values())),
@@ -57,6 +65,7 @@ def summarise(rows: list[dict]) -> dict:
                      "max": float(np.max(xs))} if xs else None
   held = sum(x["held_out"] for x in rows)
   accused = sum(x["held_out_accused"] for x in rows)
+  judged = [x for x in rows if x.get("labels_detected") is not None]
   return {
       "runs": len(rows),
       "detected": f"{sum(x['detected'] for x in rows)}/{sum(x['num_piracy'] for x in rows)}",
@@ -66,6 +75,10 @@ def summarise(rows: list[dict]) -> dict:
       "auc_all": span([x["auc_all"] for x in rows]),
       "auc_weakest": span([x["auc_weakest"] for x in rows if x["auc_weakest"] is not None]),
       "wall_seconds": span([x["wall_seconds"] for x in rows]),
+      "labels_detected": (f"{sum(x['labels_detected'] for x in judged)}/"
+                          f"{sum(x['num_piracy'] for x in judged)}" if judged else None),
+      "labels_held_out_accused": (f"{sum(x['labels_held_out_accused'] for x in judged)}/"
+                                  f"{sum(x['held_out'] for x in judged)}" if judged else None),
   }
 
 
@@ -73,20 +86,27 @@ def markdown(name: str, rows: list[dict], total: dict) -> str:
   f = lambda s: "–" if s is None else f"{s['mean']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
   lines = [f"# {name}: {total['runs']} run seeds", "",
            "| run | seed | test / score | piracy detected | eval. indep. accused | "
-           "held-out indep. accused | AUC all | weakest kind | reference models | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "held-out indep. accused | AUC all | weakest kind | reference models | "
+           "victim itself, p | label judge: detected / held-out accused | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  judge = lambda x: ("–" if x.get("labels_detected") is None else
+                     f"{x['labels_detected']}/{x['num_piracy']} / "
+                     f"{x['labels_held_out_accused']}/{x['held_out']}")
   for x in rows:
     lines.append(
         f"| {x['run']} | {x['seed']} | {x['test']} / {x['score']} | "
         f"{x['detected']}/{x['num_piracy']} | {x['accused']}/{x['num_independents']} | "
         f"{x['held_out_accused']}/{x['held_out']} | {x['auc_all']:.3f} | "
         f"{x['weakest_kind']} {x['auc_weakest']:.3f} | {x['reference_models']} | "
-        f"{x['wall_seconds']:.0f} |")
+        f"{x['victim_self_p']:.2g} | {judge(x)} | {x['wall_seconds']:.0f} |")
   upper = total["held_out_upper_95"]
   lines += ["", f"All runs: piracy detected {total['detected']} (rate {f(total['detection_rate'])}); "
             f"held-out independents accused {total['held_out_accused']} (95 % upper bound "
             f"{'–' if upper is None else f'{upper:.3f}'}); AUC all {f(total['auc_all'])}; "
-            f"weakest kind AUC {f(total['auc_weakest'])}; wall {f(total['wall_seconds'])} s.", ""]
+            f"weakest kind AUC {f(total['auc_weakest'])}; wall {f(total['wall_seconds'])} s."
+            + (f" The label judge: piracy detected {total['labels_detected']}, held-out "
+               f"independents accused {total['labels_held_out_accused']}."
+               if total["labels_detected"] else ""), ""]
   return "\n".join(lines)
 
 

@@ -888,6 +888,24 @@ def _experiment(name):
   return module
 
 
+def test_seed_table_sums_the_runs_and_the_label_judge(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  out = str(tmp_path / "seeds")
+  _experiment("seed_table").main([workdir, workdir, "--name=tiny", f"--out={out}"])
+  with open(out + ".json") as f:
+    table = json.load(f)
+  with open(os.path.join(workdir, "verify.json")) as f:
+    verification = json.load(f)
+  row, held = table["runs"][0], verification["false_accusations"]
+  assert row["detected"] == verification["protocols"]["random"]["detected_piracy"]
+  assert row["victim_self_p"] == verification["victim_self"]["p_value"]
+  assert row["labels_detected"] == verification["labels"]["protocols"]["random"][
+      "detected_piracy"]
+  assert table["total"]["held_out_accused"] == f"{2 * held['accused']}/{2 * held['held_out']}"
+  with open(out + ".md") as f:
+    assert "label judge: detected / held-out accused" in f.read()
+
+
 def test_adaptive_table_has_a_row_per_piracy_kind(tiny_run, tmp_path):
   workdir, _ = tiny_run
   out = str(tmp_path / "adaptive")

@@ -191,7 +191,6 @@ def verify_sources(ctx: RunContext, sources: list[str]) -> list[dict]:
     if suspects.is_answers(source) or not source.startswith("py:"):
       blackbox.check_suspect(source)
   cited = committed(ctx)
-  fp = ctx.artifacts.fingerprints
   # Every model is checked and fingerprinted before any verdict is written.
   per_source = [_suspect_fingerprints(ctx, source) for source in sources]
   outs = []

@@ -45,6 +45,12 @@ Verdict: ``pirated`` when ``p < alpha``; ``not_pirated`` when ``p >=
 upper`` or the suspect's mean similarity is not above the reference mean;
 else ``inconclusive``.
 
+The label judge: the same encoders trained on every model's fingerprints
+reduced to top-1 labels. It judges answers that carry only the top class,
+and answers more or less confident than the reference (a softmax
+temperature changes confidence, never the top class), against the same
+reference reduced the same way (:func:`.protocols.judge`).
+
 Where things are:
 
 * :mod:`.encoder`: the contrastive encoder of fingerprint views;

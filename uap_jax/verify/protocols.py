@@ -3,8 +3,9 @@
 :func:`evaluate_zoo` judges every model of the zoo's evaluation part under
 two protocols, the saved random split and leave-kind-out (for each kind, an
 encoder and a calibration set that never saw it), and adds the other tests
-and the encoder-free references on the same suspects: what ``verify.json``
-holds. :func:`judge` gives the verdicts on suspects outside the zoo.
+and the encoder-free references on the same suspects, and the same
+protocols once more for the label judge: what ``verify.json`` holds.
+:func:`judge` gives the verdicts on suspects outside the zoo.
 """
 
 from __future__ import annotations
