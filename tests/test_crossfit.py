@@ -68,6 +68,27 @@ def test_a_single_architecture_falls_back_to_recipe_then_halves():
     crossfit.bank_groups(meta, one_cell, "bogus")
 
 
+def test_auto_cross_fits_by_architecture_from_three_architectures_on():
+  meta = _meta()
+  bank = splits.bank_models(meta)
+  assert crossfit.resolve("auto", meta, bank) == "none"  # two architectures
+  meta += [{"name": f"r_c_base_{i}", "family": "independent", "kind": "reference",
+            "arch": "c", "recipe": "base"} for i in range(2)]
+  bank = splits.bank_models(meta)
+  assert crossfit.resolve("auto", meta, bank) == "arch"
+  for mode in ("arch", "recipe", "cell", "none"):
+    assert crossfit.resolve(mode, meta, bank) == mode
+  with pytest.raises(ValueError, match="--enc_crossfit"):
+    crossfit.resolve("bogus", meta, bank)
+  # The encoders keep the mode auto came to, which the protocols' folds repeat.
+  model = crossfit.train(_fingerprints(meta), meta, [0, 1, 3], bank, CONFIG, "auto",
+                         verbose=False)
+  assert model.mode == model.by == "arch" and len(model.encoders) == 3
+  one = crossfit.train(_fingerprints(meta), meta, [0, 1, 3], bank[:4], CONFIG, "auto",
+                       verbose=False)
+  assert one.mode == "none" and len(one.encoders) == 1
+
+
 def test_no_encoder_trains_on_the_bank_group_it_scores(monkeypatch):
   meta = _meta()
   seen = []

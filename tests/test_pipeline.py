@@ -833,7 +833,7 @@ def test_cross_fitted_encoders_run_end_to_end_and_score_bank_models_unseen(tiny_
   proc = _main([f"--flagfile={QUICKSTART}", f"--workdir={copy}", *TINY, "--enc_crossfit=arch",
                 "--stages=encoder,verify"], timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "settings changed since it ran (enc_crossfit: none -> arch)" in proc.stderr
+  assert "settings changed since it ran (enc_crossfit: auto -> arch)" in proc.stderr
   with open(os.path.join(copy, "encoder.json")) as f:
     described = json.load(f)["crossfit"]
   # The tiny bank has one architecture (MLP): it is cut by recipe instead.

@@ -52,7 +52,7 @@ FP_MODES = ("probs", "logits", "labels")
 TESTS = ("welch", "model", "model_z", "empirical")
 SCORES = ("encoder", "uap_follow", "uap_cosine", "raw_cosine")
 # How the reference bank trains the encoder (uap_jax.verify.crossfit).
-CROSSFIT_MODES = ("arch", "recipe", "cell", "none")
+CROSSFIT_MODES = ("auto", "arch", "recipe", "cell", "none")
 AUGMENT_MODES = ("auto", "true", "false")
 
 
@@ -159,7 +159,7 @@ class Config:
   enc_temperature: float = _f(0.2, "Supervised contrastive temperature.", stage="encoder")
   enc_steps: int = _f(500, "Encoder training steps.", stage="encoder")
   enc_lr: float = _f(1e-3, "Encoder Adam learning rate.", stage="encoder")
-  enc_crossfit: str = _f("none", "How the reference bank trains the encoder: none (the default: the bank only calibrates; one encoder on the zoo's training part, the paper's) | arch (its independents are negatives too, and each bank model is scored by an encoder that never saw its architecture; one encoder per bank architecture: more pirates detected, but held-out independents accused, see uap_jax/verify/crossfit.py) | recipe (the same by training recipe) | cell (one encoder per architecture and recipe, trained on the bank models that share neither).", stage="encoder", choices=CROSSFIT_MODES)
+  enc_crossfit: str = _f("auto", "How the reference bank trains the encoder: auto (the default: arch when the bank holds at least 3 architectures, else none) | arch (its independents are negatives too, and each bank model is scored by an encoder that never saw its architecture; one encoder per bank architecture) | recipe (the same by training recipe) | cell (one encoder per architecture and recipe, trained on the bank models that share neither) | none (the bank only calibrates; one encoder on the zoo's training part, the paper's). See uap_jax/verify/crossfit.py.", stage="encoder", choices=CROSSFIT_MODES)
   split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.", stage="encoder")
   split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.", stage="encoder")
   # Verification.

@@ -2,9 +2,10 @@
 
 The encoders learn from the zoo's training part and, cross-fitted, from the
 reference bank (:mod:`uap_jax.verify.crossfit`). A run of probabilities or
-logits also trains the *label judge*: the same encoders on the same models'
-fingerprints reduced to top-1 labels, which judges answers that carry only
-the top class (labels, a top-1 probability, a sharpened softmax).
+logits also trains the *label judge*: an encoder on the same models'
+fingerprints reduced to top-1 labels (never cross-fitted), which judges
+answers that carry only the top class (labels, a top-1 probability, a
+sharpened softmax).
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def run(ctx: RunContext) -> dict:
              "crossfit": encoders.describe(fp.models), "config": encoders.config}
   label_judge = None
   if fp.mode != "labels":
-    logging.info("The label judge: the same encoders on top-1 labels.")
+    # Not cross-fitted: on labels, an architecture's shared errors are a
+    # strong signal, and encoders that saw the other architectures' bank
+    # models as innocent accused the victim's own architecture's (fresh
+    # CIFAR-10: 10 of 356 held-out judgments, against 2 uncross-fitted).
+    logging.info("The label judge: the encoder on top-1 labels (not cross-fitted).")
     label_judge = crossfit.train(
         layout.as_labels(fp.fps, len(ctx.artifacts.uaps), ctx.data.num_classes),
-        fp.models, split["train"], bank, config, cfg.enc_crossfit)
+        fp.models, split["train"], bank, config, "none")
     summary["label_judge"] = _losses(label_judge)
   ctx.artifacts.save_encoder(encoders, summary, label_judge)
   return {k: summary[k] for k in ("train_models", "loss_first", "loss_last")}
