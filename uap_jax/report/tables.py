@@ -130,8 +130,9 @@ def _label_judge(res: dict) -> list[str]:
 
 # What widens a run's reach when the victim itself cannot be accused.
 POWER_FIX = ("More zoo models train a sharper encoder (--zoo_count, --zoo_counts); "
-             "more reference models narrow the test's margin (--reference_per_recipe); "
-             "or judge at a larger --alpha, and say so.")
+             "a bank of three or more architectures (--reference_archs) trains it too "
+             "(--enc_crossfit=auto); more reference models narrow the test's margin "
+             "(--reference_per_recipe); or judge at a larger --alpha, and say so.")
 
 
 def _population(res: dict) -> list[str]:
