@@ -473,14 +473,18 @@ def _run_in_process(workdir, *flags):
       [f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY, *flags]))
 
 
-def test_black_box_and_checkpoint_suspects_agree(tiny_run):
-  workdir, _ = tiny_run
+def _victim_answers(workdir, output):
+  """The victim's own ``output`` on the run's exported queries, as an API gives them."""
   _run_in_process(workdir, "--stages=export_queries")
-  # Answer the exported queries with the victim itself, as an API would.
   stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
   with np.load(os.path.join(workdir, "queries.npz")) as q:
     from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
-    probs = stack_lib.predict(stack, q["queries"], output="probs")[0]
+    return stack_lib.predict(stack, q["queries"], output=output)[0]
+
+
+def test_black_box_and_checkpoint_suspects_agree(tiny_run):
+  workdir, _ = tiny_run
+  probs = _victim_answers(workdir, "probs")
   answers = os.path.join(workdir, "victim_answers.npz")
   np.savez(answers, outputs=probs)
   verdicts = {}
@@ -509,11 +513,7 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
 
 def test_label_and_sharpened_answers_are_judged_by_the_label_judge(tiny_run):
   workdir, _ = tiny_run
-  _run_in_process(workdir, "--stages=export_queries")
-  stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
-  with np.load(os.path.join(workdir, "queries.npz")) as q:
-    from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
-    logits = stack_lib.predict(stack, q["queries"], output="logits")[0]
+  logits = _victim_answers(workdir, "logits")
   with open(os.path.join(workdir, "verify.json")) as f:
     on_labels = json.load(f)["labels"]["victim_self"]
   sharp = np.exp(logits / 0.1 - (logits / 0.1).max(-1, keepdims=True))
