@@ -147,6 +147,23 @@ def test_saved_and_restored_encoders_score_the_same(tmp_path):
                              model.similarities(fps, fps[0], rows), atol=1e-6)
 
 
+def test_the_label_judge_is_saved_beside_the_encoders_and_never_outlives_them(tmp_path):
+  from uap_jax.runtime.artifacts import Artifacts  # pylint: disable=g-import-not-at-top
+  meta = _meta()
+  fps = _fingerprints(meta)
+  model = crossfit.train(fps, meta, [0, 1, 3], [], CONFIG, "none", verbose=False)
+  judge = crossfit.train(-fps, meta, [0, 1, 3], [], CONFIG, "none", verbose=False)
+  artifacts = Artifacts(Workdir(str(tmp_path), writer=True))
+  assert artifacts.label_judge() is None  # a run made before there was one
+  artifacts.save_encoder(model, {}, judge)
+  np.testing.assert_allclose(artifacts.label_judge().similarities(fps, fps[0]),
+                             judge.similarities(fps, fps[0]), atol=1e-6)
+  # A rerun of labels (--fp_mode=labels) has no label judge: the old one goes.
+  artifacts.save_encoder(model, {})
+  assert artifacts.label_judge() is None
+  assert artifacts.encoder().similarities(fps, fps[0]).shape == (len(meta), fps.shape[1])
+
+
 def test_held_out_bank_groups_are_scored_by_encoders_that_never_saw_them(monkeypatch):
   meta = _meta()
   fps = _fingerprints(meta)

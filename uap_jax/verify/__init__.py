@@ -45,8 +45,8 @@ Verdict: ``pirated`` when ``p < alpha``; ``not_pirated`` when ``p >=
 upper`` or the suspect's mean similarity is not above the reference mean;
 else ``inconclusive``.
 
-The label judge: the same encoders trained on every model's fingerprints
-reduced to top-1 labels. It judges answers that carry only the top class,
+The label judge: an encoder trained on every model's fingerprints reduced
+to top-1 labels (never cross-fitted). It judges answers that carry only the top class,
 and answers more or less confident than the reference (a softmax
 temperature changes confidence, never the top class), against the same
 reference reduced the same way (:func:`.protocols.judge`).
