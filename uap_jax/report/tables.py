@@ -120,7 +120,7 @@ def _label_judge(res: dict) -> list[str]:
       "## Judged on top-1 labels (the label judge)", "",
       "Answers that carry only the top class (labels, a top-1 probability, a "
       "softmax sharpened or softened beyond every reference model's) are judged "
-      "by encoders trained on top-1 labels; the random split's suspects, judged so:", "",
+      "by an encoder trained on top-1 labels; the random split's suspects, judged so:", "",
       _table(["AUC all", "piracy detected", "independents accused",
               "held-out independents accused", "victim itself, p"],
              [[lab["auc"].get("all"), f"{lab['detected_piracy']}/{lab['num_piracy']}",

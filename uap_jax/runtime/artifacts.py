@@ -80,7 +80,7 @@ class Fingerprints:
 
 # Per stage, the JSON files and the checkpoints it leaves (the table above;
 # the zoo's stacks are named in zoo.json, the report's files are its own).
-# The checkpoint of the encoders trained on top-1 labels (stage encoder).
+# The checkpoint of the label judge, an encoder trained on top-1 labels (stage encoder).
 LABEL_JUDGE = "encoder_labels"
 
 _STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -313,7 +313,7 @@ class Artifacts:
     return crossfit.from_arrays(tree, meta)
 
   def label_judge(self) -> crossfit.CrossFitted | None:
-    """The encoders trained on top-1 labels (read once); None in a run of
+    """The label judge, an encoder trained on top-1 labels (read once); None in a run of
     labels (its encoder is the label judge) or one made before there was one."""
     return self._saved_label_judge
 

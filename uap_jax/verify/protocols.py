@@ -365,7 +365,7 @@ def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: in
     sample_references: the one-number-per-model references
       (:func:`uap_jax.verify.references.sample_references`), listed after
       the per-view ones.
-    label_judge: the encoders trained on top-1 labels: the zoo is judged
+    label_judge: the encoder trained on top-1 labels: the zoo is judged
       again on its labels alone (``labels``), as answers that carry only
       the top class are; None: not.
 
@@ -464,7 +464,7 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
       run's hold probabilities or logits: the run's are reduced to labels
       too (:func:`uap_jax.fingerprint.layout.as_labels`) and the label
       judge (or an encoder-free score) compares them.
-    label_judge: the run's encoders trained on top-1 labels: they judge
+    label_judge: the run's encoder trained on top-1 labels: it judges
       label answers, and a suspect whose answers are more or less
       confident than every reference model's (a sharpened or softened
       softmax), on its top-1 labels. None: such answers get no verdict
