@@ -473,9 +473,9 @@ def _run_in_process(workdir, *flags):
       [f"--flagfile={QUICKSTART}", f"--workdir={workdir}", *TINY, *flags]))
 
 
-def _victim_answers(workdir, output):
+def _victim_answers(workdir, output, *flags):
   """The victim's own ``output`` on the run's exported queries, as an API gives them."""
-  _run_in_process(workdir, "--stages=export_queries")
+  _run_in_process(workdir, "--stages=export_queries", *flags)
   stack = checkpoint.load_stack(os.path.join(workdir, "checkpoints", "victim"))
   with np.load(os.path.join(workdir, "queries.npz")) as q:
     from uap_jax.runtime import stack as stack_lib  # pylint: disable=g-import-not-at-top
@@ -511,23 +511,59 @@ def test_black_box_and_checkpoint_suspects_agree(tiny_run):
   assert "repeated queries answered differently" in v["reason"]
 
 
-def test_label_and_sharpened_answers_are_judged_by_the_label_judge(tiny_run):
-  workdir, _ = tiny_run
-  logits = _victim_answers(workdir, "logits")
-  with open(os.path.join(workdir, "verify.json")) as f:
-    on_labels = json.load(f)["labels"]["victim_self"]
-  sharp = np.exp(logits / 0.1 - (logits / 0.1).max(-1, keepdims=True))
-  answers = {"victim_labels": logits.argmax(-1), "victim_sharp": sharp / sharp.sum(-1, keepdims=True)}
+def _judge_answers(workdir, answers, *flags):
+  """Each ``{stem: outputs}`` judged as a recorded-answers suspect: its verdict."""
+  verdicts = {}
   for stem, outputs in answers.items():
     path = os.path.join(workdir, f"{stem}.npz")
     np.savez(path, outputs=outputs)
-    _run_in_process(workdir, "--stages=verify", f"--suspect={path}")
+    _run_in_process(workdir, "--stages=verify", f"--suspect={path}", *flags)
     with open(os.path.join(workdir, "verdicts", f"{stem}.json")) as f:
-      v = json.load(f)["verdicts"][0]
-    # The victim's own top classes: exactly the victim judged on labels.
-    assert v["judged_on"] == "labels", stem
-    assert v["p_value"] == pytest.approx(on_labels["p_value"], rel=1e-4, abs=1e-12)
-    assert v["verdict"] == on_labels["verdict"]
+      verdicts[stem] = json.load(f)["verdicts"][0]
+  return verdicts
+
+
+def _sharpened(logits, temperature):
+  sharp = np.exp(logits / temperature - (logits / temperature).max(-1, keepdims=True))
+  return sharp / sharp.sum(-1, keepdims=True)
+
+
+def test_labels_go_to_the_label_judge_and_a_sharper_softmax_is_re_tempered(tiny_run):
+  workdir, _ = tiny_run
+  logits = _victim_answers(workdir, "logits")
+  with open(os.path.join(workdir, "verify.json")) as f:
+    verify = json.load(f)
+  with open(os.path.join(workdir, "encoder.json")) as f:
+    assert json.load(f)["config"]["input_confidence"]["kind"] == "probs"
+  v = _judge_answers(workdir, {"victim_labels": logits.argmax(-1),
+                               "victim_sharp": _sharpened(logits, 0.5)})
+  # The victim's own top classes: exactly the victim judged on labels.
+  on_labels = verify["labels"]["victim_self"]
+  assert v["victim_labels"]["judged_on"] == "labels"
+  assert v["victim_labels"]["p_value"] == pytest.approx(on_labels["p_value"], rel=1e-4,
+                                                        abs=1e-12)
+  # The tiny run's encoder re-tempers every model to the victim's confidence
+  # (--enc_confidence=auto, the bank not training it): a sharper softmax of
+  # the victim is the victim, judged on its outputs with no confidence rule.
+  sharp, itself = v["victim_sharp"], verify["victim_self"]
+  assert sharp["judged_on"] == "outputs" and sharp["outside_reference"] is False
+  assert sharp["similarity_mean"] == pytest.approx(itself["similarity_mean"], abs=2e-3)
+  assert sharp["verdict"] == itself["verdict"]
+
+
+def test_an_encoder_of_raw_answers_sends_a_sharper_softmax_to_the_label_judge(
+    tiny_run, tmp_path):
+  workdir = str(tmp_path / "raw")
+  shutil.copytree(tiny_run[0], workdir, symlinks=True)
+  raw = "--enc_confidence=raw"
+  _run_in_process(workdir, "--stages=encoder,verify", "--overwrite", raw)
+  with open(os.path.join(workdir, "verify.json")) as f:
+    on_labels = json.load(f)["labels"]["victim_self"]
+  # (Another name than the copied run's own verdicts/victim_sharp.json.)
+  v = _judge_answers(workdir, {"victim_sharpest": _sharpened(
+      _victim_answers(workdir, "logits", raw), 0.1)}, raw)["victim_sharpest"]
+  assert v["judged_on"] == "labels"
+  assert v["p_value"] == pytest.approx(on_labels["p_value"], rel=1e-4, abs=1e-12)
   assert v["statement"].startswith("Judged on top-1 labels: the answers' mean top-1 probability")
   assert v["outside_reference"] is False and v["scores_verdict"].startswith("inconclusive")
 

@@ -3,6 +3,8 @@ tally and the encoder-free scores."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -340,12 +342,16 @@ def test_label_answers_are_judged_by_a_probability_run():
   np.testing.assert_array_equal(layout.as_labels(fps, 1, c).sum(-1), 2 * k)
 
 
-def test_the_confidence_rule_is_off_for_the_top1_only_score():
+def test_the_confidence_rule_is_off_for_scores_that_do_not_read_confidence():
   from uap_jax.verify import protocols  # pylint: disable=g-import-not-at-top
   fps, _ = _fps_with_accuracy([1.0, 0.5])
   confidence = protocols._confidence  # pylint: disable=protected-access
-  assert confidence(protocols.Settings(score="uap_follow"), fps, 1, 3) is None
-  np.testing.assert_allclose(confidence(protocols.Settings(score="encoder"), fps, 1, 3),
+  raw = types.SimpleNamespace(config={"input_confidence": None})
+  retempers = types.SimpleNamespace(
+      config={"input_confidence": {"value": 0.8, "num_classes": 3, "kind": "probs"}})
+  assert confidence(protocols.Settings(score="uap_follow"), raw, fps, 1, 3) is None
+  assert confidence(protocols.Settings(score="encoder"), retempers, fps, 1, 3) is None
+  np.testing.assert_allclose(confidence(protocols.Settings(score="encoder"), raw, fps, 1, 3),
                              [0.8, 0.8], atol=1e-6)
 
 

@@ -53,6 +53,7 @@ TESTS = ("welch", "model", "model_z", "empirical")
 SCORES = ("encoder", "uap_follow", "uap_cosine", "raw_cosine")
 # How the reference bank trains the encoder (uap_jax.verify.crossfit).
 CROSSFIT_MODES = ("auto", "arch", "recipe", "cell", "none")
+ENC_CONFIDENCE_MODES = ("auto", "victim", "raw")
 AUGMENT_MODES = ("auto", "true", "false")
 
 
@@ -160,6 +161,7 @@ class Config:
   enc_steps: int = _f(500, "Encoder training steps.", stage="encoder")
   enc_lr: float = _f(1e-3, "Encoder Adam learning rate.", stage="encoder")
   enc_crossfit: str = _f("auto", "How the reference bank trains the encoder: auto (the default: arch when the bank holds at least 3 architectures, else none) | arch (its independents are negatives too, and each bank model is scored by an encoder that never saw its architecture; one encoder per bank architecture) | recipe (the same by training recipe) | cell (one encoder per architecture and recipe, trained on the bank models that share neither) | none (the bank only calibrates; one encoder on the zoo's training part, the paper's). See uap_jax/verify/crossfit.py.", stage="encoder", choices=CROSSFIT_MODES)
+  enc_confidence: str = _f("auto", "At what confidence the encoder reads each model's answers: victim (every model re-tempered, one softmax temperature per model, to the victim's mean top-1 probability, so that label smoothing, training length or an API's temperature are no evidence) | raw (as answered) | auto (the default: victim when the bank does not train the encoder, --enc_crossfit resolving to none, else raw). See uap_jax/fingerprint/confidence.py.", stage="encoder", choices=ENC_CONFIDENCE_MODES)
   split_train: float = _f(0.4, "Fraction of the zoo that trains the encoder.", stage="encoder")
   split_calib: float = _f(0.2, "Fraction of the zoo whose independents calibrate the test.", stage="encoder")
   # Verification.
@@ -228,6 +230,7 @@ class Config:
       raise ValueError(f"--test must be one of {', '.join(TESTS)}, got {self.test!r}.")
     _check_choice("score", self.score, ("auto",) + SCORES)
     _check_choice("enc_crossfit", self.enc_crossfit, CROSSFIT_MODES)
+    _check_choice("enc_confidence", self.enc_confidence, ENC_CONFIDENCE_MODES)
     if self.verify_score == "uap_follow" and self.num_uaps == 0:
       raise ValueError("--score=uap_follow (what --score=auto means with --victim) needs a "
                        "UAP: set --num_uaps >= 1, or --score=encoder.")

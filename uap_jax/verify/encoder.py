@@ -24,6 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from uap_jax.fingerprint import confidence as confidence_lib
+
 PyTree = Any
 
 DEFAULTS = {
@@ -35,6 +37,10 @@ DEFAULTS = {
     "batch_size": 128,
     "standardize": True,
     "seed": 0,
+    # None, or {"value", "num_classes", "kind"}: every model's answers are
+    # re-tempered to that mean top-1 probability before the encoder reads
+    # them (uap_jax.fingerprint.confidence).
+    "input_confidence": None,
 }
 
 
@@ -98,11 +104,49 @@ def make_config(in_dim: int, **overrides) -> dict:
       (config["learning_rate"] > 0, "learning_rate must be > 0"),
       (config["steps"] >= 1, "steps must be >= 1"),
       (config["batch_size"] >= 4, "batch_size must be >= 4"),
+      (_valid_input_confidence(config["input_confidence"]),
+       "input_confidence must be None or {'value' in (1/C, 1), 'num_classes' C >= 2, "
+       "'kind' probs or logits}"),
   ]
   for ok, what in checks:
     if not ok:
       raise ValueError(f"Bad encoder config: {what} (config: {config}).")
   return config
+
+
+def _valid_input_confidence(spec: dict | None) -> bool:
+  if spec is None:
+    return True
+  try:
+    c = int(spec["num_classes"])
+    return (c >= 2 and 1.0 / c < float(spec["value"]) < 1.0
+            and spec["kind"] in confidence_lib.OUTPUT_KINDS)
+  except (KeyError, TypeError, ValueError):
+    return False
+
+
+def prepare(config: dict | None, fingerprints: np.ndarray) -> np.ndarray:
+  """Fingerprints as an encoder of this config reads them.
+
+  Args:
+    config: the encoder's config (None: as they are).
+    fingerprints: ``(..., V, D)``; with ``input_confidence`` set, the last
+      two axes must be one model's views, since each model is re-tempered
+      as a whole.
+
+  Returns:
+    float32 fingerprints of the same shape.
+  """
+  fingerprints = np.asarray(fingerprints, np.float32)
+  spec = (config or {}).get("input_confidence")
+  if spec is None:
+    return fingerprints
+  if fingerprints.ndim < 2:
+    raise ValueError(
+        f"This encoder re-tempers each model's answers, so it takes one model's views "
+        f"(V, D) or several models' (..., V, D), got shape {fingerprints.shape}.")
+  return confidence_lib.at_confidence(fingerprints, float(spec["value"]),
+                                      int(spec["num_classes"]), spec["kind"])
 
 
 def build(config: dict) -> Encoder:
@@ -200,6 +244,7 @@ def train(fingerprints: np.ndarray | jax.Array, labels: np.ndarray | Sequence[in
   labels = np.asarray(labels).astype(np.int32)
   _check_training_data(fingerprints, labels)
   config = _training_config(fingerprints.shape[-1], config, overrides)
+  fingerprints = prepare(config, fingerprints)
   if log_every < 1:
     raise ValueError(f"log_every must be >= 1, got {log_every}.")
 
@@ -301,8 +346,11 @@ def embed(encoder: Encoder | TrainedEncoder | tuple[dict, dict],
   """Unit-vector embeddings of fingerprint views.
 
   Args:
-    encoder: an Encoder, a TrainedEncoder, or a ``(state, config)`` pair.
-    fingerprints: ``(..., D)`` views.
+    encoder: an Encoder, a TrainedEncoder, or a ``(state, config)`` pair
+      (a bare Encoder has no config: its views are read as they are, even
+      where its config would re-temper them, see :func:`prepare`).
+    fingerprints: ``(..., D)`` views; ``(..., V, D)``, one model's views on
+      the last two axes, for an encoder that re-tempers answers.
 
   Returns:
     ``(..., E)`` float32 unit vectors (numpy).
@@ -315,6 +363,9 @@ def embed(encoder: Encoder | TrainedEncoder | tuple[dict, dict],
         f"The encoder takes fingerprints of length D = {in_dim}, got shape "
         f"{fingerprints.shape}; fingerprint with the same K, U, classes and "
         "mode as the encoder's training data.")
+  config = None if isinstance(encoder, Encoder) else (
+      encoder.config if isinstance(encoder, TrainedEncoder) else encoder[1])
+  fingerprints = prepare(config, fingerprints)
   graphdef, state = nnx.split(module)
   flat = fingerprints.reshape(-1, in_dim)
   out = np.asarray(_embed(graphdef, state, jnp.asarray(flat)))

@@ -20,7 +20,9 @@ The confidence rule is there because the encoder reads confidence: on the
 fresh Fashion-MNIST zoo, independents behind an API that sharpened its
 softmax (temperature 0.3, top-1 unchanged) had a mean top-1 probability of
 0.96-0.98 against the references' 0.71-0.95, and 7 of 20 were accused
-(``experiments/api_evasion.py``, 2026-12-04).
+(``experiments/api_evasion.py``, 2026-12-04). An encoder that re-tempers
+every model to the victim's confidence (``--enc_confidence``) reads none,
+and for it the rule is off, as for the top-1-only ``uap_follow``.
 """
 
 from __future__ import annotations

@@ -331,16 +331,26 @@ def false_accusations(random: dict, folds: dict, bank: dict,
           "upper_95": metrics.clopper_pearson_upper(accused, held)}
 
 
-def _confidence(settings: Settings, fps: np.ndarray, num_uaps: int,
+def _confidence(settings: Settings, encoder: Any, fps: np.ndarray, num_uaps: int,
                 num_classes: int) -> np.ndarray | None:
-  """Point confidences for the coverage rule, or None for a top-1-only score.
+  """Point confidences for the coverage rule, or None for a score that
+  does not read them.
 
   ``uap_follow`` reads top-1 answers only, which no softmax temperature
-  changes; every other score reads the probabilities themselves.
+  changes, and an encoder that re-tempers every model to the victim's
+  confidence (``--enc_confidence``) reads none; every other score reads the
+  probabilities themselves.
   """
-  if settings.score == "uap_follow":
+  if settings.score == "uap_follow" or (
+      settings.score == "encoder" and _retempers(encoder)):
     return None
   return population.point_confidence(fps, num_uaps, num_classes)
+
+
+def _retempers(encoder: Any) -> bool:
+  """Whether an encoder reads every model's answers at one confidence."""
+  config = getattr(encoder, "config", None)
+  return bool(isinstance(config, dict) and config.get("input_confidence"))
 
 
 def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
@@ -411,7 +421,7 @@ def _protocols(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
   sims = similarity.scores(settings.score, encoder, fps, fps[victim], num_uaps=num_uaps,
                            num_classes=num_classes, rows=rows)
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
-  confidence = _confidence(settings, fps, num_uaps, num_classes)
+  confidence = _confidence(settings, encoder, fps, num_uaps, num_classes)
   ref = population.reference(split["calib"], meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference, confidence=confidence)
   random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
@@ -530,8 +540,9 @@ def _judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequenc
   accuracy = population.point_accuracy(fps, point_labels, num_uaps, num_classes)
   ref = population.reference(calib, meta, accuracy, victim, num_classes,
                              minimum=settings.min_reference,
-                             confidence=_confidence(settings, fps, num_uaps, num_classes))
-  suspect_confidence = _confidence(settings, suspect_fps, num_uaps, num_classes)
+                             confidence=_confidence(settings, encoder, fps, num_uaps,
+                                                    num_classes))
+  suspect_confidence = _confidence(settings, encoder, suspect_fps, num_uaps, num_classes)
   score = lambda f, rows: similarity.scores(settings.score, encoder, f, fps[victim],
                                             num_uaps=num_uaps, num_classes=num_classes,
                                             rows=rows)
