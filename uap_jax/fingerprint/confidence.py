@@ -108,8 +108,9 @@ def at_confidence(fingerprints: np.ndarray, confidence: float, num_classes: int,
   One temperature T per model (per index of the leading axes, over all its
   views): its answers become ``softmax(logits / T)`` (``logits / T`` for
   logits), with T found by a safeguarded Newton search so that the mean
-  top-1 probability is ``confidence``. Answers that cannot reach it (uniform rows, or a
-  temperature outside ``exp(+-LOG_T_RANGE)``) keep the nearest one.
+  top-1 probability is ``confidence``. Answers that cannot reach it
+  (uniform rows, or a temperature outside ``exp(+-LOG_T_RANGE)``) keep the
+  nearest one.
 
   Args:
     fingerprints: ``(..., V, D)`` one model's views per leading index.
