@@ -851,6 +851,18 @@ def test_a_setting_newer_than_the_stage_marker_counts_only_off_its_default(tmp_p
   assert changed(workdir, "reference", {**settings, "seed": 7})["seed"] == (0, 7)
 
 
+def test_an_encoder_from_before_enc_confidence_counts_as_raw(tmp_path):
+  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  workdir = Workdir(str(tmp_path))
+  settings = pipeline._as_json(config_lib.Config().stage_settings("encoder"))  # pylint: disable=protected-access
+  recorded = {k: v for k, v in settings.items() if k != "enc_confidence"}
+  workdir.write_json(os.path.join("stages", "encoder.json"), {"settings": recorded})
+  changed = pipeline._changed_settings  # pylint: disable=protected-access
+  # Its default, auto, re-tempers where such an encoder did not: a change.
+  assert changed(workdir, "encoder", settings) == {"enc_confidence": ("raw", "auto")}
+  assert changed(workdir, "encoder", {**settings, "enc_confidence": "raw"}) == {}
+
+
 def test_auto_score_is_the_encoder_for_a_trained_victim_and_follow_for_a_given_one():
   assert config_lib.Config().verify_score == "encoder"
   assert config_lib.Config(victim="py:m:f").verify_score == "uap_follow"

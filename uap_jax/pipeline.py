@@ -308,6 +308,11 @@ def _as_json(settings: dict) -> dict:
   return json.loads(json.dumps(settings))
 
 
+# Settings whose default does something that stages run before the setting
+# existed did not do, and what those stages did instead: a rerun redoes them.
+BEFORE_THEY_EXISTED = {"enc_confidence": "raw"}
+
+
 def _changed_settings(workdir: Workdir, stage: str, settings: dict) -> dict:
   """``{field: (then, now)}`` for settings that differ from the stage's marker.
 
@@ -317,8 +322,9 @@ def _changed_settings(workdir: Workdir, stage: str, settings: dict) -> dict:
   if recorded is None:
     return {}
   # A setting added to Config after the stage ran keeps, at its default, the
-  # behaviour the stage ran with; set to anything else, it is a change.
-  defaults = _as_json(Config().stage_settings(stage))
+  # behaviour the stage ran with; set to anything else, it is a change. One
+  # whose default changed that behaviour counts as what the stage did.
+  defaults = {**_as_json(Config().stage_settings(stage)), **BEFORE_THEY_EXISTED}
   then = {k: recorded.get(k, defaults.get(k, v)) for k, v in settings.items()}
   return {k: (then[k], v) for k, v in settings.items() if then[k] != v}
 
