@@ -118,9 +118,10 @@ def _label_judge(res: dict) -> list[str]:
   fa = lab["false_accusations"]
   return [
       "## Judged on top-1 labels (the label judge)", "",
-      "Answers that carry only the top class (labels, a top-1 probability, a "
-      "softmax sharpened or softened beyond every reference model's) are judged "
-      "by an encoder trained on top-1 labels; the random split's suspects, judged so:", "",
+      "Answers that carry only the top class (labels, a top-1 probability; and, "
+      "for an encoder of the answers as they are, a softmax sharpened or softened "
+      "beyond every reference model's) are judged by an encoder trained on top-1 "
+      "labels; the random split's suspects, judged so:", "",
       _table(["AUC all", "piracy detected", "independents accused",
               "held-out independents accused", "victim itself, p"],
              [[lab["auc"].get("all"), f"{lab['detected_piracy']}/{lab['num_piracy']}",
@@ -131,7 +132,9 @@ def _label_judge(res: dict) -> list[str]:
 # What widens a run's reach when the victim itself cannot be accused.
 POWER_FIX = ("More zoo models train a sharper encoder (--zoo_count, --zoo_counts); "
              "a bank of three or more architectures (--reference_archs) trains it too "
-             "(--enc_crossfit=auto); more reference models narrow the test's margin "
+             "(--enc_crossfit=auto); an encoder the bank does not train reads answers "
+             "re-tempered to the victim's confidence (--enc_confidence=auto or victim); "
+             "more reference models narrow the test's margin "
              "(--reference_per_recipe); or judge at a larger --alpha, and say so.")
 
 

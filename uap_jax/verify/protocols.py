@@ -477,8 +477,10 @@ def judge(encoder: Any, suspect_fps: np.ndarray, fps: np.ndarray, meta: Sequence
     label_judge: the run's encoder trained on top-1 labels: it judges
       label answers, and a suspect whose answers are more or less
       confident than every reference model's (a sharpened or softened
-      softmax), on its top-1 labels. None: such answers get no verdict
-      from an encoder (labels raise; other answers read ``inconclusive``).
+      softmax; only for an encoder that reads answers as they are, since one
+      that re-tempers them reads no confidence), on its top-1 labels. None:
+      such answers get no verdict from an encoder (labels raise; other
+      answers read ``inconclusive``).
 
   Returns:
     Per suspect its :func:`~uap_jax.verify.tests.verify_suspect` dict with
