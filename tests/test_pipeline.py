@@ -838,29 +838,29 @@ def test_python_api_gives_the_command_lines_verdicts(tiny_run, tmp_path):
     uap_jax.Verifier.from_workdir(str(tmp_path / "empty"))
 
 
-def test_a_setting_newer_than_the_stage_marker_counts_only_off_its_default(tmp_path):
+def _changes_since_a_marker_without(tmp_path, stage, field):
+  """A stage marker recorded before ``field`` existed, and what a run now
+  with the default settings (or ``{field: value}``) counts as changed."""
   from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
   workdir = Workdir(str(tmp_path))
-  settings = pipeline._as_json(config_lib.Config().stage_settings("reference"))  # pylint: disable=protected-access
-  recorded = {k: v for k, v in settings.items() if k != "reference_models"}
-  workdir.write_json(os.path.join("stages", "reference.json"), {"settings": recorded})
-  changed = pipeline._changed_settings  # pylint: disable=protected-access
-  assert changed(workdir, "reference", settings) == {}
-  assert changed(workdir, "reference", {**settings, "reference_models": "py:m:f"}) == {
-      "reference_models": ("", "py:m:f")}
-  assert changed(workdir, "reference", {**settings, "seed": 7})["seed"] == (0, 7)
+  settings = pipeline._as_json(config_lib.Config().stage_settings(stage))  # pylint: disable=protected-access
+  recorded = {k: v for k, v in settings.items() if k != field}
+  workdir.write_json(os.path.join("stages", f"{stage}.json"), {"settings": recorded})
+  return lambda **now: pipeline._changed_settings(workdir, stage, {**settings, **now})  # pylint: disable=protected-access
+
+
+def test_a_setting_newer_than_the_stage_marker_counts_only_off_its_default(tmp_path):
+  changed = _changes_since_a_marker_without(tmp_path, "reference", "reference_models")
+  assert changed() == {}
+  assert changed(reference_models="py:m:f") == {"reference_models": ("", "py:m:f")}
+  assert changed(seed=7)["seed"] == (0, 7)
 
 
 def test_an_encoder_from_before_enc_confidence_counts_as_raw(tmp_path):
-  from uap_jax.runtime.workdir import Workdir  # pylint: disable=g-import-not-at-top
-  workdir = Workdir(str(tmp_path))
-  settings = pipeline._as_json(config_lib.Config().stage_settings("encoder"))  # pylint: disable=protected-access
-  recorded = {k: v for k, v in settings.items() if k != "enc_confidence"}
-  workdir.write_json(os.path.join("stages", "encoder.json"), {"settings": recorded})
-  changed = pipeline._changed_settings  # pylint: disable=protected-access
+  changed = _changes_since_a_marker_without(tmp_path, "encoder", "enc_confidence")
   # Its default, auto, re-tempers where such an encoder did not: a change.
-  assert changed(workdir, "encoder", settings) == {"enc_confidence": ("raw", "auto")}
-  assert changed(workdir, "encoder", {**settings, "enc_confidence": "raw"}) == {}
+  assert changed() == {"enc_confidence": ("raw", "auto")}
+  assert changed(enc_confidence="raw") == {}
 
 
 def test_auto_score_is_the_encoder_for_a_trained_victim_and_follow_for_a_given_one():
