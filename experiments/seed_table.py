@@ -44,6 +44,7 @@ def run_row(path: str) -> dict:
       "accused": r["accused_independents"], "num_independents": r["num_independents"],
       "held_out": fa["held_out"], "held_out_accused": fa["accused"],
       "auc_all": r["auc"]["all"],
+      "auc_vs_reference": (r.get("auc_vs_reference") or {}).get("all"),
       "weakest_kind": min(kinds, key=kinds.get) if kinds else None,
       "auc_weakest": min(kinds.values()) if kinds else None,
       "reference_models": v.get("reference", {}).get("models"),
@@ -73,6 +74,8 @@ def summarise(rows: list[dict]) -> dict:
       "held_out_accused": f"{accused}/{held}",
       "held_out_upper_95": metrics.clopper_pearson_upper(accused, held),
       "auc_all": span([x["auc_all"] for x in rows]),
+      "auc_vs_reference": span([x["auc_vs_reference"] for x in rows
+                                if x["auc_vs_reference"] is not None]),
       "auc_weakest": span([x["auc_weakest"] for x in rows if x["auc_weakest"] is not None]),
       "wall_seconds": span([x["wall_seconds"] for x in rows]),
       "labels_detected": (f"{sum(x['labels_detected'] for x in judged)}/"
@@ -86,9 +89,11 @@ def markdown(name: str, rows: list[dict], total: dict) -> str:
   f = lambda s: "–" if s is None else f"{s['mean']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
   lines = [f"# {name}: {total['runs']} run seeds", "",
            "| run | seed | test / score | piracy detected | eval. indep. accused | "
-           "held-out indep. accused | AUC all | weakest kind | reference models | "
-           "victim itself, p | label judge: detected / held-out accused | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "held-out indep. accused | AUC all | AUC vs reference | weakest kind | "
+           "reference models | victim itself, p | label judge: detected / held-out "
+           "accused | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  num = lambda v: "–" if v is None else f"{v:.3f}"
   judge = lambda x: ("–" if x.get("labels_detected") is None else
                      f"{x['labels_detected']}/{x['num_piracy']} / "
                      f"{x['labels_held_out_accused']}/{x['held_out']}")
@@ -97,12 +102,15 @@ def markdown(name: str, rows: list[dict], total: dict) -> str:
         f"| {x['run']} | {x['seed']} | {x['test']} / {x['score']} | "
         f"{x['detected']}/{x['num_piracy']} | {x['accused']}/{x['num_independents']} | "
         f"{x['held_out_accused']}/{x['held_out']} | {x['auc_all']:.3f} | "
+        f"{num(x['auc_vs_reference'])} | "
         f"{x['weakest_kind']} {x['auc_weakest']:.3f} | {x['reference_models']} | "
         f"{x['victim_self_p']:.2g} | {judge(x)} | {x['wall_seconds']:.0f} |")
   upper = total["held_out_upper_95"]
   lines += ["", f"All runs: piracy detected {total['detected']} (rate {f(total['detection_rate'])}); "
             f"held-out independents accused {total['held_out_accused']} (95 % upper bound "
             f"{'–' if upper is None else f'{upper:.3f}'}); AUC all {f(total['auc_all'])}; "
+            f"AUC against the evaluated independents and every reference model "
+            f"{f(total['auc_vs_reference'])}; "
             f"weakest kind AUC {f(total['auc_weakest'])}; wall {f(total['wall_seconds'])} s."
             + (f" The label judge: piracy detected {total['labels_detected']}, held-out "
                f"independents accused {total['labels_held_out_accused']}."

@@ -259,8 +259,13 @@ def test_every_report_file_and_schema(tiny_run):
   labels = res["labels"]
   assert labels["num_piracy"] == res["num_piracy"] and labels["false_accusations"]["held_out"] > 0
   assert labels["victim_self_p_value"] < 0.01
+  # Every untrained independent, not only the evaluated ones, against the pirates.
+  assert set(res["auc_vs_reference"]) == set(res["auc"])
+  assert 0.0 <= res["auc_vs_reference"]["all"] <= 1.0
   with open(os.path.join(report, "report.md")) as f:
-    assert "## Judged on top-1 labels (the label judge)" in f.read()
+    text = f.read()
+  assert "## Judged on top-1 labels (the label judge)" in text
+  assert "AUC against every untrained independent" in text
 
 
 def _latest(workdir, name):
@@ -947,6 +952,8 @@ def test_seed_table_sums_the_runs_and_the_label_judge(tiny_run, tmp_path):
   row, held = table["runs"][0], verification["false_accusations"]
   assert row["detected"] == verification["protocols"]["random"]["detected_piracy"]
   assert row["victim_self_p"] == verification["victim_self"]["p_value"]
+  assert row["auc_vs_reference"] == verification["protocols"]["random"][
+      "auc_vs_reference"]["all"]
   assert row["labels_detected"] == verification["labels"]["protocols"]["random"][
       "detected_piracy"]
   assert table["total"]["held_out_accused"] == f"{2 * held['accused']}/{2 * held['held_out']}"

@@ -73,8 +73,9 @@ def test_markdown_tables_hold_the_figures(res):
   assert text.startswith("# uap-jax report: mnist")
   assert ("Independents accused: 1 of 3; piracy detected: 2 of 3." in text)
   assert "test accuracy 0.9123" in text
-  assert _rows(text, "## Detection") == [["kind", "AUC"], ["extract", "1.000"],
-                                         ["prune", "0.500"], ["all", "0.667"]]
+  assert _rows(text, "## Detection") == [
+      ["kind", "AUC", "AUC against every untrained independent"], ["extract", "1.000", "–"],
+      ["prune", "0.500", "–"], ["all", "0.667", "–"]]
   assert "TPR at 1 % FPR: 0.333; at 5 % FPR: 0.667." in text
   # The failed fold is left out; the other gives its held-out verdicts.
   assert _rows(text, "## Leave-kind-out")[1:] == [

@@ -350,6 +350,24 @@ def test_evaluate():
     verify.evaluate(sims, families[:-1], kinds, reference)
 
 
+def test_auc_against_the_reference_counts_every_untrained_independent():
+  from uap_jax.verify import summary  # pylint: disable=g-import-not-at-top
+  meta = ([{"family": "piracy", "kind": "a"}, {"family": "piracy", "kind": "b"},
+           {"family": "independent", "kind": "indep"}]
+          + [{"family": "independent", "kind": "reference"}] * 3)
+  # Pirates at 0.6 and 0.9; the evaluated independent at 0.1; the reference
+  # at 0.2, 0.7 and 0.3, measured on the first 2 of 3 views.
+  sims = np.array([[0.6, 0.6, -9], [0.9, 0.9, -9], [0.1, 0.1, 9],
+                   [0.2, 0.2, 9], [0.7, 0.7, -9], [0.3, 0.3, 9]])
+  split_auc = summary.auc_by_kind(sims[:3, :2].mean(1), [m["family"] for m in meta[:3]],
+                                  [m["kind"] for m in meta[:3]])
+  assert split_auc == {"a": 1.0, "b": 1.0, "all": 1.0}
+  out = summary.auc_against_reference(sims, meta, [0, 1, 2], [3, 4, 5], num_views=2)
+  assert out == {"a": pytest.approx(0.75), "b": 1.0, "all": pytest.approx(0.875)}
+  # The reference model above a pirate is not counted twice when evaluated too.
+  assert summary.auc_against_reference(sims, meta, [0, 1, 2, 4], [3, 4, 5], 2) == out
+
+
 def test_views_and_one_number_scores_share_one_summary():
   rng = np.random.default_rng(5)
   families = ["piracy"] * 7 + ["independent"] * 9

@@ -50,6 +50,8 @@ def build(dataset: str, victim: dict, uap: dict, verification: dict,
       "uap": {k: v for k, v in uap.items() if k != "uaps"},
       "suspects": suspects,
       **summary.headline(rnd),
+      # Runs verified before this figure existed have none.
+      "auc_vs_reference": rnd.get("auc_vs_reference"),
       "victim_self": verification["victim_self"],
       "score": verification.get("score"),
       "reference": verification.get("reference"),

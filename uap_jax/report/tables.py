@@ -64,7 +64,12 @@ def markdown(res: dict) -> str:
          *_power(res),
          *_population(res),
          "## Detection (random split of models)", "",
-         _table(["kind", "AUC"], [[k, a] for k, a in res["auc"].items()]), "",
+         _table(["kind", "AUC", "AUC against every untrained independent"],
+                [[k, a, (res.get("auc_vs_reference") or {}).get(k)]
+                 for k, a in res["auc"].items()]), "",
+         "(The second AUC ranks the same pirates against the evaluated "
+         "independents and every reference model, which no encoder scoring them "
+         "trained on.)", "",
          f"TPR at 1 % FPR: {_fmt(res['tpr_at_1pct_fpr'])}; at 5 % FPR: "
          f"{_fmt(res['tpr_at_5pct_fpr'])}.", "",
          "## Leave-kind-out (encoder and calibration never saw the kind)", "",

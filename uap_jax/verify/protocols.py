@@ -426,6 +426,8 @@ def _protocols(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
                              minimum=settings.min_reference, confidence=confidence)
   random = summary.evaluate_split(sims, meta, split["eval"], ref.index, accuracy, ref,
                                   **settings.test())
+  random["auc_vs_reference"] = summary.auc_against_reference(
+      sims, meta, split["eval"], ref.index, settings.num_views)
   by = getattr(encoder, "mode", "none")
   learned = settings.score == "encoder"
   folds = leave_kind_out(fps, meta, victim, encoder.config, settings,

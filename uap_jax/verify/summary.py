@@ -73,19 +73,9 @@ def detection(score, families: Sequence[str], kinds: Sequence[str],
   """
   score = np.asarray(score, np.float64)
   fam = np.array([str(f) for f in families], dtype=object)
-  kinds_arr = np.array([str(k) for k in kinds], dtype=object)
   positive = np.isin(fam, splits.POSITIVE_FAMILIES)
   negative = fam == splits.NEGATIVE_FAMILY
-
-  def auc_of(mask_pos):
-    if not mask_pos.any() or not negative.any():
-      return None
-    keep = mask_pos | negative
-    return metrics.roc_auc(score[keep], mask_pos[keep].astype(int))
-
-  auc: dict[str, float | None] = {
-      k: auc_of(positive & (kinds_arr == k)) for k in sorted(set(kinds_arr[positive]))}
-  auc["all"] = auc_of(positive)
+  auc = auc_by_kind(score, families, kinds)
   both = positive.any() and negative.any()
   keep = positive | negative
   tpr = {f: (metrics.tpr_at_fpr(score[keep], positive[keep].astype(int), f)
@@ -106,6 +96,63 @@ def detection(score, families: Sequence[str], kinds: Sequence[str],
       "detected_piracy": int((pirated & positive).sum()),
       "verdicts": counts,
   }
+
+
+def auc_by_kind(score, families: Sequence[str], kinds: Sequence[str]
+                ) -> dict[str, float | None]:
+  """ROC-AUC of each piracy kind, and of all, against every independent.
+
+  Args:
+    score: ``(S,)`` one number per model, higher: more likely pirated.
+    families: per model ``piracy`` or ``independent`` (others take no part).
+    kinds: per model its kind.
+
+  Returns:
+    ``{kind: AUC, ..., "all": AUC}`` (None where a side is empty).
+  """
+  score = np.asarray(score, np.float64)
+  fam = np.array([str(f) for f in families], dtype=object)
+  kinds_arr = np.array([str(k) for k in kinds], dtype=object)
+  positive = np.isin(fam, splits.POSITIVE_FAMILIES)
+  negative = fam == splits.NEGATIVE_FAMILY
+
+  def auc_of(mask_pos):
+    if not mask_pos.any() or not negative.any():
+      return None
+    keep = mask_pos | negative
+    return metrics.roc_auc(score[keep], mask_pos[keep].astype(int))
+
+  auc: dict[str, float | None] = {
+      k: auc_of(positive & (kinds_arr == k)) for k in sorted(set(kinds_arr[positive]))}
+  auc["all"] = auc_of(positive)
+  return auc
+
+
+def auc_against_reference(sims: np.ndarray, meta: Sequence[dict], eval_idx,
+                          reference_idx, num_views: int) -> dict[str, float | None]:
+  """The evaluated pirates ranked against every independent no encoder saw.
+
+  A split's own AUC ranks the pirates against its evaluated independents,
+  which on a small zoo are few (the quickstart's: one); the test compares
+  them with the reference. Here the independents are the evaluated ones and
+  every reference model, each scored by encoders that never trained on it.
+
+  Args:
+    sims: ``(M, V)`` a score per view of every model.
+    meta: per model its metadata (family, kind).
+    eval_idx: the evaluated suspects.
+    reference_idx: the reference models.
+    num_views: views per model, as the test reads them.
+
+  Returns:
+    :func:`auc_by_kind` of the mean score over those views.
+  """
+  rows = [i for i in eval_idx if meta[i]["family"] in splits.POSITIVE_FAMILIES]
+  rows += sorted({i for i in eval_idx if meta[i]["family"] == splits.NEGATIVE_FAMILY}
+                 | {int(i) for i in reference_idx})
+  views = num_views or sims.shape[1]
+  return auc_by_kind(np.asarray(sims)[rows, :views].mean(1),
+                     [meta[i]["family"] for i in rows], [meta[i]["kind"] for i in rows])
 
 
 def _check_lengths(num: int, families, kinds, what: str) -> None:
