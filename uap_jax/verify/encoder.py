@@ -354,6 +354,30 @@ def as_module(encoder: Encoder | TrainedEncoder | tuple[dict, dict]) -> Encoder:
       f"got {type(encoder).__name__}.")
 
 
+def _config_of(encoder: Any) -> dict | None:
+  """The config of a TrainedEncoder, a (state, config) pair or any holder of
+  one (cross-fitted encoders); None for a bare Encoder, which has none."""
+  if isinstance(encoder, Encoder):
+    return None
+  if isinstance(encoder, (tuple, list)) and len(encoder) == 2:
+    return encoder[1]
+  return getattr(encoder, "config", None)
+
+
+def retempers(encoder: Any) -> bool:
+  """Whether an encoder re-tempers every model's answers before reading them
+  (``input_confidence``), so that it reads no confidence.
+
+  Args:
+    encoder: an Encoder, a TrainedEncoder, a ``(state, config)`` pair or
+      anything with an encoder ``config`` (cross-fitted encoders).
+
+  Returns:
+    True when its config re-tempers answers.
+  """
+  return bool((_config_of(encoder) or {}).get("input_confidence"))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _embed(graphdef, state, x):
   return nnx.merge(graphdef, state)(x)
@@ -381,9 +405,7 @@ def embed(encoder: Encoder | TrainedEncoder | tuple[dict, dict],
         f"The encoder takes fingerprints of length D = {in_dim}, got shape "
         f"{fingerprints.shape}; fingerprint with the same K, U, classes and "
         "mode as the encoder's training data.")
-  config = None if isinstance(encoder, Encoder) else (
-      encoder.config if isinstance(encoder, TrainedEncoder) else encoder[1])
-  fingerprints = prepare(config, fingerprints)
+  fingerprints = prepare(_config_of(encoder), fingerprints)
   graphdef, state = nnx.split(module)
   flat = fingerprints.reshape(-1, in_dim)
   out = np.asarray(_embed(graphdef, state, jnp.asarray(flat)))

@@ -19,6 +19,7 @@ import numpy as np
 from uap_jax.fingerprint import layout
 from uap_jax.runtime import distributed
 from uap_jax.verify import crossfit
+from uap_jax.verify import encoder as encoder_lib
 from uap_jax.verify import metrics
 from uap_jax.verify import population
 from uap_jax.verify import references
@@ -342,15 +343,9 @@ def _confidence(settings: Settings, encoder: Any, fps: np.ndarray, num_uaps: int
   probabilities themselves.
   """
   if settings.score == "uap_follow" or (
-      settings.score == "encoder" and _retempers(encoder)):
+      settings.score == "encoder" and encoder_lib.retempers(encoder)):
     return None
   return population.point_confidence(fps, num_uaps, num_classes)
-
-
-def _retempers(encoder: Any) -> bool:
-  """Whether an encoder reads every model's answers at one confidence."""
-  config = getattr(encoder, "config", None)
-  return bool(isinstance(config, dict) and config.get("input_confidence"))
 
 
 def evaluate_zoo(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
