@@ -286,6 +286,30 @@ def test_max_pool_equals_reduce_window_in_value_and_gradient(shape, ties):
       jax.jit(jax.grad(functools.partial(loss, reference)))(x))
 
 
+def test_max_pool_forward_pass_is_a_plain_maximum():
+  # The first-maximum bookkeeping belongs to the derivative only: in a
+  # forward pass it made inference 2.6x slower (README, Model-axis strategies).
+  from uap_jax.models import base   # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((2, 8, 8, 3))
+  forward = str(jax.make_jaxpr(base.max_pool_2x2)(x))
+  assert "cumsum" not in forward and "select_n" not in forward
+  backward = str(jax.make_jaxpr(jax.grad(lambda v: base.max_pool_2x2(v).sum()))(x))
+  assert "cumsum" in backward
+
+
+def test_max_pool_forward_mode_matches_reduce_window():
+  from uap_jax.models import base   # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(-1, 3, size=(2, 6, 5, 3)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  reference = lambda v: nnx.max_pool(v, window_shape=(2, 2), strides=(2, 2),
+                                     padding="VALID")
+  out, tangent = jax.jvp(base.max_pool_2x2, (x,), (t,))
+  ref_out, ref_tangent = jax.jvp(reference, (x,), (t,))
+  np.testing.assert_array_equal(out, ref_out)
+  np.testing.assert_allclose(tangent, ref_tangent, rtol=1e-6)
+
+
 def test_max_pool_keeps_nan_and_infinity():
   from uap_jax.models import base   # pylint: disable=g-import-not-at-top
   x = jnp.asarray([[1.0, np.nan, 0.0, 2.0], [1.0, np.inf, 0.0, 2.0],
