@@ -199,8 +199,8 @@ def main(argv):
   verdicts = []
   for r in rows:
     if r["strategy"].startswith("auto=") and "seconds" in r:
-      loop = next(q for q in rows if q["arch"] == r["arch"] and q["n"] == r["n"]
-                  and q["strategy"] == "loop")
+      loop = next((q for q in rows if q["arch"] == r["arch"] and q["n"] == r["n"]
+                   and q["strategy"] == "loop"), {})
       if "seconds" in loop:
         verdicts.append(r["seconds"] <= loop["seconds"] * 1.10)
   print(f"auto within 10% of loop or faster in {sum(verdicts)}/{len(verdicts)} cells")
