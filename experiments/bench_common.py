@@ -21,10 +21,17 @@ def command() -> str:
 
 
 def write_json(path: str, result: dict[str, Any]) -> None:
-  """Writes ``result`` to ``path`` (folders made as needed) and says so."""
+  """Writes ``result`` to ``path`` (folders made as needed) and says so.
+
+  Atomically (a temporary file renamed over it): benchmarks rewrite their
+  JSON as they go, and one killed by a time limit must leave the last
+  complete version, not half of one.
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  partial = f"{path}.partial"
+  with open(partial, "w") as f:
     json.dump(result, f, indent=1)
+  os.replace(partial, path)
   print(f"wrote {path}")
 
 

@@ -190,6 +190,13 @@ def main(argv):
     rows += add_auto_rows(
         bench_arch(arch, widths.get(arch, 1.0), sizes, strategies, x,
                    args.repeats, args.cell_budget_s), auto)
+    if args.out:
+      # Architectures so far, so that a run stopped by a time limit
+      # (device_check.sh) keeps what it measured.
+      bench_common.write_json(args.out, dict(
+          benchmark="model_axis_inference", backend=backend, auto=auto,
+          matmul_gflops=peak, rows=rows, complete=False,
+          command=bench_common.command()))
   # Matmul peak again at the end: the best of both, so that a disturbed
   # first measurement does not inflate the percentages.
   peak = max(peak, bench_common.matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192)))
@@ -209,7 +216,7 @@ def main(argv):
       device_kind=jax.devices()[0].device_kind,
       devices=jax.local_device_count(), machine=bench_common.machine(),
       batch_images=int(x.shape[0]), image=[h, w, c], points=k, views=v,
-      widths=widths, auto=auto, matmul_gflops=peak, rows=rows,
+      widths=widths, auto=auto, matmul_gflops=peak, rows=rows, complete=True,
       max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       command=bench_common.command())
   if args.out:

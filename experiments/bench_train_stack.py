@@ -195,6 +195,14 @@ def main(argv):
         row["peak_mb_over_baseline"] = r["max_rss_mb"] - baseline["max_rss_mb"]
       rows.append(row)
       print(f"  {arch} {name}: {r}", flush=True)
+      if args.out:
+        # Rows so far, so that a run stopped by a time limit (device_check.sh)
+        # keeps what it measured; the rates against the floor come at the end.
+        bench_common.write_json(args.out, dict(
+            benchmark="train_stack", backend=jax.default_backend(), auto=auto,
+            k=args.k, steps=args.steps, batch=args.batch, image=image,
+            width=args.width, rows=rows, complete=False,
+            command=bench_common.command()))
   # Arithmetic rate of each variant against the matmul floor of this device.
   floor = bench_common.matmul_gflops(1024 if jax.default_backend() == "cpu"
                                      else 8192)
@@ -225,7 +233,7 @@ def main(argv):
                 machine=bench_common.machine(),
                 k=args.k, steps=args.steps, batch=args.batch, image=image,
                 width=args.width, rows=rows, matmul_gflops=floor,
-                step_flops_per_model=flops,
+                step_flops_per_model=flops, complete=True,
                 command=bench_common.command())
   if args.out:
     bench_common.write_json(args.out, result)

@@ -33,7 +33,7 @@ if [ -n "${SMOKE:-}" ]; then
   UAP="--datasets digits --samples 50 --test_samples 100 --train_images 300 --passes 1 --batch_sizes 8"
   ZOO="--flagfile=experiments/quickstart.flags --flagfile=experiments/tiny.flags"
   CONV="--k 2 --batch 8 --image 8,8,1 --channels 4,8 --matmul_n 128 --repeats 1"
-  LIMITS=(60 60 90 120 30)
+  LIMITS=(60 120 90 120 30)
 else
   AXIS="--archs mlp,small_cnn,resnet20 --sizes 1,8,32,128"
   TRAIN="--archs small_cnn,resnet20 --k 8 --steps 20 --variants vmap,vmap+donate,map,loop,loop+donate,auto"
