@@ -255,6 +255,9 @@ def test_every_report_file_and_schema(tiny_run):
     assert 0.0 <= s["p_value"] <= 1.0 and abs(s["confidence"] - (1 - s["p_value"])) < 1e-9
   # The victim judged against itself is pirated with near-certainty.
   assert res["victim_self"]["p_value"] < 0.01
+  # ... and lies within the reference (a weak victim would not: report tests).
+  assert res["victim_self"]["outside_reference"] is None
+  assert 0.0 < res["victim_self"]["point_accuracy"] <= 1.0
   # The label judge judged the same suspects, and every held-out independent.
   labels = res["labels"]
   assert labels["num_piracy"] == res["num_piracy"] and labels["false_accusations"]["held_out"] > 0

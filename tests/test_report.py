@@ -106,6 +106,18 @@ def test_the_report_says_when_not_even_the_victim_reaches_alpha(res):
   assert "p = 3e-08 (pirated)." in text and "Not even" not in text
 
 
+def test_the_report_says_when_the_victim_is_less_accurate_than_the_reference(res):
+  # Seed 5 of the quickstart: a victim trained to 0.643 made every faithful
+  # copy read inconclusive; the report must say why and what to do.
+  res["victim_self"] = {"reference_mean": 0.3, "p_value": 3e-8, "verdict": "pirated",
+                        "point_accuracy": 0.62, "outside_reference": None}
+  assert "less accurate on the fingerprint points" not in tables.markdown(res)
+  res["victim_self"]["outside_reference"] = "accuracy"
+  text = tables.markdown(res)
+  assert "less accurate on the fingerprint points (0.620)" in text
+  assert "retrain the victim" in text
+
+
 def test_auc_per_kind_bars_follow_the_aucs(res, tmp_path):
   fig = plots.auc_per_kind(res)
   ax = fig.axes[0]

@@ -112,7 +112,10 @@ def _power(res: dict) -> list[str]:
     line += (f" Not even the victim reaches alpha = {res['alpha']}: the reference "
              "models' scores spread so wide that a suspect is accused only if it "
              "scores closer to the victim than the victim itself. " + POWER_FIX)
-  return [line, ""]
+  out = [line, ""]
+  if me.get("outside_reference") == "accuracy":
+    out += [WEAK_VICTIM.format(accuracy=me["point_accuracy"]), ""]
+  return out
 
 
 def _label_judge(res: dict) -> list[str]:
@@ -132,6 +135,13 @@ def _label_judge(res: dict) -> list[str]:
              [[lab["auc"].get("all"), f"{lab['detected_piracy']}/{lab['num_piracy']}",
                f"{lab['accused_independents']}/{lab['num_independents']}",
                f"{fa['accused']}/{fa['held_out']}", lab["victim_self_p_value"]]]), ""]
+
+
+# Why every faithful copy of a weak victim reads inconclusive, and the fix.
+WEAK_VICTIM = ("The victim is less accurate on the fingerprint points ({accuracy:.3f}) "
+               "than every fit reference model, so its faithful copies are too and read "
+               "inconclusive by the coverage rule, however close their scores: "
+               "retrain the victim (more --epochs, another --seed) or judge a better one.")
 
 
 # What widens a run's reach when the victim itself cannot be accused.

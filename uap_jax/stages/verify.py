@@ -336,6 +336,8 @@ def run(ctx: RunContext) -> dict:
                     "a suspect is accused only if it scores closer to the victim than the "
                     "victim itself. %s", me["p_value"],
                     ctx.cfg.alpha, tables.POWER_FIX)
+  if me.get("outside_reference") == "accuracy":
+    logging.warning(tables.WEAK_VICTIM.format(accuracy=me["point_accuracy"]))
   fa = result["false_accusations"]
   logging.info("Held-out independents over every protocol: %d of %d accused (95%% "
                "upper bound %.3f)", fa["accused"], fa["held_out"], fa["upper_95"] or 1.0)

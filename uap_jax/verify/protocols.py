@@ -443,6 +443,10 @@ def _protocols(encoder: Any, fps: np.ndarray, meta: Sequence[dict], victim: int,
   victim_self = tests.verify_suspect(sims[victim], sims[ref.index],
                                      num_views=settings.num_views,
                                      method=settings.method, alpha=settings.alpha)
+  # A victim less accurate than every fit reference model makes its faithful
+  # copies read inconclusive by the coverage rule, whatever their scores.
+  victim_self.update(point_accuracy=float(accuracy[victim]),
+                     outside_reference=ref.outside(float(accuracy[victim])))
   return {"protocols": {"random": random, "leave_kind_out": folds,
                         "reference_held_out": bank, "calibration_left_out": left_out},
           "false_accusations": false_accusations(random, folds, bank, left_out),
