@@ -185,6 +185,13 @@ def main(argv):
   print(f"backend {backend}, {jax.local_device_count()} device(s) "
         f"({jax.devices()[0].device_kind}); batch 2*K*V = {x.shape[0]} images "
         f"{h}x{w}x{c}; auto -> {auto}; matmul peak {peak:.1f} GFLOP/s")
+  # What every version of the JSON says, partial or complete.
+  header = dict(
+      benchmark="model_axis_inference", backend=backend,
+      device_kind=jax.devices()[0].device_kind,
+      devices=jax.local_device_count(), machine=bench_common.machine(),
+      batch_images=int(x.shape[0]), image=[h, w, c], points=k, views=v,
+      widths=widths, auto=auto, command=bench_common.command())
   rows = []
   for arch in args.archs.split(","):
     rows += add_auto_rows(
@@ -193,10 +200,8 @@ def main(argv):
     if args.out:
       # Architectures so far, so that a run stopped by a time limit
       # (device_check.sh) keeps what it measured.
-      bench_common.write_json(args.out, dict(
-          benchmark="model_axis_inference", backend=backend, auto=auto,
-          matmul_gflops=peak, rows=rows, complete=False,
-          command=bench_common.command()))
+      bench_common.write_json(args.out, dict(header, matmul_gflops=peak, rows=rows,
+                                             complete=False))
   # Matmul peak again at the end: the best of both, so that a disturbed
   # first measurement does not inflate the percentages.
   peak = max(peak, bench_common.matmul_gflops(args.matmul_n or (1024 if on_cpu else 8192)))
@@ -212,13 +217,8 @@ def main(argv):
         verdicts.append(r["seconds"] <= loop["seconds"] * 1.10)
   print(f"auto within 10% of loop or faster in {sum(verdicts)}/{len(verdicts)} cells")
   result = dict(
-      benchmark="model_axis_inference", backend=backend,
-      device_kind=jax.devices()[0].device_kind,
-      devices=jax.local_device_count(), machine=bench_common.machine(),
-      batch_images=int(x.shape[0]), image=[h, w, c], points=k, views=v,
-      widths=widths, auto=auto, matmul_gflops=peak, rows=rows, complete=True,
-      max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      command=bench_common.command())
+      header, matmul_gflops=peak, rows=rows, complete=True,
+      max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   if args.out:
     bench_common.write_json(args.out, result)
   return result

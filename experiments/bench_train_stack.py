@@ -174,6 +174,11 @@ def main(argv):
   from uap_jax.runtime import engine  # pylint: disable=g-import-not-at-top
   auto = engine.resolve("auto")
   variants = args.variants.split(",")
+  # What every version of the JSON says, partial or complete.
+  header = dict(benchmark="train_stack", backend=jax.default_backend(), auto=auto,
+                machine=bench_common.machine(), k=args.k, steps=args.steps,
+                batch=args.batch, image=image, width=args.width,
+                command=bench_common.command())
   rows = []
   for arch in args.archs.split(","):
     base = dict(arch=arch, k=args.k, steps=args.steps, batch=args.batch,
@@ -198,11 +203,7 @@ def main(argv):
       if args.out:
         # Rows so far, so that a run stopped by a time limit (device_check.sh)
         # keeps what it measured; the rates against the floor come at the end.
-        bench_common.write_json(args.out, dict(
-            benchmark="train_stack", backend=jax.default_backend(), auto=auto,
-            k=args.k, steps=args.steps, batch=args.batch, image=image,
-            width=args.width, rows=rows, complete=False,
-            command=bench_common.command()))
+        bench_common.write_json(args.out, dict(header, rows=rows, complete=False))
   # Arithmetic rate of each variant against the matmul floor of this device.
   floor = bench_common.matmul_gflops(1024 if jax.default_backend() == "cpu"
                                      else 8192)
@@ -229,12 +230,8 @@ def main(argv):
           f"{100 * r.get('floor_fraction', float('nan')):5.1f} "
           f"{(s / r['seconds']) if s else float('nan'):6.2f}x "
           f"{r['max_rss_mb']:8.0f} {r.get('peak_mb_over_baseline', float('nan')):8.0f}")
-  result = dict(benchmark="train_stack", backend=jax.default_backend(), auto=auto,
-                machine=bench_common.machine(),
-                k=args.k, steps=args.steps, batch=args.batch, image=image,
-                width=args.width, rows=rows, matmul_gflops=floor,
-                step_flops_per_model=flops, complete=True,
-                command=bench_common.command())
+  result = dict(header, rows=rows, matmul_gflops=floor, step_flops_per_model=flops,
+                complete=True)
   if args.out:
     bench_common.write_json(args.out, result)
   return result
