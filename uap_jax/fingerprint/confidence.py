@@ -48,10 +48,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _mean_top1(z: np.ndarray, temperature: np.ndarray) -> np.ndarray:
-  return _softmax(z / temperature[..., None, None]).max(-1).mean(-1)
-
-
 def _mean_top1_and_slope(z: np.ndarray, log_t: np.ndarray):
   """Mean top-1 probability at ``T = exp(log_t)`` and its derivative in log T."""
   beta = np.exp(-log_t)[..., None, None]
@@ -98,7 +94,7 @@ def mean_confidence(fingerprints: np.ndarray, num_classes: int, kind: str) -> np
     ``(...)`` in [1 / C, 1].
   """
   z = _log_scores(fingerprints, num_classes, kind)
-  return _mean_top1(z, np.ones(z.shape[:-2]))
+  return _softmax(z).max(-1).mean(-1)
 
 
 def at_confidence(fingerprints: np.ndarray, confidence: float, num_classes: int,

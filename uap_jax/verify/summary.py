@@ -54,6 +54,12 @@ def headline(evaluation: dict) -> dict:
   return dict({k: evaluation[k] for k in HEADLINE_FIELDS}, test=evaluation["method"])
 
 
+def _sides(families: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Families as strings, and the masks of the piracy and independent sides."""
+  fam = np.array([str(f) for f in families], dtype=object)
+  return fam, np.isin(fam, splits.POSITIVE_FAMILIES), fam == splits.NEGATIVE_FAMILY
+
+
 def detection(score, families: Sequence[str], kinds: Sequence[str],
               verdicts: Sequence[str]) -> dict[str, Any]:
   """AUC per kind, TPR at 1 % / 5 % FPR and verdict counts.
@@ -72,9 +78,7 @@ def detection(score, families: Sequence[str], kinds: Sequence[str],
     ``num_piracy``, ``detected_piracy``, ``verdicts`` (counts per family).
   """
   score = np.asarray(score, np.float64)
-  fam = np.array([str(f) for f in families], dtype=object)
-  positive = np.isin(fam, splits.POSITIVE_FAMILIES)
-  negative = fam == splits.NEGATIVE_FAMILY
+  fam, positive, negative = _sides(families)
   auc = auc_by_kind(score, families, kinds)
   both = positive.any() and negative.any()
   keep = positive | negative
@@ -111,10 +115,8 @@ def auc_by_kind(score, families: Sequence[str], kinds: Sequence[str]
     ``{kind: AUC, ..., "all": AUC}`` (None where a side is empty).
   """
   score = np.asarray(score, np.float64)
-  fam = np.array([str(f) for f in families], dtype=object)
+  _, positive, negative = _sides(families)
   kinds_arr = np.array([str(k) for k in kinds], dtype=object)
-  positive = np.isin(fam, splits.POSITIVE_FAMILIES)
-  negative = fam == splits.NEGATIVE_FAMILY
 
   def auc_of(mask_pos):
     if not mask_pos.any() or not negative.any():
